@@ -1,0 +1,23 @@
+# Installs the libraries, public headers and a CMake package, so another project can write
+#   find_package(modalign REQUIRED)
+#   target_link_libraries(my_trainer PRIVATE modalign::losses)   # LibTorch only
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(TARGETS modalign_losses modalign EXPORT modalignTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/losses ${PROJECT_SOURCE_DIR}/lib ${PROJECT_SOURCE_DIR}/trainers
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/modalign FILES_MATCHING PATTERN "*.h")
+if(MODALIGN_BUILD_TOOLS)
+  install(TARGETS modalign_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
+
+set(MODALIGN_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/modalign)
+install(EXPORT modalignTargets NAMESPACE modalign:: DESTINATION ${MODALIGN_CMAKE_DIR})
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/modalignConfig.cmake.in
+  ${PROJECT_BINARY_DIR}/modalignConfig.cmake INSTALL_DESTINATION ${MODALIGN_CMAKE_DIR})
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/modalignConfigVersion.cmake
+  COMPATIBILITY SameMinorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/modalignConfig.cmake ${PROJECT_BINARY_DIR}/modalignConfigVersion.cmake
+  DESTINATION ${MODALIGN_CMAKE_DIR})

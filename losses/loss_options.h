@@ -1,0 +1,128 @@
+// Typed options of each loss, as one entry of a YAML `losses:` list gives them. Header-only and free of
+// LibTorch and YAML: every struct names its fields once in visit(), and the config reader, the resolved
+// config dumper and `modalign config --defaults` all walk that one list.
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "losses/layer_spec.h"
+
+namespace modalign {
+
+// Allowed interval of a numeric option; open ends exclude the bound.
+struct Range {
+  double lo = -std::numeric_limits<double>::infinity();
+  double hi = std::numeric_limits<double>::infinity();
+  bool lo_open = false;
+  bool hi_open = false;
+  static Range at_least(double lo) { return {lo, std::numeric_limits<double>::infinity(), false, false}; }
+  static Range positive() { return {0.0, std::numeric_limits<double>::infinity(), true, false}; }
+  static Range unit() { return {0.0, 1.0, false, false}; }           // [0, 1]
+  static Range unit_open_lo() { return {0.0, 1.0, true, false}; }    // (0, 1]
+  bool contains(double x) const {
+    return (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
+  }
+};
+
+// f(M) applied to a visual attention mass M in (0, 1] (dual_channel).
+enum class MassForm { CappedLog, Log, Hinge };
+inline constexpr std::pair<const char*, MassForm> kMassFormNames[] = {
+    {"capped_log", MassForm::CappedLog}, {"log", MassForm::Log}, {"hinge", MassForm::Hinge}};
+
+// Which key positions count as attention sinks (sink_suppression).
+enum class SinkTokens { Bos, System };
+inline constexpr std::pair<const char*, SinkTokens> kSinkTokensNames[] = {
+    {"bos", SinkTokens::Bos}, {"system", SinkTokens::System}};
+
+// MODA-style dual-channel alignment (arXiv 2507.04635), log-mass form from AVAR (arXiv 2603.03825).
+struct DualChannelOptions {
+  double inter_weight = 1.0;
+  double intra_weight = 0.5;
+  LayerSpec layers;
+  MassForm form = MassForm::CappedLog;
+  std::optional<double> target;  // nullopt = balanced: per query, the image share of its visible keys
+  double target_scale = 1.0;
+  double eps = 1e-6;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("inter_weight", inter_weight, "weight of the response->image channel M_X", Range::at_least(0));
+    v.field("intra_weight", intra_weight, "weight of the image->image channel M_I", Range::at_least(0));
+    v.field("layers", layers, "tapped decoder layers: all, first_half, second_half, 16-31 or a list");
+    v.choice("form", form, kMassFormNames,
+             "f(M): capped_log = -log(min(M/target,1)+eps), log = -log(M+eps), hinge = relu(target-M)^2");
+    v.optional("target", target, "balanced",
+               "target mass in (0,1], or balanced = the image share of each query's visible keys",
+               Range::unit_open_lo());
+    v.field("target_scale", target_scale, "multiplies the target (balanced or fixed)", Range::positive());
+    v.field("eps", eps, "added inside the logarithms", Range::positive());
+  }
+};
+
+// Anti-decay across depth: mean_{l > ref} relu(M_X^ref - M_X^l).
+struct LayerDecayOptions {
+  LayerSpec layers;
+  std::optional<int64_t> ref;  // nullopt = the first selected layer
+
+  template <class V>
+  void visit(V& v) {
+    v.field("layers", layers, "decoder layers compared with the reference layer");
+    v.optional("ref", ref, "first", "reference layer index, or first = the first selected layer",
+               Range::at_least(0));
+  }
+};
+
+// AVAR's L_sup (arXiv 2603.03825): log of the attention mass response queries put on sink tokens.
+struct SinkSuppressionOptions {
+  LayerSpec layers;
+  SinkTokens sink = SinkTokens::Bos;
+  double eps = 1e-6;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("layers", layers, "decoder layers whose sink mass is suppressed");
+    v.choice("sink", sink, kSinkTokensNames, "sink keys: bos = the first token, system = the system prompt");
+    v.field("eps", eps, "added inside the logarithm", Range::positive());
+  }
+};
+
+// KLAL-style (arXiv 2511.12738): KL(target || attention over image tokens) at response queries.
+struct AttentionKlOptions {
+  LayerSpec layers;
+  double eps = 1e-8;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("layers", layers, "decoder layers whose attention over image tokens is matched");
+    v.field("eps", eps, "floor inside the logarithms", Range::positive());
+  }
+};
+
+// Names the loss registry knows, in the order `--defaults` lists them.
+inline constexpr const char* kAlignmentLossNames[] = {"dual_channel", "layer_decay", "sink_suppression",
+                                                      "attention_kl"};
+
+// One entry of `losses:`. `name` selects which options block the remaining keys belong to.
+struct LossEntry {
+  std::string name;
+  double weight = 0.5;
+  DualChannelOptions dual_channel;
+  LayerDecayOptions layer_decay;
+  SinkSuppressionOptions sink_suppression;
+  AttentionKlOptions attention_kl;
+
+  template <class V>
+  void visit(V& v) {
+    v.one_of("name", name, kAlignmentLossNames, "which alignment loss (registered names)");
+    v.field("weight", weight, "weight of this term in the total loss", Range::at_least(0));
+    if (name == "dual_channel") dual_channel.visit(v);
+    if (name == "layer_decay") layer_decay.visit(v);
+    if (name == "sink_suppression") sink_suppression.visit(v);
+    if (name == "attention_kl") attention_kl.visit(v);
+  }
+};
+
+}  // namespace modalign

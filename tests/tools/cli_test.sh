@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The modalign command line: help lists every subcommand, unbuilt ones fail, config prints and errors.
+set -u
+bin=$1; src=$2; fails=0; passes=0
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+check() {  # name, expected exit code, regex the output must match, command...
+  local name=$1 want=$2 re=$3; shift 3
+  out=$("$@" 2>&1); code=$?
+  if [ "$code" = "$want" ] && grep -Eq -- "$re" <<<"$out"; then passes=$((passes+1));
+  else fails=$((fails+1)); echo "FAIL $name: exit $code (want $want), output:"; echo "$out" | head -20; fi
+}
+check help 0 'train.*fine-tune' "$bin" --help
+for sub in train eval probe synth inspect convert config; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
+check version 0 'modalign 0\.1\.0' "$bin" --version
+check defaults 0 'learning_rate: 2e-05  # peak learning rate' "$bin" config --defaults
+printf 'train:\n  learning_rate: 1e-4\n' > "$tmp/a.yaml"
+check dump 0 'learning_rate: 5e-05' "$bin" config -c "$tmp/a.yaml" --set train.learning_rate=5e-5 --dump
+printf 'train:\n  lerning_rate: 1e-4\n' > "$tmp/bad.yaml"
+check bad-key 2 "bad.yaml:2: unknown key 'train.lerning_rate'; did you mean 'train.learning_rate'" \
+  "$bin" config -c "$tmp/bad.yaml" --dump
+check pending 3 "modalign train: not built yet" "$bin" train -c x.yaml
+check no-subcommand 106 'A subcommand is required' "$bin"
+for f in "$src"/configs/*.yaml; do [ -e "$f" ] && check "preset-$(basename "$f")" 0 'learning_rate' "$bin" config -c "$f" --dump; done
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]
