@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "lib/config/config_loader.h"
+#include "lib/io/safetensors.h"
 
 namespace {
 
@@ -49,7 +50,6 @@ int main(int argc, char** argv) {
   add_pending(app, "eval", "evaluate a checkpoint on the configured eval splits", code);
   add_pending(app, "probe", "per-layer visual attention share and modality dominance of a checkpoint", code);
   add_pending(app, "synth", "generate the built-in modality-conflict benchmark", code);
-  add_pending(app, "inspect", "list the tensors and metadata of a safetensors file or checkpoint", code);
   add_pending(app, "convert", "merge LoRA adapters and export safetensors", code);
 
   ConfigArgs config_args;
@@ -60,12 +60,20 @@ int main(int argc, char** argv) {
   config->add_flag("--dump", dump, "print the resolved YAML a run with these files and overrides would use");
   config->callback([&] { code = run_config(config_args, defaults); });
 
+  std::string inspect_path;
+  CLI::App* inspect = app.add_subcommand("inspect", "list the tensors and metadata of a safetensors file, index or checkpoint");
+  inspect->add_option("path", inspect_path, "file, model.safetensors.index.json or folder")->required();
+  inspect->callback([&] { std::cout << modalign::describe_safetensors(inspect_path); });
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const modalign::ConfigError& e) {
     std::fprintf(stderr, "modalign: config error: %s\n", e.what());
+    return 2;
+  } catch (const modalign::SafetensorsError& e) {
+    std::fprintf(stderr, "modalign: bad safetensors: %s\n", e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "modalign: error: %s\n", e.what());

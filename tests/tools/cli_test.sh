@@ -19,6 +19,10 @@ printf 'train:\n  lerning_rate: 1e-4\n' > "$tmp/bad.yaml"
 check bad-key 2 "bad.yaml:2: unknown key 'train.lerning_rate'; did you mean 'train.learning_rate'" \
   "$bin" config -c "$tmp/bad.yaml" --dump
 check pending 3 "modalign train: not built yet" "$bin" train -c x.yaml
+check inspect 0 'language_model.model.norm.weight +F64 +\[32\] 256 bytes' "$bin" inspect "$src/tests/golden/llava_tiny_golden.safetensors"
+printf 'abc' > "$tmp/trunc.safetensors"
+check inspect-bad 2 'bad safetensors: .*trunc.safetensors: truncated: 3 bytes' "$bin" inspect "$tmp/trunc.safetensors"
+check inspect-missing 2 'cannot open' "$bin" inspect "$tmp/none.safetensors"
 check no-subcommand 106 'A subcommand is required' "$bin"
 for f in "$src"/configs/*.yaml; do [ -e "$f" ] && check "preset-$(basename "$f")" 0 'learning_rate' "$bin" config -c "$f" --dump; done
 echo "$passes passed, $fails failed"

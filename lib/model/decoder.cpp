@@ -1,0 +1,178 @@
+#include "lib/model/decoder.h"
+
+#include <limits>
+
+namespace modalign {
+namespace nn = torch::nn;
+
+DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& attention_mask,
+                                    const torch::Tensor& visual_mask, torch::ScalarType dtype) {
+  TORCH_CHECK(attention_mask.dim() == 2 && visual_mask.sizes() == attention_mask.sizes(),
+              "attention_mask and visual_mask must both be (B, T), got ", attention_mask.sizes(), " and ",
+              visual_mask.sizes());
+  const int64_t b = attention_mask.size(0), t = attention_mask.size(1), d = s.head_dim();
+  const auto dev = attention_mask.device();
+  DecoderContext ctx;
+  torch::Tensor real = attention_mask.to(torch::kBool);
+  ctx.visual_mask = visual_mask.to(torch::kBool) & real;
+  ctx.text_mask = real & ~ctx.visual_mask;
+
+  // RoPE at positions cumsum(mask) - 1, so right padding changes nothing at real positions. Tables are
+  // computed in float64 and cast, so float32 and float64 models see the same angles to their precision.
+  torch::Tensor pos = (real.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).to(torch::kFloat64);  // (B, T)
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
+  torch::Tensor inv_freq = 1.0 / torch::pow(s.rope_theta, torch::arange(0, d, 2, f64) / static_cast<double>(d));
+  torch::Tensor freqs = pos.unsqueeze(-1) * inv_freq;  // (B, T, d/2)
+  torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // (B, 1, T, d)
+  torch::ScalarType table_type = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  ctx.cos = emb.cos().to(table_type);
+  ctx.sin = emb.sin().to(table_type);
+
+  torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(dev)).tril();
+  ctx.allowed = (causal.unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1);  // (B, 1, T, T)
+
+  torch::Tensor counts = ctx.visual_mask.sum(1);  // (B)
+  ctx.has_visual = counts > 0;
+  const int64_t nv = counts.numel() ? counts.max().item<int64_t>() : 0;
+  TORCH_CHECK(((counts == 0) | (counts == nv)).all().item<bool>(),
+              "every sample must hold 0 or the same number of image tokens, got counts ", counts);
+  // Stable descending sort puts each sample's image positions first, in order: (B, Nv)
+  torch::Tensor order = std::get<1>(torch::sort(ctx.visual_mask.to(torch::kInt32), /*stable=*/true, 1, true));
+  ctx.visual_index = order.slice(1, 0, nv) * ctx.has_visual.unsqueeze(1).to(torch::kInt64);
+  (void)b;
+  return ctx;
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  torch::Tensor rotated = torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);  // rotate_half
+  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
+}
+
+RmsNormImpl::RmsNormImpl(int64_t dim, double eps_)
+    : eps(eps_), weight(register_parameter("weight", torch::ones({dim}))) {}
+
+torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
+  torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::Tensor h = x.to(wide);
+  h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+DuplexAlignerImpl::DuplexAlignerImpl(int64_t head_dim)
+    : gamma(register_parameter("gamma", torch::zeros({head_dim}))),
+      wf(register_module("wf", nn::Linear(nn::LinearOptions(head_dim, head_dim).bias(false)))) {
+  torch::NoGradGuard no_grad;
+  wf->weight.copy_(torch::eye(head_dim));
+}
+
+torch::Tensor DuplexAlignerImpl::forward(const torch::Tensor& k, const torch::Tensor& v, const DecoderContext& ctx) {
+  TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes(), "DuplexAligner expects k, v (B, G, T, d), got ", k.sizes(),
+              " and ", v.sizes());
+  auto rownorm = [](const torch::Tensor& x) { return x / x.norm(2, -1, true).clamp_min(1e-6); };
+  torch::Tensor kn = rownorm(k);                                                   // (B, G, T, d)
+  torch::Tensor text = ctx.text_mask.to(k.scalar_type()).view({k.size(0), 1, -1, 1});  // (B, 1, T, 1)
+  torch::Tensor g = rownorm(torch::matmul((kn * text).transpose(-1, -2), v));      // (B, G, d, d)
+  torch::Tensor aligned = wf(k + gamma * torch::matmul(kn, g));                    // (B, G, T, d)
+  torch::Tensor vis = ctx.visual_mask.view({k.size(0), 1, -1, 1});
+  return torch::where(vis, aligned, k);
+}
+
+LlamaAttentionImpl::LlamaAttentionImpl(const TextShapes& s, bool with_aligner)
+    : heads(s.num_attention_heads),
+      kv_heads(s.num_key_value_heads),
+      head_dim(s.head_dim()),
+      q_proj(register_module("q_proj", nn::Linear(nn::LinearOptions(s.hidden_size, heads * head_dim).bias(false)))),
+      k_proj(register_module("k_proj", nn::Linear(nn::LinearOptions(s.hidden_size, kv_heads * head_dim).bias(false)))),
+      v_proj(register_module("v_proj", nn::Linear(nn::LinearOptions(s.hidden_size, kv_heads * head_dim).bias(false)))),
+      o_proj(register_module("o_proj", nn::Linear(nn::LinearOptions(heads * head_dim, s.hidden_size).bias(false)))) {
+  if (with_aligner) aligner = register_module("aligner", DuplexAligner(head_dim));
+}
+
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap,
+                                          const TapRequest& request) {
+  TORCH_CHECK(x.dim() == 3, "LlamaAttention expects (B, T, D), got ", x.sizes());
+  const int64_t b = x.size(0), t = x.size(1);
+  torch::Tensor q = q_proj(x).view({b, t, heads, head_dim}).transpose(1, 2);     // (B, H, T, d)
+  torch::Tensor k = k_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);  // (B, G, T, d)
+  torch::Tensor v = v_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);  // (B, G, T, d)
+  q = apply_rope(q, ctx.cos, ctx.sin);
+  k = apply_rope(k, ctx.cos, ctx.sin);
+  if (aligner) k = aligner(k, v, ctx);
+  if (kv_heads != heads) {  // query head h reads key/value head h / (H / G)
+    k = k.repeat_interleave(heads / kv_heads, 1);
+    v = v.repeat_interleave(heads / kv_heads, 1);
+  }
+  torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));  // (B,H,T,T)
+  torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  scores = scores.to(wide);
+  // Masked scores take the lowest finite value (not -inf), so no row of P is ever NaN.
+  double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
+  torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.allowed, lowest), -1);  // (B, H, T, T)
+  if (tap) {
+    tap->visual_mass = torch::matmul(p, ctx.visual_mask.to(wide).view({b, 1, t, 1})).squeeze(-1);  // (B, H, T)
+    if (request.probs_to_visual) {
+      const int64_t nv = ctx.visual_index.size(1);
+      torch::Tensor idx = ctx.visual_index.view({b, 1, 1, nv}).expand({b, heads, t, nv});
+      tap->probs_to_visual = p.gather(-1, idx) * ctx.has_visual.to(wide).view({b, 1, 1, 1});  // (B, H, T, Nv)
+    }
+    if (request.full_probs) tap->probs = p;
+  }
+  torch::Tensor out = torch::matmul(p.to(v.scalar_type()), v);       // (B, H, T, d)
+  return o_proj(out.transpose(1, 2).reshape({b, t, heads * head_dim}));  // (B, T, D)
+}
+
+LlamaMlpImpl::LlamaMlpImpl(const TextShapes& s)
+    : gate_proj(register_module("gate_proj",
+                                nn::Linear(nn::LinearOptions(s.hidden_size, s.intermediate_size).bias(false)))),
+      up_proj(register_module("up_proj", nn::Linear(nn::LinearOptions(s.hidden_size, s.intermediate_size).bias(false)))),
+      down_proj(register_module("down_proj",
+                                nn::Linear(nn::LinearOptions(s.intermediate_size, s.hidden_size).bias(false)))) {}
+
+torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) { return down_proj(torch::silu(gate_proj(x)) * up_proj(x)); }
+
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const TextShapes& s, bool aligner)
+    : input_layernorm(register_module("input_layernorm", RmsNorm(s.hidden_size, s.rms_norm_eps))),
+      post_attention_layernorm(register_module("post_attention_layernorm", RmsNorm(s.hidden_size, s.rms_norm_eps))),
+      self_attn(register_module("self_attn", LlamaAttention(s, aligner))),
+      mlp(register_module("mlp", LlamaMlp(s))) {}
+
+torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap,
+                                             const TapRequest& request) {
+  torch::Tensor h = x + self_attn(input_layernorm(x), ctx, tap, request);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+LanguageModelImpl::LanguageModelImpl(const TextShapes& s, bool aligner) : shapes(s) {
+  auto model = register_module("model", std::make_shared<nn::Module>());
+  embed_tokens = model->register_module("embed_tokens", nn::Embedding(s.vocab_size, s.hidden_size));
+  layers = model->register_module("layers", nn::ModuleList());
+  for (int64_t i = 0; i < s.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(s, aligner));
+  norm = model->register_module("norm", RmsNorm(s.hidden_size, s.rms_norm_eps));
+  if (!s.tie_word_embeddings)
+    lm_head = register_module("lm_head", nn::Linear(nn::LinearOptions(s.hidden_size, s.vocab_size).bias(false)));
+}
+
+torch::Tensor LanguageModelImpl::forward(const torch::Tensor& embeds, const DecoderContext& ctx,
+                                         const TapRequest& request, std::vector<LayerTap>& taps) {
+  TORCH_CHECK(embeds.dim() == 3 && embeds.size(2) == shapes.hidden_size, "LanguageModel expects embeds (B, T, ",
+              shapes.hidden_size, "), got ", embeds.sizes());
+  for (int64_t l : request.layers)
+    TORCH_CHECK(l >= 0 && l < shapes.num_hidden_layers, "tap layer ", l, " is outside the ", shapes.num_hidden_layers,
+                " decoder layers");
+  torch::Tensor h = embeds;
+  for (int64_t l = 0; l < shapes.num_hidden_layers; ++l) {
+    bool tapped = std::find(request.layers.begin(), request.layers.end(), l) != request.layers.end();
+    LayerTap tap;
+    tap.layer = l;
+    h = layers[l]->as<LlamaDecoderLayerImpl>()->forward(h, ctx, tapped ? &tap : nullptr, request);
+    if (tapped) taps.push_back(std::move(tap));
+  }
+  return norm(h);
+}
+
+torch::Tensor LanguageModelImpl::logits(const torch::Tensor& hidden) {
+  return lm_head ? lm_head(hidden) : torch::matmul(hidden, embed_tokens->weight.t());
+}
+
+}  // namespace modalign

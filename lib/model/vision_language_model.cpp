@@ -1,0 +1,112 @@
+#include "lib/model/vision_language_model.h"
+
+namespace modalign {
+namespace nn = torch::nn;
+
+ProjectorImpl::ProjectorImpl(ProjectorKind kind, int64_t vision_dim, int64_t text_dim)
+    : linear_1(register_module("linear_1", nn::Linear(vision_dim, text_dim))) {
+  if (kind == ProjectorKind::Mlp2xGelu) linear_2 = register_module("linear_2", nn::Linear(text_dim, text_dim));
+}
+
+torch::Tensor ProjectorImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = linear_1(x);
+  return linear_2 ? linear_2(torch::gelu(h)) : h;  // erf GELU, as projector_hidden_act "gelu"
+}
+
+VisionLanguageModelImpl::VisionLanguageModelImpl(const ModelShapes& s) : shapes(s) {
+  check_shapes(s);
+  vision_tower = register_module("vision_tower", VisionTower(s.vision, s.vision_layers_used()));
+  multi_modal_projector =
+      register_module("multi_modal_projector", Projector(s.projector, s.vision.hidden_size, s.text.hidden_size));
+  language_model = register_module("language_model", LanguageModel(s.text, s.moda_aligner));
+}
+
+torch::Tensor VisionLanguageModelImpl::embed(const torch::Tensor& input_ids, const torch::Tensor& visual_mask,
+                                             const torch::Tensor& pixel_values) {
+  // Image-token ids may lie outside the vocabulary (LLaVA-1.5: 32000); their embeddings are replaced.
+  torch::Tensor ids = input_ids.masked_fill(visual_mask, 0);
+  torch::Tensor embeds = language_model->embed_tokens(ids);  // (B, T, D)
+  const int64_t image_tokens = visual_mask.sum().item<int64_t>();
+  const int64_t np = shapes.vision.num_patches();
+  const int64_t n = pixel_values.defined() ? pixel_values.size(0) : 0;
+  TORCH_CHECK(image_tokens == n * np, "the batch holds ", image_tokens, " image tokens but ", n, " images of ", np,
+              " patches each were given");
+  if (n == 0) return embeds;
+  torch::Tensor features = multi_modal_projector(vision_tower(pixel_values));  // (N, P, D)
+  return embeds.masked_scatter(visual_mask.unsqueeze(-1), features.to(embeds.scalar_type()));
+}
+
+ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                             const torch::Tensor& pixel_values, const TapRequest& taps) {
+  TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
+              "input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
+              attention_mask.sizes());
+  ModelOutput out;
+  torch::Tensor real = attention_mask.to(torch::kBool);
+  out.visual_mask = (input_ids == shapes.image_token_index) & real;
+  torch::Tensor embeds = embed(input_ids, out.visual_mask, pixel_values);
+  DecoderContext ctx = make_decoder_context(shapes.text, real, out.visual_mask, embeds.scalar_type());
+  torch::Tensor hidden = language_model(embeds, ctx, taps, out.taps);
+  out.logits = language_model->logits(hidden);
+  return out;
+}
+
+ExpandedInputs expand_image_tokens(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                   const torch::Tensor& labels, int64_t image_token_index, int64_t num_patches,
+                                   int64_t pad_token_id) {
+  TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes() &&
+                  labels.sizes() == input_ids.sizes(),
+              "input_ids, attention_mask and labels must be (B, L), got ", input_ids.sizes(), ", ",
+              attention_mask.sizes(), ", ", labels.sizes());
+  torch::Tensor ids = input_ids.to(torch::kCPU, torch::kInt64), mask = attention_mask.to(torch::kCPU, torch::kBool),
+                lab = labels.to(torch::kCPU, torch::kInt64);
+  const int64_t b = ids.size(0), l = ids.size(1);
+  std::vector<std::vector<int64_t>> out_ids(b), out_labels(b);
+  int64_t longest = 0;
+  auto ia = ids.accessor<int64_t, 2>();
+  auto la = lab.accessor<int64_t, 2>();
+  auto ma = mask.accessor<bool, 2>();
+  for (int64_t i = 0; i < b; ++i) {
+    int64_t images = 0;
+    for (int64_t j = 0; j < l; ++j) {
+      if (!ma[i][j]) continue;
+      if (ia[i][j] == image_token_index) {
+        TORCH_CHECK(++images == 1, "sample ", i, " holds more than one image token");
+        out_ids[i].insert(out_ids[i].end(), num_patches, image_token_index);
+        out_labels[i].insert(out_labels[i].end(), num_patches, -100);
+      } else {
+        out_ids[i].push_back(ia[i][j]);
+        out_labels[i].push_back(la[i][j]);
+      }
+    }
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(out_ids[i].size()));
+  }
+  ExpandedInputs out{torch::full({b, longest}, pad_token_id, torch::kInt64), torch::zeros({b, longest}, torch::kInt64),
+                     torch::full({b, longest}, -100, torch::kInt64)};
+  for (int64_t i = 0; i < b; ++i) {
+    int64_t n = static_cast<int64_t>(out_ids[i].size());
+    if (n == 0) continue;
+    out.input_ids[i].slice(0, 0, n).copy_(torch::tensor(out_ids[i], torch::kInt64));
+    out.labels[i].slice(0, 0, n).copy_(torch::tensor(out_labels[i], torch::kInt64));
+    out.attention_mask[i].slice(0, 0, n).fill_(1);
+  }
+  return out;
+}
+
+ModelShapes shapes_from_config(const ModelConfig& config) {
+  ModelShapes shapes = config.hf_config.empty() ? preset_shapes(config.preset) : shapes_from_hf_config(config.hf_config);
+  shapes.moda_aligner = config.moda_aligner;
+  return shapes;
+}
+
+VisionLanguageModel build_model(const ModelConfig& config) {
+  VisionLanguageModel model(shapes_from_config(config));
+  static constexpr torch::ScalarType kTypes[] = {torch::kFloat32, torch::kBFloat16, torch::kFloat64};
+  torch::Device device = config.device == DeviceKind::Cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  TORCH_CHECK(device.is_cpu() || torch::cuda::is_available(),
+              "model.device is cuda but this LibTorch build has no CUDA device available");
+  model->to(device, kTypes[static_cast<int>(config.dtype)]);
+  return model;
+}
+
+}  // namespace modalign

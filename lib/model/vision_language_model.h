@@ -1,0 +1,65 @@
+// VisionLanguageModel: LLaVA = vision tower -> projector -> image features written into the embedded
+// token sequence where `input_ids` hold the image token -> LLaMA decoder. Parameter names equal the
+// llava-hf safetensors names, so a Hugging Face checkpoint loads by a name-checked copy (lib/io/weights).
+//
+// Inputs are already expanded: each image occupies Nv = (image_size / patch_size)^2 consecutive
+// image-token positions (expand_image_tokens turns Hugging Face's single placeholder into that span).
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "lib/config/run_config.h"
+#include "lib/model/decoder.h"
+#include "lib/model/model_shapes.h"
+#include "lib/model/vision_tower.h"
+
+namespace modalign {
+
+struct ModelOutput {
+  torch::Tensor logits;          // (B, T, V)
+  torch::Tensor visual_mask;     // (B, T) bool: positions holding image features
+  std::vector<LayerTap> taps;    // one per requested layer, in layer order
+};
+
+struct ProjectorImpl : torch::nn::Module {
+  ProjectorImpl(ProjectorKind kind, int64_t vision_dim, int64_t text_dim);
+  torch::Tensor forward(const torch::Tensor& x);  // (N, P, Dv) -> (N, P, D): linear_2(gelu(linear_1(x)))
+  torch::nn::Linear linear_1{nullptr}, linear_2{nullptr};  // linear_2 null for `linear`
+};
+TORCH_MODULE(Projector);
+
+struct VisionLanguageModelImpl : torch::nn::Module {
+  explicit VisionLanguageModelImpl(const ModelShapes& shapes);
+
+  // input_ids, attention_mask (B, T) with expanded image spans; pixel_values (N, C, S, S): one image per
+  // sample that holds image tokens, in batch order (N may be 0).
+  ModelOutput forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                      const torch::Tensor& pixel_values, const TapRequest& taps = {});
+
+  // Token embeddings with image features written at image-token positions: (B, T, D)
+  torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& visual_mask,
+                      const torch::Tensor& pixel_values);
+
+  ModelShapes shapes;
+  VisionTower vision_tower{nullptr};
+  Projector multi_modal_projector{nullptr};
+  LanguageModel language_model{nullptr};
+};
+TORCH_MODULE(VisionLanguageModel);
+
+// Hugging Face style inputs (one image token per image, right padded) -> expanded inputs (B, T') where
+// each sample's real tokens come first with its image token replaced by `num_patches` copies, then
+// right padding; T' is the longest expanded sample. Labels at image positions become -100.
+struct ExpandedInputs {
+  torch::Tensor input_ids, attention_mask, labels;  // (B, T')
+};
+ExpandedInputs expand_image_tokens(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                   const torch::Tensor& labels, int64_t image_token_index, int64_t num_patches,
+                                   int64_t pad_token_id = 0);
+
+// The model a config asks for: preset or Hugging Face config.json, MODA aligner flag, dtype, device.
+ModelShapes shapes_from_config(const ModelConfig& config);
+VisionLanguageModel build_model(const ModelConfig& config);
+
+}  // namespace modalign
