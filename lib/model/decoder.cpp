@@ -110,7 +110,16 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
   torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.allowed, lowest), -1);  // (B, H, T, T)
   if (tap) {
-    tap->visual_mass = torch::matmul(p, ctx.visual_mask.to(wide).view({b, 1, t, 1})).squeeze(-1);  // (B, H, T)
+    // One matrix product gives the mass on image keys and on any other requested key sets: (B, H, T, 1+K)
+    torch::Tensor sets = ctx.visual_mask.to(wide).view({b, t, 1});
+    if (request.key_masks.defined()) {
+      TORCH_CHECK(request.key_masks.dim() == 3 && request.key_masks.size(0) == b && request.key_masks.size(1) == t,
+                  "TapRequest.key_masks must be (B, T, K) = (", b, ", ", t, ", K), got ", request.key_masks.sizes());
+      sets = torch::cat({sets, request.key_masks.to(wide)}, -1);
+    }
+    torch::Tensor mass = torch::matmul(p, sets.unsqueeze(1));  // (B, H, T, 1+K)
+    tap->visual_mass = mass.select(-1, 0);                     // (B, H, T)
+    if (request.key_masks.defined()) tap->key_mass = mass.slice(-1, 1);
     if (request.probs_to_visual) {
       const int64_t nv = ctx.visual_index.size(1);
       torch::Tensor idx = ctx.visual_index.view({b, 1, 1, nv}).expand({b, heads, t, nv});

@@ -17,12 +17,14 @@ struct TapRequest {
   std::vector<int64_t> layers;   // decoder layers whose visual mass is returned
   bool probs_to_visual = false;  // also P restricted to each sample's image keys
   bool full_probs = false;       // also the whole P (probing and tests; T^2 memory)
+  torch::Tensor key_masks;       // optional (B, T, K): also the mass on each of K other key sets
 };
 
 // One tapped layer. Probabilities are float32 (or float64 for a float64 model).
 struct LayerTap {
   int64_t layer = 0;
   torch::Tensor visual_mass;      // (B, H, T): sum of P over image keys
+  torch::Tensor key_mass;         // (B, H, T, K): sum of P over each requested key set
   torch::Tensor probs_to_visual;  // (B, H, T, Nv) when requested; zeros for samples without an image
   torch::Tensor probs;            // (B, H, T, T) when requested
 };

@@ -110,8 +110,13 @@ TEST(Model, RopeScoresDependOnlyOnRelativePosition) {
 TEST(Model, TapsEqualFullAttentionMaps) {
   VisionLanguageModel model = tiny_model();
   Batch b = make_batch({24, 19, 10}, {true, true, false}, 24, 6);
-  ModelOutput out = model->forward(b.ids, b.mask, b.pixels, TapRequest{{0, 1}, true, true});
+  torch::Tensor bos = torch::zeros({3, 24, 2}, torch::kFloat64);
+  bos.select(2, 0).select(1, 0).fill_(1);     // key set 0: the first token
+  bos.select(2, 1).slice(1, 18).fill_(1);      // key set 1: positions 18..23
+  ModelOutput out = model->forward(b.ids, b.mask, b.pixels, TapRequest{{0, 1}, true, true, bos});
   for (const LayerTap& tap : out.taps) {
+    EXPECT_TRUE(torch::allclose(tap.key_mass.select(-1, 0), tap.probs.select(-1, 0), 0, 1e-12));
+    EXPECT_TRUE(torch::allclose(tap.key_mass.select(-1, 1), tap.probs.slice(-1, 18).sum(-1), 0, 1e-12));
     torch::Tensor vis = out.visual_mask.to(torch::kFloat64);  // (B, T)
     torch::Tensor recomputed = (tap.probs * vis.view({3, 1, 1, 24})).sum(-1);  // (B, H, T)
     EXPECT_TRUE(torch::allclose(tap.visual_mass, recomputed, 0, 1e-12));

@@ -1,0 +1,79 @@
+#include "losses/attention_stats.h"
+
+#include <algorithm>
+
+namespace modalign {
+
+size_t AttentionStats::slot(int64_t layer, const char* loss) const {
+  auto it = std::find(layers.begin(), layers.end(), layer);
+  TORCH_CHECK(it != layers.end(), loss, " reads decoder layer ", layer, " but it was not tapped (tapped: ", layers, ")");
+  return static_cast<size_t>(it - layers.begin());
+}
+
+torch::Tensor widen(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
+}
+
+torch::Tensor response_queries(const torch::Tensor& labels) {
+  TORCH_CHECK(labels.dim() == 2, "labels must be (B, T), got ", labels.sizes());
+  torch::Tensor q = torch::zeros(labels.sizes(), labels.options().dtype(torch::kBool));
+  q.slice(1, 0, -1).copy_(labels.slice(1, 1) != -100);
+  return q;
+}
+
+torch::Tensor image_queries(const torch::Tensor& visual_mask) {
+  torch::Tensor v = visual_mask.to(torch::kBool);
+  return v & (v.to(torch::kInt64).cumsum(1) > 1);
+}
+
+torch::Tensor has_image(const torch::Tensor& visual_mask) { return visual_mask.to(torch::kBool).any(1); }
+
+torch::Tensor query_mean(const torch::Tensor& mass, const torch::Tensor& queries) {
+  TORCH_CHECK(mass.dim() == 3 && queries.dim() == 2 && mass.size(0) == queries.size(0) && mass.size(2) == queries.size(1),
+              "query_mean expects mass (B, H, T) and queries (B, T), got ", mass.sizes(), " and ", queries.sizes());
+  torch::Tensor m = widen(mass).mean(1);  // (B, T): mean over heads
+  torch::Tensor q = queries.to(m.scalar_type());
+  return (m * q).sum(1) / q.sum(1).clamp_min(1);  // (B)
+}
+
+torch::Tensor balanced_share(const torch::Tensor& queries, const torch::Tensor& attention_mask,
+                             const torch::Tensor& visual_mask) {
+  torch::Tensor real = attention_mask.to(torch::kFloat64);
+  torch::Tensor image = (visual_mask.to(torch::kBool) & attention_mask.to(torch::kBool)).to(torch::kFloat64);
+  torch::Tensor share = image.cumsum(1) / real.cumsum(1).clamp_min(1);  // (B, T)
+  torch::Tensor q = queries.to(torch::kFloat64);
+  return (share * q).sum(1) / q.sum(1).clamp_min(1);  // (B)
+}
+
+AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::vector<torch::Tensor>& probs,
+                                const torch::Tensor& labels, const torch::Tensor& attention_mask,
+                                const torch::Tensor& visual_mask, const torch::Tensor& sink_mask,
+                                bool with_probs_to_visual) {
+  TORCH_CHECK(layers.size() == probs.size(), "one probability map per layer expected, got ", probs.size(), " for ",
+              layers.size(), " layers");
+  AttentionStats stats;
+  stats.layers = layers;
+  stats.labels = labels;
+  stats.attention_mask = attention_mask.to(torch::kBool);
+  stats.visual_mask = visual_mask.to(torch::kBool) & stats.attention_mask;
+  torch::Tensor counts = stats.visual_mask.sum(1);
+  const int64_t nv = counts.numel() ? counts.max().item<int64_t>() : 0;
+  // Each sample's image positions in order, (B, Nv) (a stable descending sort puts them first).
+  torch::Tensor index = std::get<1>(torch::sort(stats.visual_mask.to(torch::kInt32), true, 1, true)).slice(1, 0, nv);
+  for (const auto& p : probs) {
+    TORCH_CHECK(p.dim() == 4 && p.size(0) == labels.size(0) && p.size(2) == labels.size(1) && p.size(3) == labels.size(1),
+                "probs must be (B, H, T, T) matching labels ", labels.sizes(), ", got ", p.sizes());
+    torch::Tensor w = widen(p);
+    stats.visual_mass.push_back((w * stats.visual_mask.to(w.scalar_type()).unsqueeze(1).unsqueeze(1)).sum(-1));
+    if (sink_mask.defined())
+      stats.sink_mass.push_back((w * sink_mask.to(w.scalar_type()).unsqueeze(1).unsqueeze(1)).sum(-1));
+    if (with_probs_to_visual) {
+      torch::Tensor idx = index.view({p.size(0), 1, 1, nv}).expand({p.size(0), p.size(1), p.size(2), nv});
+      torch::Tensor keep = (counts > 0).to(w.scalar_type()).view({-1, 1, 1, 1});
+      stats.probs_to_visual.push_back(w.gather(-1, idx) * keep);
+    }
+  }
+  return stats;
+}
+
+}  // namespace modalign

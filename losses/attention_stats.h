@@ -1,0 +1,53 @@
+// AttentionStats: what the alignment losses read from a forward pass, as plain LibTorch tensors so that
+// any trainer can fill it. Per tapped decoder layer: the attention mass each query puts on image keys,
+// and optionally on sink keys and on each image key; plus the batch masks that select queries.
+//
+// Letters: B batch, H heads, T tokens, Nv image tokens per sample.
+// Query conventions (ARCHITECTURE.md): response queries are the positions t whose output predicts a
+// supervised token (labels[t+1] != -100, labels aligned with input_ids); image queries are image
+// positions after the first of their sample. Samples without image tokens take part in no alignment loss.
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace modalign {
+
+struct AttentionStats {
+  std::vector<int64_t> layers;               // tapped decoder layer indices, ascending
+  std::vector<torch::Tensor> visual_mass;    // per layer (B, H, T): sum of P over image keys
+  std::vector<torch::Tensor> sink_mass;      // optional, per layer (B, H, T): sum of P over sink keys
+  std::vector<torch::Tensor> probs_to_visual;  // optional, per layer (B, H, T, Nv)
+  torch::Tensor labels;          // (B, T) int64, -100 = not supervised
+  torch::Tensor attention_mask;  // (B, T) bool, false = padding
+  torch::Tensor visual_mask;     // (B, T) bool, image-token positions
+  torch::Tensor region_target;   // optional (B, Nv): target distribution over image patches, 0-rows = none
+
+  // Position of `layer` in `layers`; throws naming the loss when it was not tapped.
+  size_t slot(int64_t layer, const char* loss) const;
+};
+
+// For trainers that keep full attention maps: stats from probs[l] (B, H, T, T) of the given layers.
+// `sink_mask` (B, T), when defined, fills sink_mass; probs_to_visual is filled when `with_probs_to_visual`.
+AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::vector<torch::Tensor>& probs,
+                                const torch::Tensor& labels, const torch::Tensor& attention_mask,
+                                const torch::Tensor& visual_mask, const torch::Tensor& sink_mask = {},
+                                bool with_probs_to_visual = false);
+
+// (B, T) bool: t with labels[t+1] != -100.
+torch::Tensor response_queries(const torch::Tensor& labels);
+// (B, T) bool: image positions after the first image position of each sample.
+torch::Tensor image_queries(const torch::Tensor& visual_mask);
+// (B) bool: samples holding at least one image token.
+torch::Tensor has_image(const torch::Tensor& visual_mask);
+// Per sample, the mean over heads and selected queries: mass (B, H, T), queries (B, T) -> (B) in float32
+// or wider; 0 for a sample with no selected query.
+torch::Tensor query_mean(const torch::Tensor& mass, const torch::Tensor& queries);
+// Per sample and query, the share of its visible keys (itself and earlier, unpadded) that are image
+// tokens, averaged over the selected queries: (B). What equal attention per token would put on images.
+torch::Tensor balanced_share(const torch::Tensor& queries, const torch::Tensor& attention_mask,
+                             const torch::Tensor& visual_mask);
+// x in float32, or float64 if it already is (losses never compute in bf16/fp16).
+torch::Tensor widen(const torch::Tensor& x);
+
+}  // namespace modalign

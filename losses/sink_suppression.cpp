@@ -1,0 +1,34 @@
+#include "losses/sink_suppression.h"
+
+namespace modalign {
+
+SinkSuppressionLoss::SinkSuppressionLoss(const SinkSuppressionOptions& options, int64_t num_layers)
+    : options_(options) {
+  layers_ = resolve_layers(options.layers, num_layers);
+}
+
+torch::Tensor SinkSuppressionLoss::sink_keys(const torch::Tensor& attention_mask, const torch::Tensor& system_mask) const {
+  if (options_.sink == SinkTokens::System) {
+    TORCH_CHECK(system_mask.defined() && system_mask.sizes() == attention_mask.sizes(),
+                "sink_suppression with sink: system needs a (B, T) system-prompt mask from the batch");
+    return system_mask.to(torch::kBool) & attention_mask.to(torch::kBool);
+  }
+  torch::Tensor real = attention_mask.to(torch::kBool);
+  return real & (real.to(torch::kInt64).cumsum(1) == 1);  // first real token of each sample
+}
+
+LossTerm SinkSuppressionLoss::compute(const AttentionStats& stats) const {
+  TORCH_CHECK(stats.sink_mass.size() == stats.layers.size(),
+              "sink_suppression needs AttentionStats::sink_mass for every tapped layer");
+  torch::Tensor rq = response_queries(stats.labels) & stats.attention_mask.to(torch::kBool);
+  torch::Tensor per_sample;
+  for (int64_t l : layers_) {
+    torch::Tensor term = torch::log(query_mean(stats.sink_mass[stats.slot(l, "sink_suppression")], rq) + options_.eps);
+    per_sample = per_sample.defined() ? per_sample + term : term;
+  }
+  per_sample = per_sample / static_cast<double>(layers_.size()) * rq.any(1).to(per_sample.scalar_type());
+  torch::Tensor image = has_image(stats.visual_mask);
+  return {(per_sample * image.to(per_sample.scalar_type())).sum(), image.sum()};
+}
+
+}  // namespace modalign

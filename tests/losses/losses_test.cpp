@@ -1,0 +1,350 @@
+// losses/: golden values from the independent implementation, hand-computed small cases for every loss
+// and form, finite-difference gradients in double, masking invariants, degenerate inputs, the composer.
+#include <gtest/gtest.h>
+
+#include "lib/io/safetensors.h"
+#include "losses/attention_kl.h"
+#include "losses/dual_channel.h"
+#include "losses/layer_decay.h"
+#include "losses/loss_composer.h"
+#include "losses/sink_suppression.h"
+#include "losses/text_ce.h"
+#include "test_util.h"
+
+namespace modalign {
+namespace {
+
+double value(const torch::Tensor& t) { return t.item<double>(); }
+
+// ---------------------------------------------------------------- golden
+
+class GoldenLosses : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { golden_ = std::make_unique<SafetensorsFile>(test::golden_path()); }
+  static void TearDownTestSuite() { golden_.reset(); }
+  static torch::Tensor g(const std::string& name) { return golden_->tensor("golden." + name); }
+  static AttentionStats stats() {
+    AttentionStats s;
+    s.layers = {0, 1};
+    s.visual_mass = {g("visual_mass.0"), g("visual_mass.1")};
+    s.labels = g("merged_labels");
+    s.attention_mask = g("merged_attention_mask").to(torch::kBool);
+    s.visual_mask = g("visual_mask").to(torch::kBool);
+    return s;
+  }
+  static void expect_loss(const LossTerm& term, const std::string& key) {
+    EXPECT_NEAR(value(term.sum), value(g("loss." + key + ".sum")), 1e-9) << key;
+    EXPECT_EQ(value(term.count), value(g("loss." + key + ".count"))) << key;
+    EXPECT_NEAR(value(term.mean()), value(g("loss." + key + ".mean")), 1e-9) << key;
+  }
+  static DualChannelOptions options(MassForm form, std::optional<double> target) {
+    DualChannelOptions o;  // golden parameters: eps 1e-6, inter 1, intra 0.5, all layers
+    o.form = form;
+    o.target = target;
+    return o;
+  }
+  static std::unique_ptr<SafetensorsFile> golden_;
+};
+std::unique_ptr<SafetensorsFile> GoldenLosses::golden_;
+
+TEST_F(GoldenLosses, TextCe) { expect_loss(text_ce(g("logits"), g("merged_labels")), "text_ce"); }
+
+TEST_F(GoldenLosses, MassesAndBalancedTargets) {
+  DualChannelLoss loss(options(MassForm::CappedLog, std::nullopt), 2);
+  DualChannelLoss::Masses m = loss.masses(stats());
+  EXPECT_TRUE(torch::allclose(m.inter, g("M_X"), 0, 1e-12));
+  EXPECT_TRUE(torch::allclose(m.intra, g("M_I"), 0, 1e-12));
+  EXPECT_TRUE(torch::allclose(m.inter_target, g("target_balanced.X"), 0, 1e-12));
+  EXPECT_TRUE(torch::allclose(m.intra_target, g("target_balanced.I"), 0, 1e-12));
+}
+
+TEST_F(GoldenLosses, DualChannelEveryForm) {
+  expect_loss(DualChannelLoss(options(MassForm::Log, std::nullopt), 2).compute(stats()), "dual_channel.log");
+  expect_loss(DualChannelLoss(options(MassForm::CappedLog, 0.95), 2).compute(stats()), "dual_channel.capped_log");
+  expect_loss(DualChannelLoss(options(MassForm::Hinge, 0.95), 2).compute(stats()), "dual_channel.hinge");
+  expect_loss(DualChannelLoss(options(MassForm::CappedLog, std::nullopt), 2).compute(stats()),
+              "dual_channel.capped_log_balanced");
+}
+
+// ---------------------------------------------------------------- hand-computed cases
+//
+// B = 2, H = 1, T = 6. Sample 0: BOS, image at 1..2, text 3, answer tokens at 4..5 (labels[4], labels[5]
+// supervised -> response queries t = 3, 4). Sample 1: text only. Masses chosen by hand.
+
+AttentionStats hand_stats(bool requires_grad = false) {
+  AttentionStats s;
+  s.layers = {0, 1};
+  s.labels = torch::tensor({{-100, -100, -100, -100, 7, 9}, {-100, -100, 5, 6, -100, -100}});
+  s.attention_mask = torch::tensor({{1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 0, 0}}).to(torch::kBool);
+  s.visual_mask = torch::tensor({{0, 1, 1, 0, 0, 0}, {0, 0, 0, 0, 0, 0}}).to(torch::kBool);
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64).requires_grad(requires_grad);
+  //                       t:     0    1    2    3    4    5
+  s.visual_mass = {torch::tensor({{{0.0, 0.0, 0.5, 0.6, 0.2, 0.9}}, {{0.3, 0.3, 0.3, 0.3, 0.9, 0.9}}}, opts),
+                   torch::tensor({{{0.0, 0.0, 0.4, 0.3, 0.1, 0.9}}, {{0.1, 0.1, 0.1, 0.1, 0.9, 0.9}}}, opts)};
+  s.sink_mass = {torch::tensor({{{1.0, 0.5, 0.2, 0.3, 0.1, 0.0}}, {{1.0, 0.5, 0.5, 0.5, 0.5, 0.5}}}, opts),
+                 torch::tensor({{{1.0, 0.5, 0.2, 0.5, 0.3, 0.0}}, {{1.0, 0.5, 0.5, 0.5, 0.5, 0.5}}}, opts)};
+  return s;
+}
+
+TEST(LossHelpers, QuerySelection) {
+  AttentionStats s = hand_stats();
+  EXPECT_TRUE(torch::equal(response_queries(s.labels),
+                           torch::tensor({{0, 0, 0, 1, 1, 0}, {0, 1, 1, 0, 0, 0}}).to(torch::kBool)));
+  EXPECT_TRUE(torch::equal(image_queries(s.visual_mask), torch::tensor({{0, 0, 1, 0, 0, 0}, {0, 0, 0, 0, 0, 0}}).to(torch::kBool)));
+  // Visible image share: t = 3 -> 2/4, t = 4 -> 2/5; mean 0.45. Image query t = 2 -> 2/3.
+  torch::Tensor x = balanced_share(response_queries(s.labels), s.attention_mask, s.visual_mask);
+  EXPECT_NEAR(value(x[0]), 0.45, 1e-15);
+  EXPECT_NEAR(value(balanced_share(image_queries(s.visual_mask), s.attention_mask, s.visual_mask)[0]), 2.0 / 3, 1e-15);
+}
+
+TEST(DualChannel, HandComputedEveryForm) {
+  AttentionStats s = hand_stats();
+  // M_X: layer 0 mean(0.6, 0.2) = 0.4, layer 1 mean(0.3, 0.1) = 0.2. M_I: layer 0 0.5, layer 1 0.4.
+  const double eps = 1e-6;
+  auto check = [&](MassForm form, std::optional<double> target, double expected) {
+    DualChannelOptions o;
+    o.form = form;
+    o.target = target;
+    o.inter_weight = 1.0;
+    o.intra_weight = 0.5;
+    LossTerm t = DualChannelLoss(o, 2).compute(s);
+    EXPECT_NEAR(value(t.sum), expected, 1e-12);
+    EXPECT_EQ(value(t.count), 1);  // the text-only sample takes no part
+  };
+  check(MassForm::Log, std::nullopt,
+        -(std::log(0.4 + eps) + std::log(0.2 + eps)) / 2 - 0.5 * (std::log(0.5 + eps) + std::log(0.4 + eps)) / 2);
+  // Fixed target 0.45: inter min(0.4/0.45, 1), min(0.2/0.45, 1); intra capped at 1 for 0.5, 0.4/0.45.
+  check(MassForm::CappedLog, 0.45,
+        -(std::log(0.4 / 0.45 + eps) + std::log(0.2 / 0.45 + eps)) / 2 -
+            0.5 * (std::log(1 + eps) + std::log(0.4 / 0.45 + eps)) / 2);
+  check(MassForm::Hinge, 0.45,
+        (std::pow(0.05, 2) + std::pow(0.25, 2)) / 2 + 0.5 * (0 + std::pow(0.05, 2)) / 2);
+  // Balanced: inter target 0.45 (as above), intra target 2/3.
+  check(MassForm::CappedLog, std::nullopt,
+        -(std::log(0.4 / 0.45 + eps) + std::log(0.2 / 0.45 + eps)) / 2 -
+            0.5 * (std::log(0.5 * 1.5 + eps) + std::log(0.4 * 1.5 + eps)) / 2);
+}
+
+TEST(DualChannel, TargetScaleAndLayerSelection) {
+  AttentionStats s = hand_stats();
+  DualChannelOptions o;
+  o.form = MassForm::Hinge;
+  o.target = 0.5;
+  o.target_scale = 0.8;  // target 0.4
+  o.intra_weight = 0;
+  o.layers = {"1"};
+  DualChannelLoss loss(o, 2);
+  EXPECT_EQ(loss.layers(), (std::vector<int64_t>{1}));
+  EXPECT_NEAR(value(loss.compute(s).sum), std::pow(0.4 - 0.2, 2), 1e-12);
+}
+
+TEST(LayerDecay, HandComputed) {
+  AttentionStats s = hand_stats();
+  LayerDecayOptions o;  // ref = first layer (0): relu(0.4 - 0.2) = 0.2
+  LossTerm t = LayerDecayLoss(o, 2).compute(s);
+  EXPECT_NEAR(value(t.sum), 0.2, 1e-12);
+  EXPECT_EQ(value(t.count), 1);
+  s.visual_mass[1] = s.visual_mass[1] + 0.3;  // deeper layer above the reference: no penalty
+  EXPECT_NEAR(value(LayerDecayLoss(o, 2).compute(s).sum), 0.0, 1e-12);
+  o.ref = 1;
+  test::expect_error<c10::Error>([&] { LayerDecayLoss(o, 2); }, {"no selected layer comes after the reference layer 1"});
+}
+
+TEST(SinkSuppression, HandComputedAndSinkKeys) {
+  AttentionStats s = hand_stats();
+  SinkSuppressionOptions o;
+  // Response queries t = 3, 4: layer 0 mean(0.3, 0.1) = 0.2, layer 1 mean(0.5, 0.3) = 0.4.
+  LossTerm t = SinkSuppressionLoss(o, 2).compute(s);
+  EXPECT_NEAR(value(t.sum), (std::log(0.2 + 1e-6) + std::log(0.4 + 1e-6)) / 2, 1e-12);
+  EXPECT_EQ(value(t.count), 1);
+  SinkSuppressionLoss bos(o, 2);
+  torch::Tensor mask = torch::tensor({{0, 1, 1}, {1, 1, 0}}).to(torch::kBool);
+  EXPECT_TRUE(torch::equal(bos.sink_keys(mask, {}), torch::tensor({{0, 1, 0}, {1, 0, 0}}).to(torch::kBool)));
+  o.sink = SinkTokens::System;
+  SinkSuppressionLoss sys(o, 2);
+  torch::Tensor system = torch::tensor({{1, 1, 0}, {1, 1, 1}});
+  EXPECT_TRUE(torch::equal(sys.sink_keys(mask, system), torch::tensor({{0, 1, 0}, {1, 1, 0}}).to(torch::kBool)));
+  test::expect_error<c10::Error>([&] { sys.sink_keys(mask, {}); }, {"needs a (B, T) system-prompt mask"});
+}
+
+TEST(AttentionKl, HandComputed) {
+  AttentionStats s = hand_stats();
+  // Two image tokens. Response queries t = 3, 4 put (0.3, 0.1) and (0.1, 0.1) on them in both layers.
+  torch::Tensor p = torch::zeros({2, 1, 6, 2}, torch::kFloat64);
+  p[0][0][3] = torch::tensor({0.3, 0.1}, torch::kFloat64);
+  p[0][0][4] = torch::tensor({0.1, 0.1}, torch::kFloat64);
+  s.probs_to_visual = {p, p};
+  s.region_target = torch::tensor({{1.0, 3.0}, {0.0, 0.0}}, torch::kFloat64);  // normalised to (0.25, 0.75)
+  AttentionKlOptions o;
+  auto kl = [](double t0, double t1, double q0, double q1) { return t0 * std::log(t0 / q0) + t1 * std::log(t1 / q1); };
+  double expected = (kl(0.25, 0.75, 0.75, 0.25) + kl(0.25, 0.75, 0.5, 0.5)) / 2;
+  LossTerm t = AttentionKlLoss(o, 2).compute(s);
+  EXPECT_NEAR(value(t.sum), expected, 1e-9);
+  EXPECT_EQ(value(t.count), 1);
+  s.region_target = torch::zeros({2, 2}, torch::kFloat64);  // no targets: nothing to sum, no NaN
+  LossTerm none = AttentionKlLoss(o, 2).compute(s);
+  EXPECT_EQ(value(none.count), 0);
+  EXPECT_EQ(value(none.mean()), 0.0);
+}
+
+// ---------------------------------------------------------------- gradients, invariants, degenerate
+
+// Central differences of loss(stats) w.r.t. every element of visual_mass / sink_mass against autograd.
+template <class Loss>
+void check_gradient(const Loss& loss, bool sink) {
+  AttentionStats s = hand_stats(true);
+  LossTerm t = loss.compute(s);
+  t.sum.backward();
+  std::vector<torch::Tensor>& inputs = sink ? s.sink_mass : s.visual_mass;
+  for (auto& x : inputs) {
+    torch::Tensor grad = x.grad().clone();
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      torch::NoGradGuard no_grad;
+      double* v = x.data_ptr<double>() + i;
+      const double h = 1e-7, saved = *v;
+      *v = saved + h;
+      double up = value(loss.compute(s).sum);
+      *v = saved - h;
+      double down = value(loss.compute(s).sum);
+      *v = saved;
+      EXPECT_NEAR(grad.view(-1)[i].item<double>(), (up - down) / (2 * h), 1e-6) << loss.name() << " element " << i;
+    }
+  }
+}
+
+TEST(LossGradients, FiniteDifferences) {
+  for (MassForm form : {MassForm::CappedLog, MassForm::Log, MassForm::Hinge}) {
+    DualChannelOptions o;
+    o.form = form;
+    o.target = form == MassForm::Log ? std::nullopt : std::optional<double>(0.45);
+    check_gradient(DualChannelLoss(o, 2), false);
+    o.target = std::nullopt;
+    check_gradient(DualChannelLoss(o, 2), false);
+  }
+  check_gradient(LayerDecayLoss(LayerDecayOptions{}, 2), false);
+  check_gradient(SinkSuppressionLoss(SinkSuppressionOptions{}, 2), true);
+}
+
+TEST(LossInvariants, PaddingAndTextOnlySamplesChangeNothing) {
+  DualChannelOptions o;
+  DualChannelLoss loss(o, 2);
+  AttentionStats s = hand_stats();
+  LossTerm base = loss.compute(s);
+  // Right-pad every sample by 3 positions holding arbitrary mass.
+  AttentionStats p = s;
+  auto pad2 = [](const torch::Tensor& x, int64_t v) { return torch::cat({x, torch::full({x.size(0), 3}, v, x.options())}, 1); };
+  p.labels = pad2(s.labels, -100);
+  p.attention_mask = pad2(s.attention_mask, 0);
+  p.visual_mask = pad2(s.visual_mask, 0);
+  for (auto& m : p.visual_mass) m = torch::cat({m, torch::rand({2, 1, 3}, m.options())}, 2);
+  LossTerm padded = loss.compute(p);
+  EXPECT_NEAR(value(padded.sum), value(base.sum), 1e-15);
+  EXPECT_EQ(value(padded.count), value(base.count));
+  // Another text-only sample with arbitrary mass adds nothing.
+  AttentionStats q = s;
+  q.labels = torch::cat({s.labels, s.labels.slice(0, 1)});
+  q.attention_mask = torch::cat({s.attention_mask, s.attention_mask.slice(0, 1)});
+  q.visual_mask = torch::cat({s.visual_mask, s.visual_mask.slice(0, 1)});
+  for (auto& m : q.visual_mass) m = torch::cat({m, torch::rand({1, 1, 6}, m.options())});
+  EXPECT_NEAR(value(loss.compute(q).sum), value(base.sum), 1e-15);
+  EXPECT_EQ(value(loss.compute(q).count), 1);
+}
+
+TEST(LossInvariants, DegenerateInputsStayFinite) {
+  AttentionStats s = hand_stats(true);
+  for (auto& m : s.visual_mass) m = torch::zeros_like(m).requires_grad_(true);  // zero mass everywhere
+  for (auto& m : s.sink_mass) m = torch::zeros_like(m).requires_grad_(true);
+  s.probs_to_visual = {torch::zeros({2, 1, 6, 2}, torch::kFloat64), torch::zeros({2, 1, 6, 2}, torch::kFloat64)};
+  s.region_target = torch::ones({2, 2}, torch::kFloat64);
+  std::vector<LossEntry> entries(4);
+  entries[0].name = "dual_channel";
+  entries[1].name = "layer_decay";
+  entries[2].name = "sink_suppression";
+  entries[3].name = "attention_kl";
+  entries[0].dual_channel.form = MassForm::Log;
+  LossComposer composer(entries, 2);
+  for (auto labels : {s.labels, torch::full_like(s.labels, -100)}) {  // with and without supervised tokens
+    s.labels = labels;
+    auto terms = composer.compute(torch::zeros({2, 6, 10}, torch::kFloat64), s);
+    torch::Tensor total = LossComposer::total(terms);
+    EXPECT_TRUE(std::isfinite(value(total)));
+    for (const auto& t : terms) EXPECT_TRUE(std::isfinite(value(t.term.sum))) << t.name;
+    total.backward();
+    for (auto& m : s.visual_mass) EXPECT_TRUE(torch::isfinite(m.grad()).all().item<bool>());
+  }
+  // No image in the batch at all.
+  s.visual_mask = torch::zeros_like(s.visual_mask);
+  LossTerm t = DualChannelLoss(DualChannelOptions{}, 2).compute(s);
+  EXPECT_EQ(value(t.count), 0);
+  EXPECT_EQ(value(t.mean()), 0.0);
+}
+
+TEST(LossPrecision, HalfPrecisionInputsAreComputedInFloat32) {
+  AttentionStats s = hand_stats();
+  double expected = value(DualChannelLoss(DualChannelOptions{}, 2).compute(s).sum);
+  for (auto& m : s.visual_mass) m = m.to(torch::kBFloat16);
+  LossTerm t = DualChannelLoss(DualChannelOptions{}, 2).compute(s);
+  EXPECT_EQ(t.sum.scalar_type(), torch::kFloat32);
+  EXPECT_NEAR(value(t.sum), expected, 2e-2);  // bf16 rounding of the masses only
+  torch::Tensor logits = torch::randn({2, 6, 10}).to(torch::kBFloat16);
+  EXPECT_EQ(text_ce(logits, s.labels).sum.scalar_type(), torch::kFloat32);
+}
+
+// ---------------------------------------------------------------- composer and registry
+
+TEST(LossComposer, WeightsTermsCountsAndTotal) {
+  std::vector<LossEntry> entries(2);
+  entries[0].name = "dual_channel";
+  entries[0].weight = 0.5;
+  entries[0].dual_channel.layers = {"1"};
+  entries[1].name = "layer_decay";
+  entries[1].weight = 2.0;
+  LossComposer composer(entries, 4);
+  EXPECT_EQ(composer.tap_layers(), (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_FALSE(composer.needs_sink_mass());
+  AttentionStats s = hand_stats();
+  s.layers = {0, 1, 2, 3};
+  s.visual_mass = {s.visual_mass[0], s.visual_mass[1], s.visual_mass[1], s.visual_mass[0]};
+  torch::manual_seed(0);
+  torch::Tensor logits = torch::randn({2, 6, 10}, torch::kFloat64);
+  auto terms = composer.compute(logits, s);
+  ASSERT_EQ(terms.size(), 3u);
+  EXPECT_EQ(terms[0].name, "text_ce");
+  EXPECT_EQ(terms[1].name, "dual_channel");
+  EXPECT_EQ(terms[2].name, "layer_decay");
+  LossTerm ce = text_ce(logits, s.labels);
+  EXPECT_EQ(value(ce.count), 4);
+  DualChannelOptions dual = entries[0].dual_channel;
+  double expected = value(ce.sum) / 4 + 0.5 * value(DualChannelLoss(dual, 4).compute(s).sum) +
+                    2.0 * value(LayerDecayLoss(LayerDecayOptions{}, 4).compute(s).sum);
+  EXPECT_NEAR(value(LossComposer::total(terms)), expected, 1e-12);
+  auto counts = composer.counts(s);
+  ASSERT_EQ(counts.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(value(counts[i]), value(terms[i].term.count));
+  // Global counts replace local ones (e.g. twice the tokens over an accumulation window).
+  std::vector<torch::Tensor> global{counts[0] * 2, counts[1] * 2, counts[2] * 2};
+  EXPECT_NEAR(value(LossComposer::total(terms, global)), expected / 2, 1e-12);
+}
+
+TEST(LossComposer, UnknownNameListsRegisteredAndCustomLossesRegister) {
+  LossEntry e;
+  e.name = "focal";
+  test::expect_error<std::invalid_argument>([&] { make_loss(e, 2); },
+                                            {"unknown loss 'focal'", "attention_kl, dual_channel, layer_decay, sink_suppression"});
+  struct Constant : AlignmentLoss {
+    std::string name() const override { return "constant"; }
+    LossTerm compute(const AttentionStats&) const override { return {torch::tensor(3.0), torch::tensor(1.0)}; }
+  };
+  register_loss("constant", [](const LossEntry&, int64_t) { return std::make_unique<Constant>(); });
+  e.name = "constant";
+  EXPECT_EQ(value(make_loss(e, 2)->compute(AttentionStats{}).sum), 3.0);
+}
+
+TEST(AttentionStats, UntappedLayerIsNamed) {
+  AttentionStats s = hand_stats();
+  DualChannelOptions o;
+  test::expect_error<c10::Error>([&] { DualChannelLoss(o, 4).compute(s); }, {"dual_channel reads decoder layer 2 but it was not tapped"});
+}
+
+}  // namespace
+}  // namespace modalign
