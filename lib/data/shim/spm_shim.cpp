@@ -1,0 +1,79 @@
+// A C API over SentencePiece, built as its own shared library. modalign loads it with
+// dlmopen(LM_ID_NEWLM) because libsentencepiece bundles a protobuf that clashes with LibTorch's: in a
+// separate link-map namespace each keeps its own copy. Only C types cross this boundary.
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+void set_error(char* err, int len, const std::string& msg) {
+  if (err && len > 0) {
+    std::strncpy(err, msg.c_str(), static_cast<size_t>(len) - 1);
+    err[len - 1] = '\0';
+  }
+}
+}  // namespace
+
+extern "C" {
+
+void* spm_load(const char* model_path, char* err, int err_len) {
+  auto* sp = new sentencepiece::SentencePieceProcessor();
+  auto status = sp->Load(model_path);
+  if (!status.ok()) {
+    set_error(err, err_len, status.ToString());
+    delete sp;
+    return nullptr;
+  }
+  return sp;
+}
+
+void spm_free(void* handle) { delete static_cast<sentencepiece::SentencePieceProcessor*>(handle); }
+
+// Writes up to `max_ids` ids; returns how many the text needs (call again with a larger buffer when
+// that exceeds max_ids), or -1 on error.
+int spm_encode(void* handle, const char* text, int* ids, int max_ids) {
+  std::vector<int> out;
+  if (!static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Encode(text, &out).ok()) return -1;
+  for (size_t i = 0; i < out.size() && static_cast<int>(i) < max_ids; ++i) ids[i] = out[i];
+  return static_cast<int>(out.size());
+}
+
+// Writes the decoded text (NUL terminated) if it fits; returns its length, or -1 on error.
+int spm_decode(void* handle, const int* ids, int n, char* text, int max_len) {
+  std::string out;
+  std::vector<int> in(ids, ids + n);
+  if (!static_cast<sentencepiece::SentencePieceProcessor*>(handle)->Decode(in, &out).ok()) return -1;
+  if (static_cast<int>(out.size()) < max_len) std::memcpy(text, out.c_str(), out.size() + 1);
+  return static_cast<int>(out.size());
+}
+
+int spm_piece_to_id(void* handle, const char* piece) {
+  return static_cast<sentencepiece::SentencePieceProcessor*>(handle)->PieceToId(piece);
+}
+
+// which: 0 vocab size, 1 bos, 2 eos, 3 pad, 4 unk
+int spm_info(void* handle, int which) {
+  auto* sp = static_cast<sentencepiece::SentencePieceProcessor*>(handle);
+  switch (which) {
+    case 0: return sp->GetPieceSize();
+    case 1: return sp->bos_id();
+    case 2: return sp->eos_id();
+    case 3: return sp->pad_id();
+    case 4: return sp->unk_id();
+  }
+  return -1;
+}
+
+// Trains a model from SentencePiece trainer flags ("--input=... --model_prefix=... ..."); 0 on success.
+int spm_train(const char* flags, char* err, int err_len) {
+  auto status = sentencepiece::SentencePieceTrainer::Train(flags);
+  if (!status.ok()) {
+    set_error(err, err_len, status.ToString());
+    return 1;
+  }
+  return 0;
+}
+}

@@ -1,0 +1,55 @@
+// SentencePiece tokenizer (encode, decode, special ids, training), isolated from LibTorch: the real
+// libsentencepiece runs inside a small shim library loaded with dlmopen(LM_ID_NEWLM), because the
+// protobuf it bundles clashes with LibTorch's in one namespace (the process segfaults at start).
+#pragma once
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace modalign {
+
+struct TokenizerError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Tokenizer {
+ public:
+  // Loads a SentencePiece `.model` file; throws TokenizerError naming the file.
+  explicit Tokenizer(const std::string& model_path);
+  ~Tokenizer();
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
+
+  std::vector<int64_t> encode(const std::string& text) const;  // no BOS/EOS added
+  std::string decode(const std::vector<int64_t>& ids) const;
+  int64_t piece_to_id(const std::string& piece) const;  // unk_id() when absent
+  int64_t vocab_size() const { return vocab_size_; }
+  int64_t bos_id() const { return bos_; }
+  int64_t eos_id() const { return eos_; }
+  int64_t pad_id() const { return pad_; }  // -1 when the model has none
+  int64_t unk_id() const { return unk_; }
+  const std::string& path() const { return path_; }
+
+  struct TrainOptions {
+    int64_t vocab_size = 1000;
+    std::string model_type = "bpe";
+    std::vector<std::string> user_defined_symbols{"<image>"};
+    double character_coverage = 1.0;
+  };
+  // Trains `model_prefix`.model/.vocab from a text file (one sentence per line). Ids: pad 0, bos 1,
+  // eos 2, unk 4; user-defined symbols fill the free ids from 3, so `<image>` is 3 (the tiny preset's
+  // image_token_index). Deterministic for the same corpus and options.
+  static void train(const std::string& corpus_path, const std::string& model_prefix, const TrainOptions& options);
+
+ private:
+  std::string path_;
+  void* handle_ = nullptr;
+  int64_t vocab_size_ = 0, bos_ = -1, eos_ = -1, pad_ = -1, unk_ = -1;
+};
+
+// Where the shim library is looked for: $MODALIGN_SPM_SHIM, then next to the running executable, then
+// the build and install folders recorded at compile time.
+std::string spm_shim_path();
+
+}  // namespace modalign
