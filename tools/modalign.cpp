@@ -3,8 +3,12 @@
 
 #include <cstdio>
 #include <iostream>
+#include <map>
 
 #include "lib/config/config_loader.h"
+#include "lib/data/dataset.h"
+#include "lib/data/synth.h"
+#include "lib/data/tokenizer.h"
 #include "lib/io/safetensors.h"
 
 namespace {
@@ -49,7 +53,6 @@ int main(int argc, char** argv) {
   add_pending(app, "train", "fine-tune a model from a YAML config (--nproc N for data parallel)", code);
   add_pending(app, "eval", "evaluate a checkpoint on the configured eval splits", code);
   add_pending(app, "probe", "per-layer visual attention share and modality dominance of a checkpoint", code);
-  add_pending(app, "synth", "generate the built-in modality-conflict benchmark", code);
   add_pending(app, "convert", "merge LoRA adapters and export safetensors", code);
 
   ConfigArgs config_args;
@@ -59,6 +62,25 @@ int main(int argc, char** argv) {
   config->add_flag("--defaults", defaults, "print every key with its default and help");
   config->add_flag("--dump", dump, "print the resolved YAML a run with these files and overrides would use");
   config->callback([&] { code = run_config(config_args, defaults); });
+
+  modalign::SynthOptions synth;
+  CLI::App* synth_cmd = app.add_subcommand("synth", "generate the built-in modality-conflict benchmark");
+  synth_cmd->add_option("--out", synth.out_dir, "output folder")->required();
+  synth_cmd->add_option("--train", synth.train, "training samples")->capture_default_str();
+  synth_cmd->add_option("--eval", synth.eval, "samples per eval split")->capture_default_str();
+  synth_cmd->add_option("--image-size", synth.image_size, "image side in pixels")->capture_default_str();
+  synth_cmd->add_option("--seed", synth.seed, "random seed")->capture_default_str();
+  synth_cmd->add_option("--hint-agreement", synth.hint_agreement, "share of training hints that are right")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  synth_cmd->add_option("--difficulty", synth.difficulty, "easy, medium or hard")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, modalign::SynthDifficulty>{
+          {"easy", modalign::SynthDifficulty::Easy},
+          {"medium", modalign::SynthDifficulty::Medium},
+          {"hard", modalign::SynthDifficulty::Hard}}))
+      ->default_str("medium");
+  synth_cmd->add_option("--vocab-size", synth.vocab_size, "tokenizer pieces (at most)")->capture_default_str();
+  synth_cmd->callback([&] { std::cout << modalign::synthesize(synth) << "\n"; });
 
   std::string inspect_path;
   CLI::App* inspect = app.add_subcommand("inspect", "list the tensors and metadata of a safetensors file, index or checkpoint");
@@ -74,6 +96,12 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const modalign::SafetensorsError& e) {
     std::fprintf(stderr, "modalign: bad safetensors: %s\n", e.what());
+    return 2;
+  } catch (const modalign::DataError& e) {
+    std::fprintf(stderr, "modalign: data error: %s\n", e.what());
+    return 2;
+  } catch (const modalign::TokenizerError& e) {
+    std::fprintf(stderr, "modalign: tokenizer error: %s\n", e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "modalign: error: %s\n", e.what());

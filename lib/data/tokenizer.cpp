@@ -19,7 +19,7 @@ struct ShimApi {
   int (*decode)(void*, const int*, int, char*, int);
   int (*piece_to_id)(void*, const char*);
   int (*info)(void*, int);
-  int (*train)(const char*, char*, int);
+  int (*train)(const char*, const char*, const char*, char*, int);
 };
 
 template <class F>
@@ -110,18 +110,22 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
 
 int64_t Tokenizer::piece_to_id(const std::string& piece) const { return shim().piece_to_id(handle_, piece.c_str()); }
 
-void Tokenizer::train(const std::string& corpus_path, const std::string& model_prefix, const TrainOptions& o) {
+void Tokenizer::train(const std::string& corpus_path, const std::string& model_path, const TrainOptions& o) {
   std::string symbols;
   for (const auto& s : o.user_defined_symbols) symbols += (symbols.empty() ? "" : ",") + s;
-  std::string flags = "--input=" + corpus_path + " --model_prefix=" + model_prefix +
-                      " --vocab_size=" + std::to_string(o.vocab_size) + " --model_type=" + o.model_type +
+  std::string flags = "--vocab_size=" + std::to_string(o.vocab_size) + " --model_type=" + o.model_type +
                       " --character_coverage=" + std::to_string(o.character_coverage) +
                       " --pad_id=0 --bos_id=1 --eos_id=2 --unk_id=4 --num_threads=1 --minloglevel=2" +
                       " --hard_vocab_limit=false --shuffle_input_sentence=false --input_sentence_size=0" +
+                      (o.pieces_may_span_words ? " --split_by_whitespace=false --split_by_unicode_script=false" : "") +
                       (symbols.empty() ? "" : " --user_defined_symbols=" + symbols);
+  std::string tmp = model_path + ".tmp";
   char err[1024] = {0};
-  if (shim().train(flags.c_str(), err, sizeof err) != 0)
+  if (shim().train(flags.c_str(), corpus_path.c_str(), tmp.c_str(), err, sizeof err) != 0) {
+    fs::remove(tmp);
     throw TokenizerError("training a tokenizer from " + corpus_path + " failed: " + err);
+  }
+  fs::rename(tmp, model_path);
 }
 
 }  // namespace modalign

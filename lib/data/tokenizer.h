@@ -36,11 +36,12 @@ class Tokenizer {
     std::string model_type = "bpe";
     std::vector<std::string> user_defined_symbols{"<image>"};
     double character_coverage = 1.0;
+    bool pieces_may_span_words = false;  // true: pieces may cross spaces and script changes
   };
-  // Trains `model_prefix`.model/.vocab from a text file (one sentence per line). Ids: pad 0, bos 1,
-  // eos 2, unk 4; user-defined symbols fill the free ids from 3, so `<image>` is 3 (the tiny preset's
-  // image_token_index). Deterministic for the same corpus and options.
-  static void train(const std::string& corpus_path, const std::string& model_prefix, const TrainOptions& options);
+  // Trains a model from a text file (one sentence per line) and writes it to `model_path`. Ids: pad 0,
+  // bos 1, eos 2, unk 4; user-defined symbols fill the free ids from 3, so `<image>` is 3 (the tiny
+  // preset's image_token_index). The same corpus and options give a byte-identical file.
+  static void train(const std::string& corpus_path, const std::string& model_path, const TrainOptions& options);
 
  private:
   std::string path_;

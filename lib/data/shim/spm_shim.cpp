@@ -5,6 +5,7 @@
 #include <sentencepiece_trainer.h>
 
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -67,11 +68,43 @@ int spm_info(void* handle, int which) {
   return -1;
 }
 
-// Trains a model from SentencePiece trainer flags ("--input=... --model_prefix=... ..."); 0 on success.
-int spm_train(const char* flags, char* err, int err_len) {
-  auto status = sentencepiece::SentencePieceTrainer::Train(flags);
+// Trains a model from the lines of `corpus_path` with SentencePiece trainer `flags` (no --input or
+// --model_prefix) and writes the serialized model to `out_path`; 0 on success. Feeding sentences
+// through an iterator keeps file paths out of the model, so the same corpus gives the same bytes.
+int spm_train(const char* flags, const char* corpus_path, const char* out_path, char* err, int err_len) {
+  class Lines : public sentencepiece::SentenceIterator {
+   public:
+    explicit Lines(const char* path) : in_(path) {
+      if (!in_) status_ = sentencepiece::util::Status(sentencepiece::util::StatusCode::kNotFound,
+                                                     std::string(path) + ": cannot read corpus");
+      Next();
+    }
+    bool done() const override { return done_; }
+    void Next() override { done_ = !in_ || !std::getline(in_, line_); }
+    const std::string& value() const override { return line_; }
+    sentencepiece::util::Status status() const override { return status_; }
+
+   private:
+    std::ifstream in_;
+    std::string line_;
+    bool done_ = false;
+    sentencepiece::util::Status status_;
+  };
+  Lines lines(corpus_path);
+  if (!lines.status().ok()) {
+    set_error(err, err_len, lines.status().ToString());
+    return 1;
+  }
+  std::string proto;
+  auto status = sentencepiece::SentencePieceTrainer::Train(flags, &lines, &proto);
   if (!status.ok()) {
     set_error(err, err_len, status.ToString());
+    return 1;
+  }
+  std::ofstream out(out_path, std::ios::binary);
+  out << proto;
+  if (!out.flush()) {
+    set_error(err, err_len, std::string(out_path) + ": cannot write the trained model");
     return 1;
   }
   return 0;

@@ -22,9 +22,10 @@ std::string corpus(const test::TempDir& dir) {
 
 TEST(Tokenizer, TrainEncodeDecodeBesideTorch) {
   test::TempDir dir;
+  std::filesystem::create_directories(dir.path() / "sub");
   Tokenizer::TrainOptions options;
   options.vocab_size = 120;
-  Tokenizer::train(corpus(dir), (dir.path() / "tok").string(), options);
+  Tokenizer::train(corpus(dir), (dir.path() / "tok.model").string(), options);
   Tokenizer tok((dir.path() / "tok.model").string());
   EXPECT_EQ(tok.pad_id(), 0);
   EXPECT_EQ(tok.bos_id(), 1);
@@ -39,12 +40,9 @@ TEST(Tokenizer, TrainEncodeDecodeBesideTorch) {
   EXPECT_EQ(tok.decode(ids), text);
   torch::Tensor t = torch::tensor(ids);  // LibTorch works in the same process
   EXPECT_EQ(t.numel(), static_cast<int64_t>(ids.size()));
-  // Same corpus, same options: the same vocabulary (the .model file also records its own paths).
-  Tokenizer::train(corpus(dir), (dir.path() / "tok2").string(), options);
-  Tokenizer again((dir.path() / "tok2.model").string());
-  EXPECT_EQ(again.vocab_size(), tok.vocab_size());
-  for (const char* s : {"Hint: it is probably orange.", "triangle circle square", "What colour"})
-    EXPECT_TRUE(again.encode(s) == tok.encode(s)) << s;
+  // Same corpus, same options, another folder: a byte-identical model.
+  Tokenizer::train(corpus(dir), (dir.path() / "sub" / "tok2.model").string(), options);
+  EXPECT_TRUE(test::read_text((dir.path() / "tok.model").string()) == test::read_text((dir.path() / "sub/tok2.model").string()));
 }
 
 TEST(Tokenizer, ErrorsNameTheFile) {
@@ -53,7 +51,7 @@ TEST(Tokenizer, ErrorsNameTheFile) {
                                      {"none.model: tokenizer model file not found"});
   std::string junk = dir.write("junk.model", "not a model");
   test::expect_error<TokenizerError>([&] { Tokenizer t(junk); }, {"junk.model: not a SentencePiece model"});
-  test::expect_error<TokenizerError>([&] { Tokenizer::train((dir.path() / "nope.txt").string(), (dir.path() / "x").string(), {}); },
+  test::expect_error<TokenizerError>([&] { Tokenizer::train((dir.path() / "nope.txt").string(), (dir.path() / "x.model").string(), {}); },
                                      {"nope.txt"});
 }
 

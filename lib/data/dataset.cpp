@@ -1,0 +1,107 @@
+#include "lib/data/dataset.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace modalign {
+namespace {
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t pos = text.find(what); pos != std::string::npos; pos = text.find(what, pos + what.size())) ++n;
+  return n;
+}
+
+std::string trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t\n\r"), b = s.find_last_not_of(" \t\n\r");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+Example parse_record(const nlohmann::json& j, const std::string& where) {
+  Example e;
+  e.where = where;
+  auto fail = [&](const std::string& msg) -> DataError {
+    return DataError(fmt::format("{}{}: {}", where, e.id.empty() ? "" : " (id " + e.id + ")", msg));
+  };
+  if (!j.is_object()) throw fail("a sample must be a JSON object");
+  if (j.contains("id")) e.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+  if (j.contains("image") && !j["image"].is_null()) {
+    if (!j["image"].is_string()) throw fail("\"image\" must be a path string");
+    e.image = j["image"].get<std::string>();
+  }
+  if (!j.contains("conversations") || !j["conversations"].is_array()) throw fail("missing \"conversations\" list");
+  bool any_gpt = false;
+  for (const auto& turn : j["conversations"]) {
+    if (!turn.is_object() || !turn.contains("from") || !turn.contains("value") || !turn["from"].is_string() ||
+        !turn["value"].is_string())
+      throw fail("each turn needs string \"from\" and \"value\"");
+    std::string from = turn["from"].get<std::string>();
+    bool human = from == "human" || from == "user";
+    if (!human && from != "gpt" && from != "assistant") throw fail("turn from '" + from + "' (expected human or gpt)");
+    if (human != (e.turns.size() % 2 == 0))
+      throw fail(fmt::format("turn {} is from {}; turns must alternate human, gpt, starting with human", e.turns.size(), from));
+    any_gpt |= !human;
+    e.turns.push_back({human, turn["value"].get<std::string>()});
+  }
+  if (!any_gpt) throw fail("the conversation has no assistant (gpt) turn");
+  size_t placeholders = 0;
+  for (size_t i = 0; i < e.turns.size(); ++i) {
+    size_t n = count(e.turns[i].value, kImagePlaceholder);
+    if (n && i != 0) throw fail(fmt::format("<image> appears in turn {}; only the first human turn may hold it", i));
+    placeholders += n;
+  }
+  if (placeholders > 1) throw fail("<image> appears more than once");
+  if (placeholders && e.image.empty()) throw fail("the text holds <image> but the sample has no \"image\"");
+  if (!e.image.empty()) {  // LLaVA: the placeholder moves to the start of the first turn
+    std::string& v = e.turns[0].value;
+    size_t pos = v.find(kImagePlaceholder);
+    if (pos != std::string::npos) v.erase(pos, std::string(kImagePlaceholder).size());
+    v = std::string(kImagePlaceholder) + "\n" + trim(v);
+  }
+  return e;
+}
+
+}  // namespace
+
+std::vector<Example> load_dataset(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw DataError(path + ": cannot open dataset file");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string text = buffer.str();
+  std::vector<Example> out;
+  size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) throw DataError(path + ": empty dataset file");
+  if (text[first] == '[') {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+      size_t line = 1 + std::count(text.begin(), text.begin() + std::min(e.byte, text.size()), '\n');
+      throw DataError(fmt::format("{}:{}: invalid JSON: {}", path, line, e.what()));
+    }
+    for (size_t i = 0; i < j.size(); ++i) out.push_back(parse_record(j[i], fmt::format("{}[{}]", path, i)));
+  } else {
+    std::stringstream lines(text);
+    size_t number = 0;
+    for (std::string line; std::getline(lines, line);) {
+      ++number;
+      if (trim(line).empty()) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::parse_error& e) {
+        throw DataError(fmt::format("{}:{}: invalid JSON: {}", path, number, e.what()));
+      }
+      out.push_back(parse_record(j, fmt::format("{}:{}", path, number)));
+    }
+  }
+  if (out.empty()) throw DataError(path + ": the dataset holds no samples");
+  return out;
+}
+
+}  // namespace modalign

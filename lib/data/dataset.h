@@ -1,0 +1,35 @@
+// LLaVA-format datasets: a JSON array or JSONL of {"id", "image" (optional, relative to the image
+// folder), "conversations": [{"from": "human"|"gpt", "value": ...}, ...]}, checked on load so that a
+// bad record is reported with its file, line and id before training starts.
+#pragma once
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace modalign {
+
+// A bad file or sample; the message names the file, the line or record, the sample id and the reason.
+struct DataError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+inline constexpr const char* kImagePlaceholder = "<image>";
+
+struct Turn {
+  bool from_human = true;
+  std::string value;
+};
+
+struct Example {
+  std::string id;
+  std::string image;  // relative to data.image_folder; empty for a text-only sample
+  std::vector<Turn> turns;  // human, gpt, human, gpt, ...; `<image>` starts the first human turn
+  std::string where;        // "file:line" (JSONL) or "file[record]" (JSON array), for messages
+};
+
+// Reads and checks one dataset file. Alternating human/gpt turns starting with human, at least one gpt
+// turn, at most one `<image>` and only in the first human turn (moved to its start, followed by a newline,
+// as LLaVA does; added there when the sample has an image but no placeholder). Empty files are errors.
+std::vector<Example> load_dataset(const std::string& path);
+
+}  // namespace modalign

@@ -1,0 +1,36 @@
+// Images for the vision tower: decoding with stb_image (PNG, JPEG, BMP, ...), then LLaVA's
+// preprocessing: pad to a square with the mean colour (`pad`) or resize the short side and centre-crop
+// (`crop`), resize to the tower's size (bicubic, antialiased), scale to [0, 1], normalise per channel.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lib/config/run_config.h"
+
+namespace modalign {
+
+struct RgbImage {
+  int width = 0, height = 0;
+  std::vector<uint8_t> pixels;  // height * width * 3, row-major RGB
+};
+
+// Throws DataError naming the file and stb's reason for a missing, unreadable or corrupt image.
+RgbImage load_image(const std::string& path);
+
+struct ImageOptions {
+  int64_t size = 336;
+  AspectMode aspect = AspectMode::Pad;
+  std::vector<double> mean{0.48145466, 0.4578275, 0.40821073};
+  std::vector<double> std{0.26862954, 0.26130258, 0.27577711};
+};
+
+// -> (3, size, size) float32, normalised.
+torch::Tensor preprocess_image(const RgbImage& image, const ImageOptions& options);
+
+// Writes an RGB image as PNG (synthetic data and tests); throws DataError on failure.
+void save_png(const std::string& path, const RgbImage& image);
+
+}  // namespace modalign

@@ -1,0 +1,117 @@
+#include "lib/data/loader.h"
+
+#include <spdlog/spdlog.h>
+
+namespace modalign {
+
+DataLoader::DataLoader(std::shared_ptr<const std::vector<Example>> examples, std::shared_ptr<const Processor> processor,
+                       Sampler sampler, LoaderOptions options)
+    : examples_(std::move(examples)),
+      processor_(std::move(processor)),
+      sampler_(std::move(sampler)),
+      options_(options),
+      per_epoch_(sampler_.batches_per_epoch()) {
+  for (int64_t i = 0; i < options_.num_workers; ++i) workers_.emplace_back([this] { work(); });
+}
+
+DataLoader::~DataLoader() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  space_cv_.notify_all();
+  for (auto& w : workers_) w.join();
+}
+
+DataCursor DataLoader::job_cursor(int64_t job) const {
+  int64_t flat = options_.start.epoch * per_epoch_ + options_.start.batch + job;
+  return {flat / per_epoch_, flat % per_epoch_};
+}
+
+DataCursor DataLoader::cursor() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return job_cursor(consumed_);
+}
+
+int64_t DataLoader::skipped() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return skipped_;
+}
+
+DataLoader::Prepared DataLoader::prepare(int64_t job) {
+  DataCursor c = job_cursor(job);
+  std::vector<int64_t> indices;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = epochs_.find(c.epoch);
+    if (it == epochs_.end()) {
+      it = epochs_.emplace(c.epoch, sampler_.epoch_batches(c.epoch)).first;
+      while (epochs_.size() > 2) epochs_.erase(epochs_.begin());
+    }
+    indices = it->second.at(static_cast<size_t>(c.batch));
+  }
+  Prepared out;
+  try {
+    std::vector<Sample> samples;
+    for (int64_t i : indices) {
+      try {
+        samples.push_back(processor_->process((*examples_)[static_cast<size_t>(i)]));
+      } catch (const DataError& e) {
+        if (options_.on_bad_sample == BadSamplePolicy::Error) throw;
+        spdlog::warn("skipping bad sample: {}", e.what());
+        ++out.batch.skipped;
+      }
+    }
+    const ModelInterface& m = processor_->model();
+    if (!samples.empty()) {
+      int64_t skipped = out.batch.skipped;
+      out.batch = collate(samples, std::max<int64_t>(processor_->tokenizer().pad_id(), 0), m.image_token_index, m.image_size);
+      out.batch.skipped = skipped;
+    }
+  } catch (...) {
+    out.error = std::current_exception();
+  }
+  return out;
+}
+
+void DataLoader::work() {
+  while (true) {
+    int64_t job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      space_cv_.wait(lock, [&] { return stop_ || next_job_ < consumed_ + options_.prefetch; });
+      if (stop_) return;
+      job = next_job_++;
+    }
+    Prepared p = prepare(job);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ready_.emplace(job, std::move(p));
+    }
+    ready_cv_.notify_all();
+  }
+}
+
+Batch DataLoader::next() {
+  while (true) {
+    Prepared p;
+    if (workers_.empty()) {
+      p = prepare(consumed_);
+    } else {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ready_cv_.wait(lock, [&] { return ready_.count(consumed_) > 0; });
+      p = std::move(ready_[consumed_]);
+      ready_.erase(consumed_);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++consumed_;
+      skipped_ += p.batch.skipped;
+    }
+    space_cv_.notify_all();
+    if (p.error) std::rethrow_exception(p.error);
+    if (p.batch.size() > 0) return p.batch;  // a batch whose samples were all skipped is passed over
+  }
+}
+
+}  // namespace modalign

@@ -1,0 +1,65 @@
+#include "lib/data/processor.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+namespace modalign {
+
+Processor::Processor(const DataConfig& config, const ModelInterface& model)
+    : config_(config), model_(model), image_options_{model.image_size, config.image_aspect_ratio, config.image_mean, config.image_std} {
+  if (config.tokenizer.empty()) throw DataError("data.tokenizer is not set (a SentencePiece .model file)");
+  tokenizer_ = std::make_shared<Tokenizer>(config.tokenizer);
+  if (tokenizer_->vocab_size() > model.vocab_size)
+    throw DataError(fmt::format("{}: the tokenizer has {} pieces but the model's vocabulary has {}", config.tokenizer,
+                                tokenizer_->vocab_size(), model.vocab_size));
+  if (model.image_token_index < tokenizer_->vocab_size() &&
+      tokenizer_->piece_to_id(kImagePlaceholder) != model.image_token_index)
+    throw DataError(fmt::format("{}: id {} (the model's image_token_index) is an ordinary piece of this tokenizer; "
+                                "train it with <image> as a user-defined symbol at that id",
+                                config.tokenizer, model.image_token_index));
+}
+
+Sample Processor::process(const Example& example, bool prompt_only) const {
+  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length,
+                          prompt_only};
+  TokenizedExample t = tokenize_example(example, *tokenizer_, options);
+  Sample s{std::move(t.input_ids), std::move(t.labels), {}, example.id};
+  if (!example.image.empty()) {
+    std::string path = (std::filesystem::path(config_.image_folder) / example.image).string();
+    try {
+      s.pixel_values = preprocess_image(load_image(path), image_options_);
+    } catch (const DataError& e) {
+      throw DataError(fmt::format("{}{}: {}", example.where, example.id.empty() ? "" : " (id " + example.id + ")", e.what()));
+    }
+  }
+  return s;
+}
+
+Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size) {
+  Batch b;
+  const int64_t n = static_cast<int64_t>(samples.size());
+  int64_t t = 0;
+  for (const auto& s : samples) t = std::max<int64_t>(t, static_cast<int64_t>(s.input_ids.size()));
+  b.input_ids = torch::full({n, t}, pad_id, torch::kInt64);
+  b.labels = torch::full({n, t}, -100, torch::kInt64);
+  b.attention_mask = torch::zeros({n, t}, torch::kBool);
+  std::vector<torch::Tensor> images;
+  for (int64_t i = 0; i < n; ++i) {
+    const Sample& s = samples[i];
+    const int64_t len = static_cast<int64_t>(s.input_ids.size());
+    b.input_ids[i].slice(0, 0, len).copy_(torch::tensor(s.input_ids, torch::kInt64));
+    b.labels[i].slice(0, 0, len).copy_(torch::tensor(s.labels, torch::kInt64));
+    b.attention_mask[i].slice(0, 0, len).fill_(true);
+    bool has_image_tokens = std::find(s.input_ids.begin(), s.input_ids.end(), image_token_index) != s.input_ids.end();
+    TORCH_CHECK(has_image_tokens == s.pixel_values.defined(), "sample ", s.id,
+                has_image_tokens ? " holds image tokens but no image" : " has an image but no image tokens");
+    if (s.pixel_values.defined()) images.push_back(s.pixel_values);
+    b.ids.push_back(s.id);
+  }
+  b.visual_mask = (b.input_ids == image_token_index) & b.attention_mask;
+  b.pixel_values = images.empty() ? torch::zeros({0, 3, image_size, image_size}) : torch::stack(images);
+  return b;
+}
+
+}  // namespace modalign

@@ -1,0 +1,65 @@
+// Processor: one dataset Example -> one model-ready Sample (token ids and labels through the chat
+// template, the image decoded and preprocessed), and Collator: Samples -> a right-padded Batch.
+//
+// Batch layout (B batch, T tokens, N samples holding an image, S image side): input_ids, labels,
+// attention_mask, visual_mask (B, T); pixel_values (N, 3, S, S), one per sample with image tokens,
+// in batch order (text-only samples have none).
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lib/config/run_config.h"
+#include "lib/data/chat_template.h"
+#include "lib/data/dataset.h"
+#include "lib/data/image.h"
+#include "lib/data/tokenizer.h"
+
+namespace modalign {
+
+struct Sample {
+  std::vector<int64_t> input_ids, labels;
+  torch::Tensor pixel_values;  // (3, S, S), undefined for a text-only sample
+  std::string id;
+};
+
+struct Batch {
+  torch::Tensor input_ids, labels, attention_mask, visual_mask;  // (B, T)
+  torch::Tensor pixel_values;                                     // (N, 3, S, S)
+  std::vector<std::string> ids;
+  int64_t skipped = 0;  // bad samples dropped from this batch (on_bad_sample: skip)
+  int64_t size() const { return input_ids.defined() ? input_ids.size(0) : 0; }
+};
+
+// What the data side needs to know about the model.
+struct ModelInterface {
+  int64_t image_size = 16;
+  int64_t num_patches = 16;
+  int64_t image_token_index = 3;
+  int64_t vocab_size = 64;
+};
+
+class Processor {
+ public:
+  // Loads the tokenizer named by config.tokenizer; checks it fits the model (vocabulary size, no
+  // ordinary piece on the image token id).
+  Processor(const DataConfig& config, const ModelInterface& model);
+
+  // Throws DataError naming the sample (and the image file) when it cannot be used.
+  Sample process(const Example& example, bool prompt_only = false) const;
+
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const ModelInterface& model() const { return model_; }
+
+ private:
+  DataConfig config_;
+  ModelInterface model_;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  ImageOptions image_options_;
+};
+
+Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size);
+
+}  // namespace modalign

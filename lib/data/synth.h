@@ -1,0 +1,29 @@
+// The built-in modality-conflict benchmark: images of simple coloured shapes, questions about them,
+// and a text hint ("Hint: it is probably red.") that agrees with the image in most training samples.
+// A model that reads the hint instead of the image scores near 0 on the conflict split; one that looks
+// scores near 100. Output is a pure function of the options: the same seed gives identical bytes.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace modalign {
+
+enum class SynthDifficulty { Easy, Medium, Hard };
+
+struct SynthOptions {
+  std::string out_dir;
+  int64_t train = 2000;            // samples in train.json
+  int64_t eval = 200;              // samples in each eval split
+  int64_t image_size = 64;
+  uint64_t seed = 0;
+  double hint_agreement = 0.98;    // probability that a training hint names the right answer
+  SynthDifficulty difficulty = SynthDifficulty::Medium;
+  int64_t vocab_size = 256;        // tokenizer pieces (at most)
+};
+
+// Writes out_dir/{train,eval_aligned,eval_conflict,eval_nohint}.json, out_dir/images/*.png,
+// out_dir/tokenizer.model and out_dir/synth.json (the options). Each sample also carries "answer" and
+// "hint" fields for evaluation. Returns a one-line summary.
+std::string synthesize(const SynthOptions& options);
+
+}  // namespace modalign

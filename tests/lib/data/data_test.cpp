@@ -1,0 +1,385 @@
+// lib/data: image files and preprocessing by hand, chat templates token by token, label masks, the
+// tokenisation-mismatch error, truncation, collation, sampler order and cursor restarts, the loader,
+// bad data with its messages, and synth determinism.
+#include <gtest/gtest.h>
+#include <stb_image_write.h>
+
+#include <nlohmann/json.hpp>
+
+#include "lib/data/chat_template.h"
+#include "lib/data/dataset.h"
+#include "lib/data/image.h"
+#include "lib/data/loader.h"
+#include "lib/data/processor.h"
+#include "lib/data/sampler.h"
+#include "lib/data/synth.h"
+#include "test_util.h"
+
+namespace modalign {
+namespace {
+namespace fs = std::filesystem;
+
+// One small synthetic benchmark (images + tokenizer) shared by the suite.
+class Data : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    SynthOptions o;
+    o.out_dir = (dir_->path() / "synth").string();
+    o.train = 24;
+    o.eval = 4;
+    o.image_size = 16;
+    synthesize(o);
+    tokenizer_ = new Tokenizer(o.out_dir + "/tokenizer.model");
+  }
+  static void TearDownTestSuite() {
+    delete tokenizer_;
+    delete dir_;
+  }
+  static std::string synth_dir() { return (dir_->path() / "synth").string(); }
+  static DataConfig config() {
+    DataConfig c;
+    c.tokenizer = synth_dir() + "/tokenizer.model";
+    c.image_folder = synth_dir();
+    c.model_max_length = 256;
+    return c;
+  }
+  static Example example(std::vector<Turn> turns, std::string image = "images/train_00000.png") {
+    Example e;
+    e.id = "ex";
+    e.where = "test.json[0]";
+    e.image = image;
+    e.turns = std::move(turns);
+    return e;
+  }
+  static std::vector<int64_t> enc(const std::string& s) { return tokenizer_->encode(s); }
+  static test::TempDir* dir_;
+  static Tokenizer* tokenizer_;
+};
+test::TempDir* Data::dir_ = nullptr;
+Tokenizer* Data::tokenizer_ = nullptr;
+
+RgbImage solid(int w, int h, uint8_t r, uint8_t g, uint8_t b) {
+  RgbImage img{w, h, {}};
+  for (int i = 0; i < w * h; ++i) img.pixels.insert(img.pixels.end(), {r, g, b});
+  return img;
+}
+
+// ---------------------------------------------------------------- images
+
+TEST_F(Data, PngAndJpegRoundTrips) {
+  test::TempDir dir;
+  RgbImage img = solid(5, 3, 10, 200, 30);
+  img.pixels[0] = 255;  // top-left red channel
+  std::string png = (dir.path() / "a.png").string();
+  save_png(png, img);
+  RgbImage back = load_image(png);
+  EXPECT_EQ(back.width, 5);
+  EXPECT_EQ(back.height, 3);
+  EXPECT_EQ(back.pixels, img.pixels);  // lossless
+  std::string jpg = (dir.path() / "a.jpg").string();
+  RgbImage flat = solid(16, 16, 120, 60, 200);
+  ASSERT_TRUE(stbi_write_jpg(jpg.c_str(), 16, 16, 3, flat.pixels.data(), 95));
+  RgbImage j = load_image(jpg);
+  ASSERT_EQ(j.pixels.size(), flat.pixels.size());
+  for (size_t i = 0; i < j.pixels.size(); ++i) EXPECT_NEAR(j.pixels[i], flat.pixels[i], 3) << i;
+}
+
+TEST_F(Data, PadToSquareWithMeanColourAndNormalise) {
+  // A 4x2 white image padded to 4x4: rows 0 and 3 take the mean colour int(mean * 255), rows 1-2 white.
+  ImageOptions o;
+  o.size = 4;
+  torch::Tensor x = preprocess_image(solid(4, 2, 255, 255, 255), o);
+  ASSERT_EQ(x.sizes(), (std::vector<int64_t>{3, 4, 4}));
+  for (int c = 0; c < 3; ++c) {
+    double pad = (static_cast<int>(o.mean[c] * 255) / 255.0 - o.mean[c]) / o.std[c];
+    double white = (1.0 - o.mean[c]) / o.std[c];
+    EXPECT_NEAR(x[c][0][0].item<double>(), pad, 1e-5);
+    EXPECT_NEAR(x[c][3][3].item<double>(), pad, 1e-5);
+    EXPECT_NEAR(x[c][1][2].item<double>(), white, 1e-5);
+  }
+}
+
+TEST_F(Data, CenterCropKeepsTheMiddle) {
+  // 6x2 image: columns 0-1 black, 2-3 white, 4-5 black. Crop mode resizes the short side (2 -> 2) and
+  // keeps the middle 2x2: white. Normalisation with mean 0, std 1 leaves [0, 1] values.
+  RgbImage img = solid(6, 2, 0, 0, 0);
+  for (int y = 0; y < 2; ++y)
+    for (int x = 2; x < 4; ++x)
+      for (int c = 0; c < 3; ++c) img.pixels[(y * 6 + x) * 3 + c] = 255;
+  ImageOptions o{2, AspectMode::Crop, {0, 0, 0}, {1, 1, 1}};
+  torch::Tensor x = preprocess_image(img, o);
+  EXPECT_TRUE(torch::allclose(x, torch::ones({3, 2, 2})));
+  // Resizing a constant image keeps it constant.
+  ImageOptions big{8, AspectMode::Pad, {0, 0, 0}, {1, 1, 1}};
+  EXPECT_TRUE(torch::allclose(preprocess_image(solid(3, 3, 51, 102, 204), big)[2], torch::full({8, 8}, 0.8), 0, 1e-6));
+}
+
+// ---------------------------------------------------------------- templates and labels
+
+TEST_F(Data, VicunaTemplateStringAndLabelsTokenByToken) {
+  Example e = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}, {true, "And the square?"}, {false, "blue"}});
+  std::string text;
+  for (const auto& s : render(e, ChatTemplate::VicunaV1)) text += s.text;
+  EXPECT_EQ(text, std::string(kVicunaSystem) +
+                      " USER: <image>\nWhat colour is the circle? ASSISTANT: red</s>USER: And the square? ASSISTANT: blue</s>");
+  TokenizeOptions o{ChatTemplate::VicunaV1, 3, 16, 512, false};
+  TokenizedExample t = tokenize_example(e, *tokenizer_, o);
+  std::vector<int64_t> expected{1};
+  std::vector<int64_t> labels{-100};
+  auto add = [&](const std::vector<int64_t>& ids, bool trained) {
+    for (int64_t id : ids) expected.push_back(id), labels.push_back(trained ? id : -100);
+  };
+  add(enc(std::string(kVicunaSystem) + " USER: "), false);
+  add(std::vector<int64_t>(16, 3), false);
+  add(enc("\nWhat colour is the circle? ASSISTANT:"), false);
+  add(enc(" red"), true);
+  add({2}, true);
+  add(enc("USER: And the square? ASSISTANT:"), false);
+  add(enc(" blue"), true);
+  add({2}, true);
+  EXPECT_EQ(t.input_ids, expected);
+  EXPECT_EQ(t.labels, labels);
+  std::vector<int64_t> trained;
+  for (int64_t l : t.labels)
+    if (l >= 0 && l != 2) trained.push_back(l);
+  EXPECT_EQ(tokenizer_->decode(trained), "red blue");
+  // prompt_only: everything up to the final reply, nothing trained.
+  o.prompt_only = true;
+  TokenizedExample p = tokenize_example(e, *tokenizer_, o);
+  EXPECT_EQ(p.input_ids, std::vector<int64_t>(expected.begin(), expected.end() - static_cast<long>(enc(" blue").size()) - 1));
+}
+
+TEST_F(Data, PlainTemplate) {
+  Example e = example({{true, "<image>\nDescribe."}, {false, "a red circle"}});
+  TokenizedExample t = tokenize_example(e, *tokenizer_, {ChatTemplate::Plain, 3, 16, 512, false});
+  std::vector<int64_t> expected{1};
+  expected.insert(expected.end(), 16, 3);
+  std::vector<int64_t> caption = enc("a red circle");
+  expected.insert(expected.end(), caption.begin(), caption.end());
+  expected.push_back(2);
+  EXPECT_EQ(t.input_ids, expected);
+  for (size_t i = 0; i < 17; ++i) EXPECT_EQ(t.labels[i], -100);
+  for (size_t i = 17; i < expected.size(); ++i) EXPECT_EQ(t.labels[i], expected[i]);
+}
+
+TEST_F(Data, TokenisationMismatchIsAnError) {
+  // A tokenizer whose pieces may span spaces merges across the "ASSISTANT:" | " yes" turn boundary.
+  test::TempDir dir;
+  std::string corpus;
+  for (int i = 0; i < 200; ++i) corpus += "USER: is it? ASSISTANT: yes\n";
+  std::string path = dir.write("c.txt", corpus);
+  Tokenizer::TrainOptions o;
+  o.vocab_size = 80;
+  o.pieces_may_span_words = true;
+  Tokenizer::train(path, (dir.path() / "t.model").string(), o);
+  Tokenizer merging((dir.path() / "t.model").string());
+  Example e = example({{true, "is it?"}, {false, "yes"}}, "");
+  test::expect_error<DataError>([&] { tokenize_example(e, merging, {ChatTemplate::VicunaV1, 3, 16, 512, false}); },
+                                {"test.json[0] (id ex)", "tokenisation mismatch"});
+}
+
+TEST_F(Data, TruncationNeverCutsTheImageSpan) {
+  Example e = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red and blue and green and yellow"}});
+  TokenizeOptions o{ChatTemplate::Plain, 3, 16, 512, false};
+  size_t full = tokenize_example(e, *tokenizer_, o).input_ids.size();
+  o.max_length = static_cast<int64_t>(full) - 2;  // cuts the caption: fine
+  TokenizedExample t = tokenize_example(e, *tokenizer_, o);
+  EXPECT_EQ(t.input_ids.size(), full - 2);
+  o.max_length = 10;  // inside the image span (positions 1..16): error
+  test::expect_error<DataError>([&] { tokenize_example(e, *tokenizer_, o); },
+                                {"(id ex)", "cannot fit: the image span ends at token 17 but model_max_length is 10"});
+  o.max_length = 17;  // image fits, no caption token left
+  test::expect_error<DataError>([&] { tokenize_example(e, *tokenizer_, o); }, {"no trained token left after truncation"});
+}
+
+// ---------------------------------------------------------------- dataset files: bad data
+
+class BadData : public ::testing::Test {
+ protected:
+  void expect_bad(const std::string& name, const std::string& text, std::initializer_list<std::string> pieces) {
+    std::string path = dir_.write(name, text);
+    test::expect_error<DataError>([&] { load_dataset(path); }, pieces);
+  }
+  test::TempDir dir_;
+};
+
+TEST_F(BadData, Messages) {
+  expect_bad("a.json", "[{\"id\": \"x\", \"conversations\": [}]", {"a.json:1: invalid JSON"});
+  expect_bad("b.jsonl", "{\"id\": \"1\", \"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}]}\n{bad\n",
+             {"b.jsonl:2: invalid JSON"});
+  expect_bad("c.json", "[{\"id\": \"s1\", \"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}]}]",
+             {"c.json[0] (id s1): the conversation has no assistant (gpt) turn"});
+  expect_bad("d.json", "[{\"id\": \"s2\"}]", {"d.json[0] (id s2)", "missing \"conversations\""});
+  expect_bad("e.json", "[{\"id\": \"s3\", \"conversations\": [{\"from\": \"gpt\", \"value\": \"a\"}]}]",
+             {"(id s3): turn 0 is from gpt; turns must alternate"});
+  expect_bad("f.json", "[{\"id\": \"s4\", \"conversations\": [{\"from\": \"robot\", \"value\": \"a\"}]}]",
+             {"(id s4): turn from 'robot'"});
+  expect_bad("g.json", "[{\"id\": \"s5\", \"conversations\": [{\"from\": \"human\", \"value\": \"<image> hi\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}]",
+             {"(id s5): the text holds <image> but the sample has no \"image\""});
+  expect_bad("h.json", "[{\"id\": \"s6\", \"image\": \"x.png\", \"conversations\": [{\"from\": \"human\", \"value\": \"<image><image>\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}]",
+             {"(id s6): <image> appears more than once"});
+  expect_bad("i.json", "[]", {"i.json: the dataset holds no samples"});
+  expect_bad("j.json", "  \n", {"j.json: empty dataset file"});
+  test::expect_error<DataError>([&] { load_dataset((dir_.path() / "none.json").string()); }, {"none.json: cannot open"});
+}
+
+TEST_F(BadData, PlaceholderMovesToTheStart) {
+  std::string path = dir_.write("ok.jsonl",
+                                "{\"id\": 7, \"image\": \"a.png\", \"conversations\": [{\"from\": \"human\", \"value\": \"Look <image> here\"}, {\"from\": \"gpt\", \"value\": \"ok\"}]}\n\n"
+                                "{\"id\": \"t\", \"image\": \"b.png\", \"conversations\": [{\"from\": \"human\", \"value\": \"No tag\"}, {\"from\": \"gpt\", \"value\": \"ok\"}]}\n");
+  auto examples = load_dataset(path);
+  ASSERT_EQ(examples.size(), 2u);
+  EXPECT_EQ(examples[0].id, "7");
+  EXPECT_EQ(examples[0].turns[0].value, "<image>\nLook  here");
+  EXPECT_EQ(examples[1].turns[0].value, "<image>\nNo tag");
+  EXPECT_EQ(examples[1].where, path + ":3");
+}
+
+TEST_F(Data, MissingAndCorruptImagesNameSampleAndFile) {
+  Processor processor(config(), ModelInterface{16, 16, 3, 512});
+  Example missing = example({{true, "<image>\nWhat?"}, {false, "red"}}, "images/nope.png");
+  test::expect_error<DataError>([&] { processor.process(missing); }, {"test.json[0] (id ex)", "nope.png: image file not found"});
+  std::string junk = (fs::path(synth_dir()) / "images" / "junk.png").string();
+  std::ofstream(junk) << "not a png";
+  Example corrupt = example({{true, "<image>\nWhat?"}, {false, "red"}}, "images/junk.png");
+  test::expect_error<DataError>([&] { processor.process(corrupt); }, {"(id ex)", "junk.png: cannot decode image"});
+  test::expect_error<DataError>([&] { Processor p(config(), ModelInterface{16, 16, 3, 32}); },
+                                {"tokenizer has", "but the model's vocabulary has 32"});
+  test::expect_error<DataError>([&] { Processor p(config(), ModelInterface{16, 16, 7, 512}); },
+                                {"id 7 (the model's image_token_index) is an ordinary piece"});
+}
+
+// ---------------------------------------------------------------- collation, sampler, loader
+
+TEST_F(Data, CollatorPadsRightAndMarksImages) {
+  Processor processor(config(), ModelInterface{16, 16, 3, 512});
+  Sample with = processor.process(example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}}));
+  Sample without = processor.process(example({{true, "Say hi"}, {false, "hi"}}, ""));
+  Batch b = collate({without, with}, 0, 3, 16);
+  const int64_t t = static_cast<int64_t>(std::max(with.input_ids.size(), without.input_ids.size()));
+  EXPECT_EQ(b.input_ids.sizes(), (std::vector<int64_t>{2, t}));
+  EXPECT_EQ(b.pixel_values.sizes(), (std::vector<int64_t>{1, 3, 16, 16}));
+  EXPECT_EQ(b.attention_mask[0].sum().item<int64_t>(), static_cast<int64_t>(without.input_ids.size()));
+  EXPECT_EQ(b.visual_mask[0].sum().item<int64_t>(), 0);
+  EXPECT_EQ(b.visual_mask[1].sum().item<int64_t>(), 16);
+  const int64_t first = 1 + static_cast<int64_t>(enc(std::string(kVicunaSystem) + " USER: ").size());  // after BOS and system
+  EXPECT_TRUE(b.visual_mask[1].slice(0, first, first + 16).all().item<bool>());
+  int64_t n0 = static_cast<int64_t>(without.input_ids.size());
+  EXPECT_TRUE((b.input_ids[0].slice(0, n0) == 0).all().item<bool>());
+  EXPECT_TRUE((b.labels[0].slice(0, n0) == -100).all().item<bool>());
+}
+
+TEST(Sampler, OrderIsAPureFunctionOfSeedAndEpoch) {
+  SamplerOptions o{{10, 5}, {}, 7, 4, {}, 0, 1};
+  Sampler a(o), b(o);
+  EXPECT_EQ(a.epoch_batches(3), b.epoch_batches(3));
+  EXPECT_NE(a.epoch_batches(0), a.epoch_batches(1));
+  EXPECT_EQ(a.batches_per_epoch(), 4);
+  std::vector<int64_t> seen;
+  for (const auto& batch : a.epoch_batches(0)) seen.insert(seen.end(), batch.begin(), batch.end());
+  std::sort(seen.begin(), seen.end());
+  std::vector<int64_t> all(15);
+  std::iota(all.begin(), all.end(), 0);
+  EXPECT_EQ(seen, all);  // every sample once per epoch
+  o.seed = 8;
+  EXPECT_NE(Sampler(o).epoch_batches(0), a.epoch_batches(0));
+}
+
+TEST(Sampler, MixingWeightsRanksAndLengthGrouping) {
+  SamplerOptions o{{100, 100}, {3, 1}, 1, 10, {}, 0, 1};
+  Sampler mixed(o);
+  int64_t first = 0, total = 0;
+  for (const auto& batch : mixed.epoch_batches(0))
+    for (int64_t i : batch) first += i < 100, ++total;
+  EXPECT_EQ(total, 200);
+  EXPECT_EQ(first, 150);
+  // Two ranks split each global batch of the single-rank order with batch 2x.
+  SamplerOptions one{{37}, {}, 5, 8, {}, 0, 1}, r0{{37}, {}, 5, 4, {}, 0, 2}, r1{{37}, {}, 5, 4, {}, 1, 2};
+  auto g = Sampler(one).epoch_batches(2), a = Sampler(r0).epoch_batches(2), b = Sampler(r1).epoch_batches(2);
+  ASSERT_EQ(g.size(), a.size());
+  for (size_t k = 0; k < g.size(); ++k) {
+    std::vector<int64_t> merged = a[k];
+    merged.insert(merged.end(), b[k].begin(), b[k].end());
+    std::sort(merged.begin(), merged.end());
+    std::vector<int64_t> global = g[k];
+    std::sort(global.begin(), global.end());
+    EXPECT_EQ(merged, global) << k;
+  }
+  std::vector<int64_t> lengths(30);
+  for (int i = 0; i < 30; ++i) lengths[i] = (i * 7) % 30;
+  auto grouped = Sampler(SamplerOptions{{30}, {}, 3, 3, lengths, 0, 1}).epoch_batches(0);
+  std::vector<int64_t> flat;
+  for (const auto& batch : grouped) flat.insert(flat.end(), batch.begin(), batch.end());
+  for (size_t i = 1; i < flat.size(); ++i) EXPECT_GE(lengths[flat[i - 1]], lengths[flat[i]]);
+}
+
+TEST_F(Data, LoaderIsDeterministicAndRestartsFromItsCursor) {
+  auto examples = std::make_shared<std::vector<Example>>(load_dataset(synth_dir() + "/train.json"));
+  auto processor = std::make_shared<Processor>(config(), ModelInterface{16, 16, 3, 512});
+  SamplerOptions so{{static_cast<int64_t>(examples->size())}, {}, 11, 5, {}, 0, 1};
+  auto run = [&](DataCursor start, int batches, int64_t workers, DataCursor* end) {
+    DataLoader loader(examples, processor, Sampler(so), LoaderOptions{BadSamplePolicy::Error, workers, 3, start});
+    std::vector<std::vector<std::string>> ids;
+    for (int i = 0; i < batches; ++i) ids.push_back(loader.next().ids);
+    if (end) *end = loader.cursor();
+    return ids;
+  };
+  DataCursor mid;
+  auto straight = run({}, 12, 2, nullptr);  // 24 samples / 5 = 5 batches per epoch: crosses two epochs
+  auto first = run({}, 7, 0, &mid);
+  EXPECT_EQ(mid, (DataCursor{1, 2}));
+  auto rest = run(mid, 5, 3, nullptr);
+  first.insert(first.end(), rest.begin(), rest.end());
+  EXPECT_EQ(first, straight);
+  EXPECT_EQ(straight[4].size(), 4u);  // the last batch of an epoch holds the remainder
+}
+
+TEST_F(Data, LoaderSkipsAndCountsOrFailsOnBadSamples) {
+  auto examples = std::make_shared<std::vector<Example>>(load_dataset(synth_dir() + "/train.json"));
+  (*examples)[3].image = "images/missing.png";
+  auto processor = std::make_shared<Processor>(config(), ModelInterface{16, 16, 3, 512});
+  SamplerOptions so{{static_cast<int64_t>(examples->size())}, {}, 11, 4, {}, 0, 1};
+  DataLoader skipping(examples, processor, Sampler(so), LoaderOptions{BadSamplePolicy::Skip, 2, 2, {}});
+  int64_t seen = 0;
+  for (int i = 0; i < 6; ++i) seen += skipping.next().size();
+  EXPECT_EQ(skipping.skipped(), 1);
+  EXPECT_EQ(seen, 23);
+  DataLoader strict(examples, processor, Sampler(so), LoaderOptions{BadSamplePolicy::Error, 2, 2, {}});
+  test::expect_error<DataError>([&] { for (int i = 0; i < 6; ++i) strict.next(); }, {"train.json[3] (id train-00003)", "missing.png"});
+}
+
+// ---------------------------------------------------------------- synth
+
+TEST_F(Data, SynthIsDeterministicAndConflictHintsDisagree) {
+  test::TempDir a, b;
+  for (auto* d : {&a, &b}) {
+    SynthOptions o;
+    o.out_dir = (d->path() / "s").string();
+    o.train = 20;
+    o.eval = 10;
+    o.image_size = 16;
+    o.seed = 3;
+    synthesize(o);
+  }
+  size_t files = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(a.path() / "s")) {
+    if (!entry.is_regular_file()) continue;
+    fs::path rel = fs::relative(entry.path(), a.path());
+    EXPECT_TRUE(test::read_text(entry.path().string()) == test::read_text((b.path() / rel).string())) << rel;
+    ++files;
+  }
+  EXPECT_EQ(files, 20u + 30u + 6u);  // images, 4 splits, tokenizer, synth.json
+  auto conflict = nlohmann::json::parse(test::read_text((a.path() / "s/eval_conflict.json").string()));
+  auto aligned = nlohmann::json::parse(test::read_text((a.path() / "s/eval_aligned.json").string()));
+  auto nohint = nlohmann::json::parse(test::read_text((a.path() / "s/eval_nohint.json").string()));
+  for (const auto& s : conflict) EXPECT_NE(s["hint"], s["answer"]);
+  for (const auto& s : aligned) EXPECT_EQ(s["hint"], s["answer"]);
+  for (const auto& s : nohint) EXPECT_EQ(s["conversations"][0]["value"].get<std::string>().find("Hint"), std::string::npos);
+  std::set<std::string> answers;
+  for (const auto& s : load_dataset((a.path() / "s/train.json").string())) answers.insert(s.turns[1].value);
+  EXPECT_GE(answers.size(), 6u);
+}
+
+}  // namespace
+}  // namespace modalign
