@@ -10,6 +10,8 @@
 #include "lib/data/synth.h"
 #include "lib/data/tokenizer.h"
 #include "lib/io/safetensors.h"
+#include "lib/util/logging.h"
+#include "trainers/trainer.h"
 
 namespace {
 
@@ -32,6 +34,34 @@ int run_config(const ConfigArgs& args, bool defaults) {
   return 0;
 }
 
+int run_train(const ConfigArgs& args) {
+  modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
+  modalign::setup_logging(config.logging.level, config.train.output_dir + "/train.log");
+  modalign::Trainer trainer(config);
+  modalign::TrainResult r = trainer.train();
+  std::printf("%s after %lld steps; checkpoint: %s\n", r.interrupted ? "stopped by signal" : "finished",
+              static_cast<long long>(r.steps), r.checkpoint.c_str());
+  if (!r.evals.empty()) {
+    std::printf("%-20s %10s %10s %8s\n", "split", "loss", "accuracy", "samples");
+    for (const auto& e : r.evals)
+      std::printf("%-20s %10.4f %10.3f %8lld\n", e.split.c_str(), e.loss, e.accuracy, static_cast<long long>(e.samples));
+  }
+  std::printf("metrics: %s/metrics.jsonl, log: %s/train.log\n", config.train.output_dir.c_str(), config.train.output_dir.c_str());
+  return 0;
+}
+
+int run_eval(const ConfigArgs& args, const std::string& checkpoint) {
+  modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
+  modalign::setup_logging(config.logging.level);
+  if (config.data.eval_files.empty()) throw modalign::ConfigError("data.eval_files is empty: nothing to evaluate");
+  modalign::Trainer trainer(config);
+  trainer.load_weights_from(checkpoint);
+  std::printf("%-20s %10s %10s %8s\n", "split", "loss", "accuracy", "samples");
+  for (const auto& e : trainer.evaluate())
+    std::printf("%-20s %10.4f %10.3f %8lld\n", e.split.c_str(), e.loss, e.accuracy, static_cast<long long>(e.samples));
+  return 0;
+}
+
 // A subcommand whose capability is not built yet: it says so and fails.
 void add_pending(CLI::App& app, const char* name, const char* help, int& code) {
   CLI::App* sub = app.add_subcommand(name, std::string(help) + " [not built yet]");
@@ -50,8 +80,6 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int code = 0;
 
-  add_pending(app, "train", "fine-tune a model from a YAML config (--nproc N for data parallel)", code);
-  add_pending(app, "eval", "evaluate a checkpoint on the configured eval splits", code);
   add_pending(app, "probe", "per-layer visual attention share and modality dominance of a checkpoint", code);
   add_pending(app, "convert", "merge LoRA adapters and export safetensors", code);
 
@@ -62,6 +90,18 @@ int main(int argc, char** argv) {
   config->add_flag("--defaults", defaults, "print every key with its default and help");
   config->add_flag("--dump", dump, "print the resolved YAML a run with these files and overrides would use");
   config->callback([&] { code = run_config(config_args, defaults); });
+
+  ConfigArgs train_args;
+  CLI::App* train = app.add_subcommand("train", "fine-tune a model from a YAML config");
+  train_args.add_to(train);
+  train->callback([&] { code = run_train(train_args); });
+
+  ConfigArgs eval_args;
+  std::string eval_checkpoint;
+  CLI::App* eval = app.add_subcommand("eval", "evaluate a checkpoint on the configured eval splits");
+  eval_args.add_to(eval);
+  eval->add_option("--checkpoint", eval_checkpoint, "checkpoint folder (step-N)")->required();
+  eval->callback([&] { code = run_eval(eval_args, eval_checkpoint); });
 
   modalign::SynthOptions synth;
   CLI::App* synth_cmd = app.add_subcommand("synth", "generate the built-in modality-conflict benchmark");

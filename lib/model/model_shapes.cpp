@@ -13,7 +13,7 @@ ModelShapes preset_shapes(const std::string& name) {
   if (name == "tiny") return s;  // equals ../shared/golden's config
   if (name == "demo") {
     s.vision = {192, 768, 4, 4, 64, 8, 3, 1e-5};
-    s.text = {4000, 256, 688, 6, 8, 4, 1e-6, 10000.0, true};
+    s.text = {512, 256, 688, 6, 8, 4, 1e-6, 10000.0, true};
     return s;
   }
   if (name == "small") {

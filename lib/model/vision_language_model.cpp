@@ -32,7 +32,21 @@ torch::Tensor VisionLanguageModelImpl::embed(const torch::Tensor& input_ids, con
   TORCH_CHECK(image_tokens == n * np, "the batch holds ", image_tokens, " image tokens but ", n, " images of ", np,
               " patches each were given");
   if (n == 0) return embeds;
-  torch::Tensor features = multi_modal_projector(vision_tower(pixel_values));  // (N, P, D)
+  // A frozen tower (and projector) runs without autograd: no graph is kept for parameters nobody trains.
+  auto trains = [](torch::nn::Module& m) {
+    for (const auto& p : m.parameters())
+      if (p.requires_grad()) return true;
+    return false;
+  };
+  torch::Tensor features;
+  {
+    torch::AutoGradMode grad(torch::GradMode::is_enabled() && trains(*vision_tower));
+    features = vision_tower(pixel_values);  // (N, P, Dv)
+  }
+  {
+    torch::AutoGradMode grad(torch::GradMode::is_enabled() && (features.requires_grad() || trains(*multi_modal_projector)));
+    features = multi_modal_projector(features);  // (N, P, D)
+  }
   return embeds.masked_scatter(visual_mask.unsqueeze(-1), features.to(embeds.scalar_type()));
 }
 

@@ -1,0 +1,207 @@
+// trainers/: bitwise-exact resume (accumulation, dual_channel, cosine schedule, background loader),
+// freezing by name, the non-finite guard, checkpoint discovery and rotation, optimizer groups and
+// learning-rate schedules.
+#include <gtest/gtest.h>
+
+#include "lib/data/synth.h"
+#include "lib/io/safetensors.h"
+#include "test_util.h"
+#include "trainers/checkpoint.h"
+#include "trainers/optimizer.h"
+#include "trainers/trainer.h"
+
+namespace modalign {
+namespace {
+namespace fs = std::filesystem;
+
+// A tiny model (golden shapes, vocabulary 300) on a small synthetic benchmark, plain template.
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    SynthOptions o;
+    o.out_dir = (dir_->path() / "data").string();
+    o.train = 40;
+    o.eval = 6;
+    o.image_size = 16;
+    o.vocab_size = 200;
+    synthesize(o);
+    dir_->write("config.json", R"({"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+      "num_attention_heads": 2, "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300,
+      "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2}, "image_token_index": 3})");
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static RunConfig config(const std::string& out) {
+    RunConfig c;
+    c.model.hf_config = (dir_->path() / "config.json").string();
+    std::string data = (dir_->path() / "data").string();
+    c.data.train_files = {data + "/train.json"};
+    c.data.eval_files = {data + "/eval_conflict.json"};
+    c.data.image_folder = data;
+    c.data.tokenizer = data + "/tokenizer.model";
+    c.data.chat_template = ChatTemplate::Plain;
+    c.data.num_workers = 2;
+    c.train.output_dir = (dir_->path() / out).string();
+    c.train.num_threads = 2;
+    c.train.learning_rate = 3e-3;
+    c.train.warmup_steps = 1;
+    c.train.per_device_train_batch_size = 3;
+    c.train.gradient_accumulation_steps = 2;
+    c.train.max_steps = 6;
+    c.train.freeze_vision_tower = false;
+    c.checkpoint.save_steps = 3;
+    c.logging.logging_steps = 1;
+    c.logging.progress = ProgressMode::Plain;
+    LossEntry dual;
+    dual.name = "dual_channel";
+    c.losses = {dual};
+    return c;
+  }
+  static test::TempDir* dir_;
+};
+test::TempDir* TrainerTest::dir_ = nullptr;
+
+TEST_F(TrainerTest, ResumeIsBitwiseEqualToAnUninterruptedRun) {
+  TrainResult straight = Trainer(config("straight")).train();
+  ASSERT_EQ(straight.steps, 6);
+  for (double l : straight.losses) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_TRUE(fs::exists(dir_->path() / "straight/step-000003"));
+  // A second run starts from the step-3 checkpoint (as if the first had died there) and goes on to 6.
+  fs::create_directories(dir_->path() / "resumed");
+  fs::copy(dir_->path() / "straight/step-000003", dir_->path() / "resumed/step-000003", fs::copy_options::recursive);
+  RunConfig c = config("resumed");
+  c.checkpoint.resume_from_checkpoint = "auto";
+  TrainResult resumed = Trainer(c).train();
+  EXPECT_EQ(resumed.steps, 6);
+  ASSERT_EQ(resumed.losses.size(), straight.losses.size());
+  for (size_t i = 0; i < straight.losses.size(); ++i) EXPECT_EQ(resumed.losses[i], straight.losses[i]) << "step " << i + 1;
+  NamedTensors a = load_tensors((dir_->path() / "straight/step-000006/model.safetensors").string());
+  NamedTensors b = load_tensors((dir_->path() / "resumed/step-000006/model.safetensors").string());
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  NamedTensors first = load_tensors((dir_->path() / "straight/step-000003/model.safetensors").string());
+  EXPECT_FALSE(torch::equal(first[0].second, a[0].second) && torch::equal(first.back().second, a.back().second));
+}
+
+TEST_F(TrainerTest, FreezingTrainsExactlyTheNamedParameters) {
+  RunConfig c = config("frozen");
+  c.train.max_steps = 2;
+  c.train.freeze_vision_tower = true;
+  c.train.freeze_language_model = true;
+  c.train.trainable_regex = "layers\\.1\\.mlp\\.up_proj";
+  Trainer trainer(c);
+  std::map<std::string, torch::Tensor> before;
+  for (auto& p : trainer.model()->named_parameters()) before[p.key()] = p.value().clone();
+  trainer.train();
+  for (auto& p : trainer.model()->named_parameters()) {
+    const std::string& n = p.key();
+    bool should_change = n.rfind("multi_modal_projector.", 0) == 0 || n == "language_model.model.layers.1.mlp.up_proj.weight";
+    EXPECT_EQ(!torch::equal(before[n], p.value()), should_change) << n;
+  }
+}
+
+TEST_F(TrainerTest, NonFiniteStepsAreSkippedCountedAndAbortWithACheckpoint) {
+  RunConfig c = config("nan");
+  c.train.max_steps = 3;
+  c.checkpoint.save_steps = 0;
+  Trainer trainer(c);
+  trainer.inject_nonfinite({1});
+  TrainResult r = trainer.train();
+  EXPECT_EQ(r.nonfinite_steps, 1);
+  EXPECT_TRUE(std::isnan(r.losses[1]));
+  EXPECT_TRUE(std::isfinite(r.losses[2]));
+
+  RunConfig d = config("abort");
+  d.train.max_nonfinite_steps = 2;
+  Trainer aborting(d);
+  aborting.inject_nonfinite({1, 2});
+  test::expect_error<std::runtime_error>([&] { aborting.train(); }, {"2 non-finite steps in a row", "step-000003"});
+  EXPECT_TRUE(checkpoint_complete((dir_->path() / "abort/step-000003").string()));
+}
+
+TEST_F(TrainerTest, EvaluateReportsEverySplit) {
+  RunConfig c = config("eval");
+  c.data.eval_files.push_back((dir_->path() / "data/eval_aligned.json").string());
+  Trainer trainer(c);
+  auto results = trainer.evaluate();
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[0].split, "eval_conflict");
+  EXPECT_EQ(results[0].samples, 6);
+  EXPECT_TRUE(std::isfinite(results[0].loss));
+  EXPECT_GE(results[0].accuracy, 0.0);
+  EXPECT_LE(results[0].accuracy, 1.0);
+}
+
+TEST(Checkpoint, HalfWrittenCheckpointsAreNeverPickedUp) {
+  test::TempDir dir;
+  std::string out = dir.path().string();
+  CheckpointContents c{{{"w", torch::ones(2)}}, {{"w.exp_avg", torch::zeros(2)}}, {{"step", 1}}, "train: {}\n"};
+  save_checkpoint(out, 1, c, 0);
+  save_checkpoint(out, 2, c, 0);
+  EXPECT_EQ(find_latest_checkpoint(out), (dir.path() / "step-000002").string());
+  fs::create_directories(dir.path() / "step-000009.tmp");  // a crash mid-write
+  dir.write("step-000007/model.safetensors", "garbage");   // a folder missing files
+  EXPECT_EQ(find_latest_checkpoint(out), (dir.path() / "step-000002").string());
+  // `latest` naming a broken checkpoint falls back to the newest complete one.
+  save_checkpoint(out, 3, c, 0);
+  fs::remove(dir.path() / "step-000003/optimizer.safetensors");
+  EXPECT_EQ(find_latest_checkpoint(out), (dir.path() / "step-000002").string());
+  // Rotation keeps the newest N.
+  save_checkpoint(out, 4, c, 2);
+  EXPECT_FALSE(fs::exists(dir.path() / "step-000001"));
+  EXPECT_FALSE(fs::exists(dir.path() / "step-000002"));
+  EXPECT_TRUE(fs::exists(dir.path() / "step-000004"));
+  EXPECT_EQ(load_checkpoint((dir.path() / "step-000004").string()).trainer_state["step"], 1);
+  test::expect_error<std::runtime_error>([&] { load_checkpoint((dir.path() / "step-000007").string()); },
+                                         {"step-000007: checkpoint lacks optimizer.safetensors"});
+}
+
+TEST(Optimizer, ScheduleValues) {
+  TrainConfig c;
+  c.warmup_steps = 10;
+  EXPECT_DOUBLE_EQ(lr_multiplier(c, 0, 110), 0.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(c, 5, 110), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(c, 10, 110), 1.0);
+  EXPECT_NEAR(lr_multiplier(c, 60, 110), 0.5, 1e-12);  // cosine half way
+  c.lr_scheduler_type = LrSchedule::Linear;
+  EXPECT_NEAR(lr_multiplier(c, 85, 110), 0.25, 1e-12);
+  c.lr_scheduler_type = LrSchedule::Constant;
+  c.warmup_steps = 0;
+  c.warmup_ratio = 0.1;
+  EXPECT_DOUBLE_EQ(lr_multiplier(c, 5, 100), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(c, 50, 100), 1.0);
+}
+
+TEST(Optimizer, NoDecayOnNormsBiasesEmbeddingsAndStateRoundTrip) {
+  torch::manual_seed(0);
+  VisionLanguageModel model(preset_shapes("tiny"));
+  TrainConfig c;
+  c.weight_decay = 0.5;
+  c.learning_rate = 0.1;
+  c.freeze_vision_tower = true;
+  apply_freezing(*model, c);
+  GroupedAdamW opt(*model, c);
+  // Zero gradients: AdamW then changes parameters only through weight decay.
+  for (auto& p : model->parameters())
+    if (p.requires_grad()) p.mutable_grad() = torch::zeros_like(p);
+  std::map<std::string, torch::Tensor> before;
+  for (auto& p : model->named_parameters()) before[p.key()] = p.value().clone();
+  opt.step(1.0);
+  for (auto& p : model->named_parameters()) {
+    const std::string& n = p.key();
+    bool decays = p.value().requires_grad() && p.value().dim() >= 2 && n.find("norm") == std::string::npos &&
+                  n.find("embed") == std::string::npos;
+    EXPECT_EQ(!torch::equal(before[n], p.value()), decays) << n;
+  }
+  NamedTensors state = opt.state();
+  GroupedAdamW again(*model, c);
+  again.load_state(state);
+  EXPECT_EQ(again.state().size(), state.size());
+  state.emplace_back("vision_tower.vision_model.post_layernorm.weight.exp_avg", torch::zeros(32));
+  test::expect_error<std::runtime_error>([&] { again.load_state(state); }, {"not a trainable parameter now"});
+}
+
+}  // namespace
+}  // namespace modalign

@@ -1,0 +1,117 @@
+#include "trainers/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <sstream>
+
+namespace modalign {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "config.yaml"};
+
+void fsync_path(const fs::path& p, bool directory) {
+  int fd = ::open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// step-000200 -> 200, or -1 for anything else (including step-000200.tmp).
+int64_t step_of(const fs::path& p) {
+  std::string name = p.filename().string();
+  if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) return -1;
+  try {
+    return std::stoll(name.substr(5));
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& output_dir, int64_t step, const CheckpointContents& c, int64_t keep) {
+  fs::create_directories(output_dir);
+  const fs::path final_dir = fs::path(output_dir) / fmt::format("step-{:06d}", step);
+  const fs::path tmp = fs::path(output_dir) / fmt::format("step-{:06d}.tmp", step);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  save_safetensors((tmp / "model.safetensors").string(), c.model, {{"format", "pt"}});
+  save_safetensors((tmp / "optimizer.safetensors").string(), c.optimizer);
+  write_file_atomic((tmp / "trainer_state.json").string(), c.trainer_state.dump(2) + "\n");
+  write_file_atomic((tmp / "config.yaml").string(), c.config_yaml);
+  fsync_path(tmp, true);
+  fs::remove_all(final_dir);  // a re-save of the same step replaces it
+  fs::rename(tmp, final_dir);
+  fsync_path(output_dir, true);
+  write_file_atomic((fs::path(output_dir) / "latest").string(), final_dir.filename().string() + "\n");
+  if (keep > 0) {
+    std::vector<std::pair<int64_t, fs::path>> all;
+    for (const auto& e : fs::directory_iterator(output_dir))
+      if (e.is_directory() && step_of(e.path()) >= 0) all.emplace_back(step_of(e.path()), e.path());
+    std::sort(all.rbegin(), all.rend());
+    for (size_t i = static_cast<size_t>(keep); i < all.size(); ++i) fs::remove_all(all[i].second);
+  }
+  return final_dir.string();
+}
+
+bool checkpoint_complete(const std::string& dir) {
+  for (const char* f : kFiles)
+    if (!fs::is_regular_file(fs::path(dir) / f)) return false;
+  try {
+    nlohmann::json::parse(read_all(fs::path(dir) / "trainer_state.json"));
+    SafetensorsFile model((fs::path(dir) / "model.safetensors").string());
+    SafetensorsFile optimizer((fs::path(dir) / "optimizer.safetensors").string());
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
+std::optional<std::string> find_latest_checkpoint(const std::string& output_dir) {
+  if (!fs::is_directory(output_dir)) return std::nullopt;
+  fs::path pointer = fs::path(output_dir) / "latest";
+  if (fs::exists(pointer)) {
+    std::string name = read_all(pointer);
+    name.erase(name.find_last_not_of(" \n\r\t") + 1);
+    fs::path dir = fs::path(output_dir) / name;
+    if (!name.empty() && step_of(dir) >= 0 && checkpoint_complete(dir.string())) return dir.string();
+  }
+  std::vector<std::pair<int64_t, fs::path>> all;
+  for (const auto& e : fs::directory_iterator(output_dir))
+    if (e.is_directory() && step_of(e.path()) >= 0) all.emplace_back(step_of(e.path()), e.path());
+  std::sort(all.rbegin(), all.rend());
+  for (const auto& [step, dir] : all)
+    if (checkpoint_complete(dir.string())) return dir.string();
+  return std::nullopt;
+}
+
+CheckpointContents load_checkpoint(const std::string& dir) {
+  for (const char* f : kFiles)
+    if (!fs::is_regular_file(fs::path(dir) / f)) throw std::runtime_error(dir + ": checkpoint lacks " + f);
+  CheckpointContents c;
+  c.model = load_tensors((fs::path(dir) / "model.safetensors").string());
+  c.optimizer = load_tensors((fs::path(dir) / "optimizer.safetensors").string());
+  try {
+    c.trainer_state = nlohmann::json::parse(read_all(fs::path(dir) / "trainer_state.json"));
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(dir + "/trainer_state.json: " + e.what());
+  }
+  c.config_yaml = read_all(fs::path(dir) / "config.yaml");
+  return c;
+}
+
+}  // namespace modalign

@@ -1,0 +1,138 @@
+#include "trainers/optimizer.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <regex>
+
+namespace modalign {
+namespace {
+
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+// Norm weights, biases and embeddings take no weight decay.
+bool no_decay(const std::string& name, const torch::Tensor& p) {
+  return p.dim() < 2 || name.find("norm") != std::string::npos || name.find("embed") != std::string::npos ||
+         name.find("class_embedding") != std::string::npos;
+}
+
+}  // namespace
+
+std::vector<std::string> apply_freezing(torch::nn::Module& model, const TrainConfig& c) {
+  std::regex freeze(c.freeze_regex.empty() ? "$^" : c.freeze_regex), thaw(c.trainable_regex.empty() ? "$^" : c.trainable_regex);
+  std::vector<std::string> trainable;
+  for (auto& p : model.named_parameters(true)) {
+    const std::string& name = p.key();
+    bool frozen = (c.freeze_vision_tower && starts_with(name, "vision_tower.")) ||
+                  (c.freeze_projector && starts_with(name, "multi_modal_projector.")) ||
+                  (c.freeze_language_model && starts_with(name, "language_model.")) || std::regex_search(name, freeze);
+    if (std::regex_search(name, thaw)) frozen = false;
+    p.value().set_requires_grad(!frozen);
+    if (!frozen) trainable.push_back(name);
+  }
+  if (trainable.empty()) throw std::invalid_argument("train: every parameter is frozen; nothing would be trained");
+  return trainable;
+}
+
+double lr_multiplier(const TrainConfig& c, int64_t step, int64_t total) {
+  int64_t warmup = c.warmup_steps > 0 ? c.warmup_steps : static_cast<int64_t>(std::ceil(c.warmup_ratio * total));
+  if (step < warmup) return static_cast<double>(step) / std::max<int64_t>(1, warmup);
+  double progress = static_cast<double>(step - warmup) / std::max<int64_t>(1, total - warmup);
+  switch (c.lr_scheduler_type) {
+    case LrSchedule::Cosine: return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+    case LrSchedule::Linear: return std::max(0.0, 1.0 - progress);
+    case LrSchedule::Constant: return 1.0;
+  }
+  return 1.0;
+}
+
+GroupedAdamW::GroupedAdamW(torch::nn::Module& model, const TrainConfig& c) {
+  // Groups: (module lr) x (decay, no decay). Module: vision tower, projector, everything else.
+  struct Group {
+    double lr, decay;
+    std::vector<torch::Tensor> params;
+  };
+  std::vector<Group> groups;
+  std::map<std::pair<double, double>, size_t> index;
+  std::vector<std::pair<std::string, torch::Tensor>> ordered;
+  for (auto& p : model.named_parameters(true)) {
+    if (!p.value().requires_grad()) continue;
+    const std::string& name = p.key();
+    double lr = c.learning_rate;
+    if (starts_with(name, "vision_tower.") && c.vision_lr) lr = *c.vision_lr;
+    if (starts_with(name, "multi_modal_projector.") && c.projector_lr) lr = *c.projector_lr;
+    double decay = no_decay(name, p.value()) ? 0.0 : c.weight_decay;
+    auto key = std::make_pair(lr, decay);
+    if (!index.count(key)) index[key] = groups.size(), groups.push_back({lr, decay, {}});
+    groups[index[key]].params.push_back(p.value());
+    ordered.emplace_back(name, p.value());
+  }
+  std::vector<torch::optim::OptimizerParamGroup> param_groups;
+  for (auto& g : groups) {
+    auto options = std::make_unique<torch::optim::AdamWOptions>(g.lr);
+    options->betas({c.adam_beta1, c.adam_beta2}).eps(c.adam_epsilon).weight_decay(g.decay);
+    param_groups.emplace_back(g.params, std::move(options));
+    base_lrs_.push_back(g.lr);
+  }
+  // Parameters in group order (the order the optimizer stores them).
+  for (auto& g : groups)
+    for (auto& t : g.params)
+      for (auto& [name, p] : ordered)
+        if (p.is_same(t)) params_.emplace_back(name, p);
+  adamw_ = std::make_unique<torch::optim::AdamW>(param_groups, torch::optim::AdamWOptions(c.learning_rate));
+}
+
+void GroupedAdamW::step(double multiplier) {
+  auto& groups = adamw_->param_groups();
+  for (size_t i = 0; i < groups.size(); ++i) groups[i].options().set_lr(base_lrs_[i] * multiplier);
+  adamw_->step();
+}
+
+void GroupedAdamW::zero_grad() { adamw_->zero_grad(); }
+
+NamedTensors GroupedAdamW::state() const {
+  NamedTensors out;
+  auto& states = adamw_->state();
+  for (const auto& [name, p] : params_) {
+    auto it = states.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+    if (it == states.end()) continue;  // not stepped yet
+    auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
+    out.emplace_back(name + ".exp_avg", s.exp_avg());
+    out.emplace_back(name + ".exp_avg_sq", s.exp_avg_sq());
+    out.emplace_back(name + ".step", torch::tensor(s.step(), torch::kInt64));
+  }
+  return out;
+}
+
+void GroupedAdamW::load_state(const NamedTensors& tensors) {
+  std::map<std::string, torch::Tensor> by_name(tensors.begin(), tensors.end());
+  std::vector<std::string> problems;
+  auto& states = adamw_->state();
+  for (const auto& [name, p] : params_) {
+    auto avg = by_name.find(name + ".exp_avg"), sq = by_name.find(name + ".exp_avg_sq"), st = by_name.find(name + ".step");
+    if (avg == by_name.end() && sq == by_name.end() && st == by_name.end()) continue;  // never stepped
+    if (avg == by_name.end() || sq == by_name.end() || st == by_name.end()) {
+      problems.push_back(name + " (incomplete state)");
+      continue;
+    }
+    if (avg->second.sizes() != p.sizes() || sq->second.sizes() != p.sizes()) {
+      problems.push_back(name + " (shape)");
+      continue;
+    }
+    auto state = std::make_unique<torch::optim::AdamWParamState>();
+    state->step(st->second.item<int64_t>());
+    state->exp_avg(avg->second.to(p.device(), p.scalar_type()).clone());
+    state->exp_avg_sq(sq->second.to(p.device(), p.scalar_type()).clone());
+    states[c10::guts::to_string(p.unsafeGetTensorImpl())] = std::move(state);
+    by_name.erase(avg);
+    by_name.erase(name + ".exp_avg_sq");
+    by_name.erase(name + ".step");
+  }
+  for (const auto& kv : by_name) problems.push_back(kv.first + " (not a trainable parameter now)");
+  if (!problems.empty())
+    throw std::runtime_error(fmt::format("optimizer state does not match the trainable parameters ({} problems, first: {}); "
+                                         "the checkpoint was made with another trainable set",
+                                         problems.size(), problems.front()));
+}
+
+}  // namespace modalign

@@ -1,0 +1,47 @@
+// AdamW with parameter groups as LLaVA fine-tuning uses them: no weight decay on norms, biases and
+// embeddings; per-module learning rates (vision tower, projector, the rest). Learning-rate schedules
+// (warmup, then cosine / linear / constant), freezing by module and regex, and optimizer state saved by
+// parameter name so a checkpoint stays readable when the parameter order changes.
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lib/config/run_config.h"
+#include "lib/io/safetensors.h"
+
+namespace modalign {
+
+// Sets requires_grad on every parameter by the train.freeze_* options and regexes; returns the names
+// left trainable. Throws std::invalid_argument when nothing is trainable.
+std::vector<std::string> apply_freezing(torch::nn::Module& model, const TrainConfig& config);
+
+// Learning-rate multiplier for optimizer step `step` (0-based) of `total`: linear warmup from 0, then
+// the schedule (Hugging Face's get_*_schedule_with_warmup).
+double lr_multiplier(const TrainConfig& config, int64_t step, int64_t total);
+
+class GroupedAdamW {
+ public:
+  GroupedAdamW(torch::nn::Module& model, const TrainConfig& config);
+  // Sets each group's lr to its base lr times `multiplier`, then steps.
+  void step(double multiplier);
+  void zero_grad();
+  // The base learning rate of the first group (what progress lines show).
+  double base_lr() const { return base_lrs_.front(); }
+  const std::vector<std::pair<std::string, torch::Tensor>>& parameters() const { return params_; }
+
+  // Moments and step counts keyed "<parameter>.exp_avg", ".exp_avg_sq", ".step".
+  NamedTensors state() const;
+  // Throws std::runtime_error naming state of the wrong shape or of parameters not trainable now.
+  void load_state(const NamedTensors& tensors);
+
+ private:
+  std::vector<std::pair<std::string, torch::Tensor>> params_;  // trainable, in group order
+  std::vector<double> base_lrs_;
+  std::unique_ptr<torch::optim::AdamW> adamw_;
+};
+
+}  // namespace modalign

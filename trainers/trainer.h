@@ -1,0 +1,73 @@
+// Trainer: fine-tunes a VisionLanguageModel from a RunConfig. One obvious path:
+//   train() -> train_step() -> forward_backward() -> optimizer step -> metrics, eval, checkpoint.
+// Losses are divided once by the global count of the accumulation window (LossTerm), a non-finite
+// loss or gradient skips the update (too many in a row abort with a checkpoint), SIGINT/SIGTERM finish
+// the step and save, and resuming restores weights, optimizer, data cursor and counters, so a resumed
+// run is bitwise the run that never stopped (CPU, fixed thread count).
+#pragma once
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "lib/config/run_config.h"
+#include "lib/data/loader.h"
+#include "lib/model/vision_language_model.h"
+#include "losses/loss_composer.h"
+#include "trainers/optimizer.h"
+
+namespace modalign {
+
+struct EvalResult {
+  std::string split;  // eval file stem, e.g. eval_conflict
+  double loss = 0;    // text CE per supervised token
+  double accuracy = 0;  // greedy answer == reference after normalisation
+  int64_t samples = 0;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  std::string checkpoint;        // last checkpoint written
+  std::vector<double> losses;    // total loss per optimizer step (this run and the resumed past)
+  int64_t skipped_samples = 0;
+  int64_t nonfinite_steps = 0;
+  bool interrupted = false;      // stopped by SIGINT/SIGTERM after saving
+  std::vector<EvalResult> evals; // final evaluation
+};
+
+class Trainer {
+ public:
+  explicit Trainer(const RunConfig& config);
+  ~Trainer();
+
+  TrainResult train();
+  std::vector<EvalResult> evaluate();
+  // Loads the weights of a checkpoint folder (for `modalign eval`).
+  void load_weights_from(const std::string& checkpoint_dir);
+
+  // Test seam: optimizer steps (0-based) whose loss is replaced by NaN.
+  void inject_nonfinite(std::set<int64_t> steps) { inject_ = std::move(steps); }
+  VisionLanguageModel& model() { return model_; }
+
+ private:
+  struct StepStats;
+  StepStats train_step();
+  StepStats forward_backward(const std::vector<Batch>& micro_batches);
+  std::string save();
+  void resume(const std::string& dir);
+  int64_t total_steps() const;
+  TapRequest tap_request(const Batch& batch, bool log_step) const;
+
+  RunConfig config_;
+  VisionLanguageModel model_{nullptr};
+  torch::Device device_{torch::kCPU};
+  std::shared_ptr<Processor> processor_;
+  std::unique_ptr<DataLoader> loader_;
+  std::unique_ptr<LossComposer> composer_;
+  std::unique_ptr<GroupedAdamW> optimizer_;
+  int64_t step_ = 0, nonfinite_total_ = 0, nonfinite_streak_ = 0, skipped_before_ = 0;
+  std::vector<double> losses_;
+  std::set<int64_t> inject_;
+};
+
+}  // namespace modalign
