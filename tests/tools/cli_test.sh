@@ -20,7 +20,7 @@ check bad-key 2 "bad.yaml:2: unknown key 'train.lerning_rate'; did you mean 'tra
   "$bin" config -c "$tmp/bad.yaml" --dump
 check pending 3 "modalign probe: not built yet" "$bin" probe
 printf "train:\n  max_steps: 3\n" > "$tmp/nodata.yaml"
-check train-nodata 2 "data.train_files is empty" "$bin" train -c "$tmp/nodata.yaml"
+check train-nodata 2 "data error: data.tokenizer is not set" "$bin" train -c "$tmp/nodata.yaml"
 check inspect 0 'language_model.model.norm.weight +F64 +\[32\] 256 bytes' "$bin" inspect "$src/tests/golden/llava_tiny_golden.safetensors"
 printf 'abc' > "$tmp/trunc.safetensors"
 check inspect-bad 2 'bad safetensors: .*trunc.safetensors: truncated: 3 bytes' "$bin" inspect "$tmp/trunc.safetensors"

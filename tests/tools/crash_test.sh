@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Process-level checkpoint safety with the real binary: SIGTERM writes a checkpoint and exits 0;
+# kill -9 at random moments (10 times, saving every step) never leaves a checkpoint that resume would
+# pick up broken, and every rerun resumes from the newest complete one until training finishes.
+set -u
+bin=$1
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fails=0; passes=0
+ok() { passes=$((passes+1)); }
+bad() { fails=$((fails+1)); echo "FAIL: $*"; }
+"$bin" synth --out "$tmp/data" --train 60 --eval 4 --image-size 16 --vocab-size 200 >/dev/null 2>&1 || { echo "synth failed"; exit 1; }
+cat > "$tmp/config.json" <<'J'
+{"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+ "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 48,
+ "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, "image_token_index": 3}
+J
+cat > "$tmp/run.yaml" <<Y
+model: {hf_config: config.json}
+data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: plain}
+train: {output_dir: out, max_steps: 400, per_device_train_batch_size: 4, learning_rate: 1.0e-3, num_threads: 1,
+        freeze_vision_tower: false}
+losses: [{name: dual_channel}]
+checkpoint: {save_steps: 1, save_total_limit: 3, resume_from_checkpoint: auto}
+logging: {logging_steps: 50, progress: plain}
+Y
+latest_step() { cat "$tmp/out/latest" 2>/dev/null | tr -d '\n'; }
+
+# SIGTERM: finish the step, save, exit 0.
+"$bin" train -c "$tmp/run.yaml" --set train.output_dir="$tmp/term" > "$tmp/term.log" 2>&1 &
+pid=$!; sleep 3; kill -TERM $pid; wait $pid; code=$?
+if [ $code = 0 ] && grep -q "stopped by signal" "$tmp/term.log" && [ -d "$tmp/term/$(cat "$tmp/term/latest" 2>/dev/null | tr -d '\n')" ]; then ok
+else bad "SIGTERM: exit $code"; tail -5 "$tmp/term.log"; fi
+
+# kill -9 at random moments.
+prev=-1
+for i in $(seq 1 10); do
+  "$bin" train -c "$tmp/run.yaml" > "$tmp/kill$i.log" 2>&1 &
+  pid=$!
+  sleep "$(awk -v s=$RANDOM 'BEGIN { printf "%.2f", 1.2 + (s % 100) / 100 }')"
+  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+  name=$(latest_step)
+  [ -z "$name" ] && { [ $i -le 2 ] && continue; bad "run $i: no checkpoint yet"; continue; }
+  step=$((10#${name#step-}))
+  if "$bin" inspect "$tmp/out/$name" >/dev/null 2>&1 && [ -f "$tmp/out/$name/trainer_state.json" ]; then ok
+  else bad "run $i: latest checkpoint $name is not readable"; fi
+  if [ $step -ge $prev ]; then ok; else bad "run $i: latest went back from $prev to $step"; fi
+  if [ $i -gt 1 ] && ! grep -q "resumed from" "$tmp/kill$i.log" && [ $prev -ge 0 ]; then bad "run $i did not resume"; tail -3 "$tmp/kill$i.log"; fi
+  prev=$step
+done
+echo "$passes passed, $fails failed"
+[ $fails = 0 ]
