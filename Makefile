@@ -44,8 +44,11 @@ demo: build
 	$(PYTHON) tools/plot_metrics.py $(DEMO_DIR)/run/metrics.jsonl
 	@echo "demo: data in $(DEMO_DIR)/data, checkpoints, train.log and metrics.jsonl in $(DEMO_DIR)/run, curves in $(DEMO_DIR)/run/curves.png"
 
+# Benchmarks: results go to bench/README.md by hand, with the command and the machine.
 bench: build
-	@echo "bench: not yet available"; exit 1
+	cmake --build $(BUILD_DIR) --target loader_bench -j $(JOBS)
+	@test -f $(DEMO_DIR)/data/train.json || $(BUILD_DIR)/modalign synth --out $(DEMO_DIR)/data --train 2000 --eval 100
+	$(BUILD_DIR)/bench/loader_bench configs/demo.yaml
 
 clean:
 	rm -rf $(BUILD_DIR)
