@@ -11,6 +11,7 @@
 #include "lib/data/tokenizer.h"
 #include "lib/io/safetensors.h"
 #include "lib/util/logging.h"
+#include "trainers/lora.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -81,7 +82,6 @@ int main(int argc, char** argv) {
   int code = 0;
 
   add_pending(app, "probe", "per-layer visual attention share and modality dominance of a checkpoint", code);
-  add_pending(app, "convert", "merge LoRA adapters and export safetensors", code);
 
   ConfigArgs config_args;
   bool defaults = false, dump = false;
@@ -102,6 +102,21 @@ int main(int argc, char** argv) {
   eval_args.add_to(eval);
   eval->add_option("--checkpoint", eval_checkpoint, "checkpoint folder (step-N)")->required();
   eval->callback([&] { code = run_eval(eval_args, eval_checkpoint); });
+
+  ConfigArgs convert_args;
+  std::string convert_checkpoint, convert_out;
+  bool merge_lora = false;
+  CLI::App* convert = app.add_subcommand("convert", "export a checkpoint's weights as llava-hf safetensors (merging LoRA)");
+  convert_args.add_to(convert);
+  convert->add_option("--checkpoint", convert_checkpoint, "checkpoint folder (step-N)")->required();
+  convert->add_option("--out", convert_out, "output .safetensors file")->required();
+  convert->add_flag("--merge-lora", merge_lora, "fold LoRA adapters into the weights");
+  convert->callback([&] {
+    modalign::RunConfig config = modalign::load_run_config(convert_args.files, convert_args.overrides);
+    modalign::setup_logging(config.logging.level);
+    modalign::convert_checkpoint(config, convert_checkpoint, convert_out, merge_lora);
+    std::printf("wrote %s\n", convert_out.c_str());
+  });
 
   modalign::SynthOptions synth;
   CLI::App* synth_cmd = app.add_subcommand("synth", "generate the built-in modality-conflict benchmark");

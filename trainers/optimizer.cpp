@@ -23,10 +23,13 @@ std::vector<std::string> apply_freezing(torch::nn::Module& model, const TrainCon
   std::vector<std::string> trainable;
   for (auto& p : model.named_parameters(true)) {
     const std::string& name = p.key();
+    const bool adapter = name.find(".lora_") != std::string::npos;
+    // With LoRA the language model's own weights stay fixed; adapters always train.
     bool frozen = (c.freeze_vision_tower && starts_with(name, "vision_tower.")) ||
                   (c.freeze_projector && starts_with(name, "multi_modal_projector.")) ||
-                  (c.freeze_language_model && starts_with(name, "language_model.")) || std::regex_search(name, freeze);
-    if (std::regex_search(name, thaw)) frozen = false;
+                  ((c.freeze_language_model || c.lora_rank > 0) && starts_with(name, "language_model.")) ||
+                  std::regex_search(name, freeze);
+    if (adapter || std::regex_search(name, thaw)) frozen = false;
     p.value().set_requires_grad(!frozen);
     if (!frozen) trainable.push_back(name);
   }

@@ -15,8 +15,8 @@
 
 namespace modalign {
 
-// Sets requires_grad on every parameter by the train.freeze_* options and regexes; returns the names
-// left trainable. Throws std::invalid_argument when nothing is trainable.
+// Sets requires_grad on every parameter by the train.freeze_* options and regexes (with LoRA, the language
+// model's base weights are frozen and every lora_* adapter trains); returns the names left trainable. Throws std::invalid_argument when nothing is trainable.
 std::vector<std::string> apply_freezing(torch::nn::Module& model, const TrainConfig& config);
 
 // Learning-rate multiplier for optimizer step `step` (0-based) of `total`: linear warmup from 0, then

@@ -15,6 +15,7 @@
 #include "losses/sink_suppression.h"
 #include "losses/text_ce.h"
 #include "trainers/checkpoint.h"
+#include "trainers/lora.h"
 
 namespace modalign {
 namespace fs = std::filesystem;
@@ -76,6 +77,7 @@ Trainer::Trainer(const RunConfig& config) : config_(config) {
   torch::manual_seed(static_cast<uint64_t>(config_.train.seed));
   model_ = build_model(config_.model);
   if (!config_.model.weights.empty()) load_weights(*model_, config_.model.weights, /*strict=*/!config_.model.moda_aligner);
+  if (config_.train.lora_rank > 0) apply_lora(*model_, config_.train);
   device_ = model_->parameters().front().device();
   processor_ = std::make_shared<Processor>(config_.data, model_interface(model_->shapes));
   composer_ = std::make_unique<LossComposer>(config_.losses, model_->shapes.text.num_hidden_layers);

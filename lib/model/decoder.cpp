@@ -61,7 +61,7 @@ torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
 
 DuplexAlignerImpl::DuplexAlignerImpl(int64_t head_dim)
     : gamma(register_parameter("gamma", torch::zeros({head_dim}))),
-      wf(register_module("wf", nn::Linear(nn::LinearOptions(head_dim, head_dim).bias(false)))) {
+      wf(register_module("wf", Linear(head_dim, head_dim, false))) {
   torch::NoGradGuard no_grad;
   wf->weight.copy_(torch::eye(head_dim));
 }
@@ -82,10 +82,10 @@ LlamaAttentionImpl::LlamaAttentionImpl(const TextShapes& s, bool with_aligner)
     : heads(s.num_attention_heads),
       kv_heads(s.num_key_value_heads),
       head_dim(s.head_dim()),
-      q_proj(register_module("q_proj", nn::Linear(nn::LinearOptions(s.hidden_size, heads * head_dim).bias(false)))),
-      k_proj(register_module("k_proj", nn::Linear(nn::LinearOptions(s.hidden_size, kv_heads * head_dim).bias(false)))),
-      v_proj(register_module("v_proj", nn::Linear(nn::LinearOptions(s.hidden_size, kv_heads * head_dim).bias(false)))),
-      o_proj(register_module("o_proj", nn::Linear(nn::LinearOptions(heads * head_dim, s.hidden_size).bias(false)))) {
+      q_proj(register_module("q_proj", Linear(s.hidden_size, heads * head_dim, false))),
+      k_proj(register_module("k_proj", Linear(s.hidden_size, kv_heads * head_dim, false))),
+      v_proj(register_module("v_proj", Linear(s.hidden_size, kv_heads * head_dim, false))),
+      o_proj(register_module("o_proj", Linear(heads * head_dim, s.hidden_size, false))) {
   if (with_aligner) aligner = register_module("aligner", DuplexAligner(head_dim));
 }
 
@@ -133,10 +133,10 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
 
 LlamaMlpImpl::LlamaMlpImpl(const TextShapes& s)
     : gate_proj(register_module("gate_proj",
-                                nn::Linear(nn::LinearOptions(s.hidden_size, s.intermediate_size).bias(false)))),
-      up_proj(register_module("up_proj", nn::Linear(nn::LinearOptions(s.hidden_size, s.intermediate_size).bias(false)))),
+                                Linear(s.hidden_size, s.intermediate_size, false))),
+      up_proj(register_module("up_proj", Linear(s.hidden_size, s.intermediate_size, false))),
       down_proj(register_module("down_proj",
-                                nn::Linear(nn::LinearOptions(s.intermediate_size, s.hidden_size).bias(false)))) {}
+                                Linear(s.intermediate_size, s.hidden_size, false))) {}
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) { return down_proj(torch::silu(gate_proj(x)) * up_proj(x)); }
 
@@ -159,7 +159,7 @@ LanguageModelImpl::LanguageModelImpl(const TextShapes& s, bool aligner) : shapes
   for (int64_t i = 0; i < s.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(s, aligner));
   norm = model->register_module("norm", RmsNorm(s.hidden_size, s.rms_norm_eps));
   if (!s.tie_word_embeddings)
-    lm_head = register_module("lm_head", nn::Linear(nn::LinearOptions(s.hidden_size, s.vocab_size).bias(false)));
+    lm_head = register_module("lm_head", Linear(s.hidden_size, s.vocab_size, false));
 }
 
 torch::Tensor LanguageModelImpl::forward(const torch::Tensor& embeds, const DecoderContext& ctx,

@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "lib/model/linear.h"
 #include "lib/model/model_shapes.h"
 
 namespace modalign {
@@ -55,7 +56,7 @@ struct DuplexAlignerImpl : torch::nn::Module {
   // k, v (B, G, T, d) after RoPE -> keys with image rows replaced by Kv'
   torch::Tensor forward(const torch::Tensor& k, const torch::Tensor& v, const DecoderContext& ctx);
   torch::Tensor gamma;          // (d)
-  torch::nn::Linear wf{nullptr};  // d -> d, no bias
+  Linear wf{nullptr};  // d -> d, no bias
 };
 TORCH_MODULE(DuplexAligner);
 
@@ -64,7 +65,7 @@ struct LlamaAttentionImpl : torch::nn::Module {
   // x (B, T, D) -> (B, T, D); fills `tap` when it is not null
   torch::Tensor forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap, const TapRequest& request);
   int64_t heads, kv_heads, head_dim;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   DuplexAligner aligner{nullptr};
 };
 TORCH_MODULE(LlamaAttention);
@@ -72,7 +73,7 @@ TORCH_MODULE(LlamaAttention);
 struct LlamaMlpImpl : torch::nn::Module {
   explicit LlamaMlpImpl(const TextShapes& s);
   torch::Tensor forward(const torch::Tensor& x);  // down(silu(gate(x)) * up(x))
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(LlamaMlp);
 
@@ -97,7 +98,7 @@ struct LanguageModelImpl : torch::nn::Module {
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
+  Linear lm_head{nullptr};  // null when tie_word_embeddings
 };
 TORCH_MODULE(LanguageModel);
 

@@ -4,8 +4,8 @@ namespace modalign {
 namespace nn = torch::nn;
 
 ProjectorImpl::ProjectorImpl(ProjectorKind kind, int64_t vision_dim, int64_t text_dim)
-    : linear_1(register_module("linear_1", nn::Linear(vision_dim, text_dim))) {
-  if (kind == ProjectorKind::Mlp2xGelu) linear_2 = register_module("linear_2", nn::Linear(text_dim, text_dim));
+    : linear_1(register_module("linear_1", Linear(vision_dim, text_dim))) {
+  if (kind == ProjectorKind::Mlp2xGelu) linear_2 = register_module("linear_2", Linear(text_dim, text_dim));
 }
 
 torch::Tensor ProjectorImpl::forward(const torch::Tensor& x) {

@@ -11,6 +11,7 @@
 
 #include "lib/config/run_config.h"
 #include "lib/model/decoder.h"
+#include "lib/model/linear.h"
 #include "lib/model/model_shapes.h"
 #include "lib/model/vision_tower.h"
 
@@ -25,7 +26,7 @@ struct ModelOutput {
 struct ProjectorImpl : torch::nn::Module {
   ProjectorImpl(ProjectorKind kind, int64_t vision_dim, int64_t text_dim);
   torch::Tensor forward(const torch::Tensor& x);  // (N, P, Dv) -> (N, P, D): linear_2(gelu(linear_1(x)))
-  torch::nn::Linear linear_1{nullptr}, linear_2{nullptr};  // linear_2 null for `linear`
+  Linear linear_1{nullptr}, linear_2{nullptr};  // linear_2 null for `linear`
 };
 TORCH_MODULE(Projector);
 

@@ -5,10 +5,10 @@ namespace nn = torch::nn;
 
 ClipAttentionImpl::ClipAttentionImpl(const VisionShapes& s)
     : heads(s.num_attention_heads),
-      q_proj(register_module("q_proj", nn::Linear(s.hidden_size, s.hidden_size))),
-      k_proj(register_module("k_proj", nn::Linear(s.hidden_size, s.hidden_size))),
-      v_proj(register_module("v_proj", nn::Linear(s.hidden_size, s.hidden_size))),
-      out_proj(register_module("out_proj", nn::Linear(s.hidden_size, s.hidden_size))) {}
+      q_proj(register_module("q_proj", Linear(s.hidden_size, s.hidden_size))),
+      k_proj(register_module("k_proj", Linear(s.hidden_size, s.hidden_size))),
+      v_proj(register_module("v_proj", Linear(s.hidden_size, s.hidden_size))),
+      out_proj(register_module("out_proj", Linear(s.hidden_size, s.hidden_size))) {}
 
 torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 3, "ClipAttention expects (N, P+1, D), got ", x.sizes());
@@ -21,8 +21,8 @@ torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x) {
 }
 
 ClipMlpImpl::ClipMlpImpl(const VisionShapes& s)
-    : fc1(register_module("fc1", nn::Linear(s.hidden_size, s.intermediate_size))),
-      fc2(register_module("fc2", nn::Linear(s.intermediate_size, s.hidden_size))) {}
+    : fc1(register_module("fc1", Linear(s.hidden_size, s.intermediate_size))),
+      fc2(register_module("fc2", Linear(s.intermediate_size, s.hidden_size))) {}
 
 torch::Tensor ClipMlpImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = fc1(x);

@@ -5,6 +5,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "lib/model/linear.h"
 #include "lib/model/model_shapes.h"
 
 namespace modalign {
@@ -13,14 +14,14 @@ struct ClipAttentionImpl : torch::nn::Module {
   explicit ClipAttentionImpl(const VisionShapes& s);
   torch::Tensor forward(const torch::Tensor& x);  // (N, P+1, D) -> (N, P+1, D)
   int64_t heads;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
 };
 TORCH_MODULE(ClipAttention);
 
 struct ClipMlpImpl : torch::nn::Module {
   explicit ClipMlpImpl(const VisionShapes& s);
   torch::Tensor forward(const torch::Tensor& x);  // fc2(quick_gelu(fc1(x)))
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(ClipMlp);
 

@@ -5,8 +5,12 @@
 
 #include "lib/data/synth.h"
 #include "lib/io/safetensors.h"
+#include "lib/io/weights.h"
+
+#include <regex>
 #include "test_util.h"
 #include "trainers/checkpoint.h"
+#include "trainers/lora.h"
 #include "trainers/optimizer.h"
 #include "trainers/trainer.h"
 
@@ -83,6 +87,55 @@ TEST_F(TrainerTest, ResumeIsBitwiseEqualToAnUninterruptedRun) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
   NamedTensors first = load_tensors((dir_->path() / "straight/step-000003/model.safetensors").string());
   EXPECT_FALSE(torch::equal(first[0].second, a[0].second) && torch::equal(first.back().second, a.back().second));
+}
+
+TEST_F(TrainerTest, LoraTrainsAdaptersResumesExactlyAndMergesToTheSameOutputs) {
+  RunConfig c = config("lora");
+  c.train.lora_rank = 4;
+  c.train.lora_target = "language_model.*self_attn\\.(q_proj|v_proj)";
+  c.train.freeze_vision_tower = true;
+  c.train.freeze_projector = true;
+  Trainer trainer(c);
+  std::map<std::string, torch::Tensor> before;
+  for (auto& p : trainer.model()->named_parameters()) before[p.key()] = p.value().clone();
+  TrainResult straight = trainer.train();
+  int adapters = 0;
+  for (auto& p : trainer.model()->named_parameters()) {
+    const std::string& n = p.key();
+    bool is_adapter = n.find(".lora_") != std::string::npos;
+    adapters += is_adapter;
+    EXPECT_EQ(!torch::equal(before[n], p.value()), is_adapter) << n;
+    if (is_adapter) EXPECT_TRUE(std::regex_search(n, std::regex("layers\\.[01]\\.self_attn\\.(q_proj|v_proj)\\.lora_[AB]"))) << n;
+  }
+  EXPECT_EQ(adapters, 2 * 2 * 2);  // 2 layers x (q, v) x (A, B)
+  // Resume from step 3 gives the same run.
+  fs::create_directories(dir_->path() / "lora_resumed");
+  fs::copy(dir_->path() / "lora/step-000003", dir_->path() / "lora_resumed/step-000003", fs::copy_options::recursive);
+  RunConfig r = config("lora_resumed");
+  r.train.lora_rank = 4;
+  r.train.lora_target = c.train.lora_target;
+  r.train.freeze_vision_tower = r.train.freeze_projector = true;
+  r.checkpoint.resume_from_checkpoint = "auto";
+  EXPECT_EQ(Trainer(r).train().losses, straight.losses);
+  // convert --merge-lora: plain llava-hf weights whose model gives the adapted model's logits.
+  std::string merged = (dir_->path() / "merged.safetensors").string();
+  convert_checkpoint(c, (dir_->path() / "lora/step-000006").string(), merged, true);
+  SafetensorsFile merged_file(merged);
+  for (const auto& e : merged_file.entries()) EXPECT_EQ(e.name.find("lora"), std::string::npos) << e.name;
+  RunConfig plain = config("unused");
+  Trainer reloaded(plain);
+  load_weights(*reloaded.model(), merged, true);
+  torch::manual_seed(1);
+  torch::Tensor ids = torch::randint(5, 200, {2, 20});
+  ids[0].slice(0, 1, 17).fill_(3);
+  torch::Tensor mask = torch::ones({2, 20}, torch::kInt64), pixels = torch::randn({1, 3, 16, 16});
+  torch::NoGradGuard no_grad;
+  trainer.model()->eval();
+  reloaded.model()->eval();
+  torch::Tensor a = trainer.model()->forward(ids, mask, pixels).logits, b = reloaded.model()->forward(ids, mask, pixels).logits;
+  EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-5)) << (a - b).abs().max().item<double>();
+  test::expect_error<std::invalid_argument>(
+      [&] { convert_checkpoint(c, (dir_->path() / "lora/step-000006").string(), merged, false); }, {"--merge-lora"});
 }
 
 TEST_F(TrainerTest, FreezingTrainsExactlyTheNamedParameters) {

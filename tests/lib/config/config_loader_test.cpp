@@ -217,7 +217,6 @@ TEST_F(ConfigTest, CrossFieldRulesAreReportedTogether) {
              {"data.mixing_weights has 1 values but data.train_files has 2 files"});
   expect_bad("train: {freeze_vision_tower: true, freeze_projector: true, freeze_language_model: true}\n",
              {"nothing would be trained"});
-  expect_bad("train: {lora_rank: 8}\n", {"train.lora_rank: LoRA is not built yet"});
   expect_bad("distributed: {nproc: 2}\n", {"distributed.nproc: data-parallel training is not built yet"});
   expect_bad("train: {freeze_regex: 'layers.(3'}\n", {"train.freeze_regex: 'layers.(3' is not a valid regular expression"});
   expect_bad("distributed: {backend: nccl}\n", {"distributed.backend nccl needs model.device cuda"});
