@@ -28,6 +28,11 @@ torch::Tensor image_queries(const torch::Tensor& visual_mask) {
 
 torch::Tensor has_image(const torch::Tensor& visual_mask) { return visual_mask.to(torch::kBool).any(1); }
 
+LossTerm over_image_samples(const torch::Tensor& per_sample, const torch::Tensor& visual_mask) {
+  torch::Tensor image = has_image(visual_mask);
+  return {(per_sample * image.to(per_sample.scalar_type())).sum(), image.sum()};
+}
+
 torch::Tensor query_mean(const torch::Tensor& mass, const torch::Tensor& queries) {
   TORCH_CHECK(mass.dim() == 3 && queries.dim() == 2 && mass.size(0) == queries.size(0) && mass.size(2) == queries.size(1),
               "query_mean expects mass (B, H, T) and queries (B, T), got ", mass.sizes(), " and ", queries.sizes());

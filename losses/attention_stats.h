@@ -11,6 +11,8 @@
 
 #include <vector>
 
+#include "losses/loss_term.h"
+
 namespace modalign {
 
 struct AttentionStats {
@@ -47,6 +49,9 @@ torch::Tensor query_mean(const torch::Tensor& mass, const torch::Tensor& queries
 // tokens, averaged over the selected queries: (B). What equal attention per token would put on images.
 torch::Tensor balanced_share(const torch::Tensor& queries, const torch::Tensor& attention_mask,
                              const torch::Tensor& visual_mask);
+// {sum of per_sample (B) over samples holding image tokens, their number}: how every alignment loss
+// reports itself, so that samples without an image never count.
+LossTerm over_image_samples(const torch::Tensor& per_sample, const torch::Tensor& visual_mask);
 // x in float32, or float64 if it already is (losses never compute in bf16/fp16).
 torch::Tensor widen(const torch::Tensor& x);
 

@@ -49,8 +49,7 @@ LossTerm DualChannelLoss::compute(const AttentionStats& stats) const {
   torch::Tensor has_i = (image_queries(stats.visual_mask) & real).any(1).to(dtype);
   torch::Tensor per_sample = options_.inter_weight * f(m.inter, m.inter_target).mean(0) * has_x +
                              options_.intra_weight * f(m.intra, m.intra_target).mean(0) * has_i;  // (B)
-  torch::Tensor image = has_image(stats.visual_mask);
-  return {(per_sample * image.to(dtype)).sum(), image.sum()};
+  return over_image_samples(per_sample, stats.visual_mask);
 }
 
 }  // namespace modalign

@@ -22,8 +22,7 @@ LossTerm LayerDecayLoss::compute(const AttentionStats& stats) const {
   torch::Tensor drops = torch::zeros_like(ref);
   for (int64_t l : later_) drops = drops + torch::relu(ref - query_mean(stats.visual_mass[stats.slot(l, "layer_decay")], rq));
   torch::Tensor per_sample = drops / static_cast<double>(later_.size());
-  torch::Tensor image = has_image(stats.visual_mask);
-  return {(per_sample * image.to(per_sample.scalar_type())).sum(), image.sum()};
+  return over_image_samples(per_sample, stats.visual_mask);
 }
 
 }  // namespace modalign

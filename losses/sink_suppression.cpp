@@ -27,8 +27,7 @@ LossTerm SinkSuppressionLoss::compute(const AttentionStats& stats) const {
     per_sample = per_sample.defined() ? per_sample + term : term;
   }
   per_sample = per_sample / static_cast<double>(layers_.size()) * rq.any(1).to(per_sample.scalar_type());
-  torch::Tensor image = has_image(stats.visual_mask);
-  return {(per_sample * image.to(per_sample.scalar_type())).sum(), image.sum()};
+  return over_image_samples(per_sample, stats.visual_mask);
 }
 
 }  // namespace modalign

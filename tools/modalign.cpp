@@ -26,6 +26,24 @@ struct ConfigArgs {
   }
 };
 
+// One line on stderr; exit 2 for bad input (config, data, tokenizer, safetensors), 1 otherwise.
+int report(const std::exception& e) {
+  const char* kind = "error";
+  int code = 1;
+  if (dynamic_cast<const modalign::ConfigError*>(&e)) kind = "config error", code = 2;
+  else if (dynamic_cast<const modalign::SafetensorsError*>(&e)) kind = "bad safetensors", code = 2;
+  else if (dynamic_cast<const modalign::DataError*>(&e)) kind = "data error", code = 2;
+  else if (dynamic_cast<const modalign::TokenizerError*>(&e)) kind = "tokenizer error", code = 2;
+  std::fprintf(stderr, "modalign: %s: %s\n", kind, e.what());
+  return code;
+}
+
+void print_evals(const std::vector<modalign::EvalResult>& evals) {
+  std::printf("%-20s %10s %10s %8s\n", "split", "loss", "accuracy", "samples");
+  for (const auto& e : evals)
+    std::printf("%-20s %10.4f %10.3f %8lld\n", e.split.c_str(), e.loss, e.accuracy, static_cast<long long>(e.samples));
+}
+
 int run_config(const ConfigArgs& args, bool defaults) {
   if (defaults) {
     std::cout << modalign::describe_defaults();
@@ -42,11 +60,7 @@ int run_train(const ConfigArgs& args) {
   modalign::TrainResult r = trainer.train();
   std::printf("%s after %lld steps; checkpoint: %s\n", r.interrupted ? "stopped by signal" : "finished",
               static_cast<long long>(r.steps), r.checkpoint.c_str());
-  if (!r.evals.empty()) {
-    std::printf("%-20s %10s %10s %8s\n", "split", "loss", "accuracy", "samples");
-    for (const auto& e : r.evals)
-      std::printf("%-20s %10.4f %10.3f %8lld\n", e.split.c_str(), e.loss, e.accuracy, static_cast<long long>(e.samples));
-  }
+  if (!r.evals.empty()) print_evals(r.evals);
   std::printf("metrics: %s/metrics.jsonl, log: %s/train.log\n", config.train.output_dir.c_str(), config.train.output_dir.c_str());
   return 0;
 }
@@ -57,9 +71,7 @@ int run_eval(const ConfigArgs& args, const std::string& checkpoint) {
   if (config.data.eval_files.empty()) throw modalign::ConfigError("data.eval_files is empty: nothing to evaluate");
   modalign::Trainer trainer(config);
   trainer.load_weights_from(checkpoint);
-  std::printf("%-20s %10s %10s %8s\n", "split", "loss", "accuracy", "samples");
-  for (const auto& e : trainer.evaluate())
-    std::printf("%-20s %10.4f %10.3f %8lld\n", e.split.c_str(), e.loss, e.accuracy, static_cast<long long>(e.samples));
+  print_evals(trainer.evaluate());
   return 0;
 }
 
@@ -146,21 +158,8 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const modalign::ConfigError& e) {
-    std::fprintf(stderr, "modalign: config error: %s\n", e.what());
-    return 2;
-  } catch (const modalign::SafetensorsError& e) {
-    std::fprintf(stderr, "modalign: bad safetensors: %s\n", e.what());
-    return 2;
-  } catch (const modalign::DataError& e) {
-    std::fprintf(stderr, "modalign: data error: %s\n", e.what());
-    return 2;
-  } catch (const modalign::TokenizerError& e) {
-    std::fprintf(stderr, "modalign: tokenizer error: %s\n", e.what());
-    return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "modalign: error: %s\n", e.what());
-    return 1;
+    return report(e);
   }
   return code;
 }

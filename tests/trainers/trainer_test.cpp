@@ -105,7 +105,9 @@ TEST_F(TrainerTest, LoraTrainsAdaptersResumesExactlyAndMergesToTheSameOutputs) {
     bool is_adapter = n.find(".lora_") != std::string::npos;
     adapters += is_adapter;
     EXPECT_EQ(!torch::equal(before[n], p.value()), is_adapter) << n;
-    if (is_adapter) EXPECT_TRUE(std::regex_search(n, std::regex("layers\\.[01]\\.self_attn\\.(q_proj|v_proj)\\.lora_[AB]"))) << n;
+    if (is_adapter) {
+      EXPECT_TRUE(std::regex_search(n, std::regex("layers\\.[01]\\.self_attn\\.(q_proj|v_proj)\\.lora_[AB]"))) << n;
+    }
   }
   EXPECT_EQ(adapters, 2 * 2 * 2);  // 2 layers x (q, v) x (A, B)
   // Resume from step 3 gives the same run.
