@@ -61,6 +61,18 @@ std::string duration(double seconds) {
   return s >= 3600 ? fmt::format("{}h{:02d}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02d}s", s / 60, s % 60);
 }
 
+// LibTorch's default CPU generator (dropout, LoRA dropout): saved with checkpoints so resume is exact.
+std::vector<uint8_t> rng_state() {
+  torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
+  return std::vector<uint8_t>(state.data_ptr<uint8_t>(), state.data_ptr<uint8_t>() + state.numel());
+}
+
+void set_rng_state(const std::vector<uint8_t>& bytes) {
+  torch::Tensor state = torch::tensor(std::vector<int64_t>(bytes.begin(), bytes.end())).to(torch::kUInt8);
+  at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the shared generator
+  generator.set_state(state);
+}
+
 }  // namespace
 
 struct Trainer::StepStats {
@@ -195,7 +207,8 @@ std::string Trainer::save() {
                      {"nonfinite_total", nonfinite_total_},
                      {"nonfinite_streak", nonfinite_streak_},
                      {"losses", losses_},
-                     {"seed", config_.train.seed}};
+                     {"seed", config_.train.seed},
+                     {"cpu_rng_state", rng_state()}};
   c.config_yaml = dump_config(config_);
   return save_checkpoint(config_.train.output_dir, step_, c, config_.checkpoint.save_total_limit);
 }
@@ -223,6 +236,7 @@ void Trainer::resume(const std::string& dir) {
   nonfinite_streak_ = s.at("nonfinite_streak").get<int64_t>();
   skipped_before_ = s.at("skipped_samples").get<int64_t>();
   losses_ = s.at("losses").get<std::vector<double>>();
+  set_rng_state(s.at("cpu_rng_state").get<std::vector<uint8_t>>());
   RunConfig saved;
   apply_yaml(saved, c.config_yaml, dir + "/config.yaml", "");
   std::string before = dump_config(saved), now = dump_config(config_);

@@ -92,6 +92,7 @@ TEST_F(TrainerTest, ResumeIsBitwiseEqualToAnUninterruptedRun) {
 TEST_F(TrainerTest, LoraTrainsAdaptersResumesExactlyAndMergesToTheSameOutputs) {
   RunConfig c = config("lora");
   c.train.lora_rank = 4;
+  c.train.lora_dropout = 0.1;  // draws from the RNG every step: resume must restore its state
   c.train.lora_target = "language_model.*self_attn\\.(q_proj|v_proj)";
   c.train.freeze_vision_tower = true;
   c.train.freeze_projector = true;
@@ -116,6 +117,7 @@ TEST_F(TrainerTest, LoraTrainsAdaptersResumesExactlyAndMergesToTheSameOutputs) {
   RunConfig r = config("lora_resumed");
   r.train.lora_rank = 4;
   r.train.lora_target = c.train.lora_target;
+  r.train.lora_dropout = c.train.lora_dropout;
   r.train.freeze_vision_tower = r.train.freeze_projector = true;
   r.checkpoint.resume_from_checkpoint = "auto";
   EXPECT_EQ(Trainer(r).train().losses, straight.losses);
