@@ -213,8 +213,7 @@ std::string Trainer::save() {
   return save_checkpoint(config_.train.output_dir, step_, c, config_.checkpoint.save_total_limit);
 }
 
-void Trainer::resume(const std::string& dir) {
-  CheckpointContents c = load_checkpoint(dir);
+void Trainer::resume(const CheckpointContents& c, const std::string& dir) {
   {
     torch::NoGradGuard no_grad;
     std::map<std::string, torch::Tensor> saved(c.model.begin(), c.model.end());
@@ -265,18 +264,19 @@ TrainResult Trainer::train() {
   std::string resume_dir = config_.checkpoint.resume_from_checkpoint;
   if (resume_dir == "auto") resume_dir = find_latest_checkpoint(t.output_dir).value_or("");
   DataCursor start;
-  nlohmann::json resumed_state;
+  std::optional<CheckpointContents> checkpoint;
   if (!resume_dir.empty()) {
     if (!checkpoint_complete(resume_dir)) throw std::runtime_error(resume_dir + ": not a complete checkpoint");
-    resumed_state = load_checkpoint(resume_dir).trainer_state;
-    start = {resumed_state.at("data_cursor").at("epoch").get<int64_t>(), resumed_state.at("data_cursor").at("batch").get<int64_t>()};
+    checkpoint = load_checkpoint(resume_dir);
+    const auto& cursor = checkpoint->trainer_state.at("data_cursor");
+    start = {cursor.at("epoch").get<int64_t>(), cursor.at("batch").get<int64_t>()};
   }
   Sampler sampler(SamplerOptions{sizes, config_.data.mixing_weights, static_cast<uint64_t>(t.seed), t.per_device_train_batch_size,
                                  {}, 0, 1});
   loader_ = std::make_unique<DataLoader>(examples, processor_, std::move(sampler),
                                          LoaderOptions{config_.data.on_bad_sample, config_.data.num_workers,
                                                        config_.data.prefetch_batches, start});
-  if (!resume_dir.empty()) resume(resume_dir);
+  if (checkpoint) resume(*checkpoint, resume_dir);
 
   fs::create_directories(t.output_dir);
   MetricsSink metrics((fs::path(t.output_dir) / "metrics.jsonl").string());

@@ -14,6 +14,7 @@
 #include "lib/data/loader.h"
 #include "lib/model/vision_language_model.h"
 #include "losses/loss_composer.h"
+#include "trainers/checkpoint.h"
 #include "trainers/optimizer.h"
 
 namespace modalign {
@@ -54,7 +55,7 @@ class Trainer {
   StepStats train_step();
   StepStats forward_backward(const std::vector<Batch>& micro_batches);
   std::string save();
-  void resume(const std::string& dir);
+  void resume(const CheckpointContents& checkpoint, const std::string& dir);
   int64_t total_steps() const;
   TapRequest tap_request(const Batch& batch, bool log_step) const;
 

@@ -142,6 +142,28 @@ TEST_F(TrainerTest, LoraTrainsAdaptersResumesExactlyAndMergesToTheSameOutputs) {
       [&] { convert_checkpoint(c, (dir_->path() / "lora/step-000006").string(), merged, false); }, {"--merge-lora"});
 }
 
+TEST_F(TrainerTest, ResumingWithOtherShapesOrTrainableSetIsAClearError) {
+  RunConfig c = config("shape_source");
+  c.train.max_steps = 1;
+  c.checkpoint.save_steps = 1;
+  Trainer(c).train();
+  std::string checkpoint = (dir_->path() / "shape_source/step-000001").string();
+  std::string wider = dir_->write("wider.json", R"({"vision_config": {"hidden_size": 32, "intermediate_size": 64,
+    "num_hidden_layers": 3, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}, "text_config":
+    {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2}, "image_token_index": 3})");
+  RunConfig other = config("shape_target");
+  other.model.hf_config = wider;
+  other.checkpoint.resume_from_checkpoint = checkpoint;
+  test::expect_error<std::runtime_error>([&] { Trainer(other).train(); },
+                                         {"step-000001: the checkpoint's model does not match this config's model"});
+  RunConfig frozen = config("trainable_target");
+  frozen.train.freeze_language_model = true;
+  frozen.checkpoint.resume_from_checkpoint = checkpoint;
+  test::expect_error<std::runtime_error>([&] { Trainer(frozen).train(); },
+                                         {"optimizer state does not match the trainable parameters", "another trainable set"});
+}
+
 TEST_F(TrainerTest, FreezingTrainsExactlyTheNamedParameters) {
   RunConfig c = config("frozen");
   c.train.max_steps = 2;
