@@ -72,7 +72,7 @@ bool checkpoint_complete(const std::string& dir) {
   for (const char* f : kFiles)
     if (!fs::is_regular_file(fs::path(dir) / f)) return false;
   try {
-    nlohmann::json::parse(read_all(fs::path(dir) / "trainer_state.json"));
+    if (!nlohmann::json::parse(read_all(fs::path(dir) / "trainer_state.json")).contains("step")) return false;
     SafetensorsFile model((fs::path(dir) / "model.safetensors").string());
     SafetensorsFile optimizer((fs::path(dir) / "optimizer.safetensors").string());
   } catch (const std::exception&) {

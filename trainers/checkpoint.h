@@ -23,7 +23,7 @@ struct CheckpointContents {
 // (0 = all). Returns the folder written.
 std::string save_checkpoint(const std::string& output_dir, int64_t step, const CheckpointContents& contents, int64_t keep);
 
-// True when `dir` holds all four files and a trainer_state.json that parses.
+// True when `dir` holds all four files, readable safetensors and a trainer_state.json with a step.
 bool checkpoint_complete(const std::string& dir);
 
 // The newest complete checkpoint in output_dir: the one `latest` names if complete, else the complete

@@ -1,5 +1,7 @@
 #include "lib/config/config_loader.h"
 
+#include "lib/config/config_text.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -18,6 +20,10 @@
 namespace modalign {
 namespace fs = std::filesystem;
 namespace {
+
+using config_text::describe;
+using config_text::join;
+using config_text::name_list;
 
 // Where a YAML document came from: a file (with line numbers) or a --set argument.
 struct Origin {
@@ -55,32 +61,6 @@ std::string nearest(const std::string& word, const std::vector<std::string>& can
     if (d < best_d) best_d = d, best = c;
   }
   return best;
-}
-
-std::string join(const std::vector<std::string>& items, const char* sep = ", ") {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : "") + items[i];
-  return out;
-}
-
-template <class Names>
-std::vector<std::string> name_list(const Names& names) {
-  std::vector<std::string> out;
-  for (const auto& n : names) {
-    if constexpr (std::is_convertible_v<decltype(n), const char*>) out.push_back(n);
-    else out.push_back(n.first);
-  }
-  return out;
-}
-
-std::string describe(const Range& r) {
-  bool has_lo = r.lo > -std::numeric_limits<double>::infinity();
-  bool has_hi = r.hi < std::numeric_limits<double>::infinity();
-  if (has_lo && has_hi)
-    return fmt::format("in {}{}, {}{}", r.lo_open ? "(" : "[", r.lo, r.hi, r.hi_open ? ")" : "]");
-  if (has_lo) return fmt::format("{} {}", r.lo_open ? ">" : ">=", r.lo);
-  if (has_hi) return fmt::format("{} {}", r.hi_open ? "<" : "<=", r.hi);
-  return "any number";
 }
 
 // Expands ${VAR} and ${VAR:-default}; an unset variable without default is an error.
@@ -403,89 +383,6 @@ class Reader {
   std::map<std::string, std::string> aliases_;  // key -> its alias
 };
 
-// Emits a struct as YAML; with help, each key carries its help line as a comment.
-class Writer {
- public:
-  Writer(YAML::Emitter& out, bool with_help) : out_(out), help_(with_help) {}
-
-  template <class T>
-  void field(const char* key, const T& value, const char* help, Range range = {}) {
-    key_value(key, help, range_note(range), [&] { emit(value); });
-  }
-  template <class E, size_t N>
-  void choice(const char* key, const E& value, const std::pair<const char*, E> (&names)[N], const char* help) {
-    const char* name = "";
-    for (const auto& [n, e] : names)
-      if (e == value) name = n;
-    key_value(key, help, "one of: " + join(name_list(names)), [&] { out_ << name; });
-  }
-  template <size_t N>
-  void one_of(const char* key, const std::string& value, const char* const (&names)[N], const char* help) {
-    key_value(key, help, "one of: " + join(name_list(names)), [&] { out_ << value; });
-  }
-  template <class T>
-  void optional(const char* key, const std::optional<T>& value, const char* keyword, const char* help,
-                Range range = {}) {
-    key_value(key, help, range_note(range), [&] {
-      if (value) emit(*value);
-      else if (std::string(keyword) == "null") out_ << YAML::Null;
-      else out_ << keyword;
-    });
-  }
-  void path(const char* key, const std::string& value, const char* help) { field(key, value, help); }
-  void paths(const char* key, const std::vector<std::string>& value, const char* help) { field(key, value, help); }
-  void alias(const char* alias_key, const char* key) { aliases_[key] = alias_key; }
-  template <class S>
-  void section(const char* key, S& s, const char* help) {
-    if (help_) out_ << YAML::Newline << YAML::Comment(help);
-    out_ << YAML::Key << key << YAML::Value << YAML::BeginMap;
-    s.visit(*this);
-    out_ << YAML::EndMap;
-  }
-  template <class S>
-  void list(const char* key, std::vector<S>& items, const char* help) {
-    if (help_) out_ << YAML::Newline << YAML::Comment(help);
-    out_ << YAML::Key << key << YAML::Value << YAML::BeginSeq;
-    for (auto& item : items) {
-      out_ << YAML::BeginMap;
-      item.visit(*this);
-      out_ << YAML::EndMap;
-    }
-    out_ << YAML::EndSeq;
-  }
-
- private:
-  static std::string range_note(const Range& r) {
-    std::string d = describe(r);
-    return d == "any number" ? "" : d;
-  }
-  template <class Emit>
-  void key_value(const char* key, const char* help, const std::string& note, Emit emit_value) {
-    out_ << YAML::Key << key << YAML::Value;
-    emit_value();
-    if (!help_) return;
-    std::string notes = note;
-    auto alias = aliases_.find(key);
-    if (alias != aliases_.end()) notes += (notes.empty() ? "" : "; ") + ("alias: " + alias->second);
-    out_ << YAML::Comment(notes.empty() ? std::string(help) : std::string(help) + " (" + notes + ")");
-  }
-  void emit(bool v) { out_ << (v ? "true" : "false"); }
-  void emit(int64_t v) { out_ << v; }
-  void emit(double v) { out_ << fmt::format("{}", v); }  // shortest text that reads back to the same double
-  void emit(const std::string& v) { out_ << YAML::DoubleQuoted << v; }
-  void emit(const LayerSpec& v) { out_ << YAML::DoubleQuoted << v.spec; }
-  template <class T>
-  void emit(const std::vector<T>& v) {
-    out_ << YAML::Flow << YAML::BeginSeq;
-    for (const auto& x : v) emit(x);
-    out_ << YAML::EndSeq;
-  }
-
-  YAML::Emitter& out_;
-  bool help_;
-  std::map<std::string, std::string> aliases_;  // key -> its alias
-};
-
 void apply_node(RunConfig& config, const YAML::Node& node, const Origin& origin) {
   Reader reader(node, "", origin);
   config.visit(reader);
@@ -549,33 +446,6 @@ RunConfig load_run_config(const std::vector<std::string>& files, const std::vect
   }
   validate(config);
   return config;
-}
-
-std::string dump_config(const RunConfig& config) {
-  YAML::Emitter out;
-  Writer writer(out, false);
-  out << YAML::BeginMap;
-  RunConfig copy = config;  // visit() is non-const because the reader shares it
-  copy.visit(writer);
-  out << YAML::EndMap;
-  return std::string(out.c_str()) + "\n";
-}
-
-std::string describe_defaults() {
-  RunConfig config;
-  for (const char* name : kAlignmentLossNames) {
-    LossEntry entry;
-    entry.name = name;
-    config.losses.push_back(entry);
-  }
-  YAML::Emitter out;
-  Writer writer(out, true);
-  out << YAML::Comment("modalign config keys with their defaults. `losses` is empty by default; its entries "
-                       "below show every registered loss with its options.")
-      << YAML::BeginMap;
-  config.visit(writer);
-  out << YAML::EndMap;
-  return std::string(out.c_str()) + "\n";
 }
 
 }  // namespace modalign

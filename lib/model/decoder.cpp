@@ -10,7 +10,7 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
   TORCH_CHECK(attention_mask.dim() == 2 && visual_mask.sizes() == attention_mask.sizes(),
               "attention_mask and visual_mask must both be (B, T), got ", attention_mask.sizes(), " and ",
               visual_mask.sizes());
-  const int64_t b = attention_mask.size(0), t = attention_mask.size(1), d = s.head_dim();
+  const int64_t t = attention_mask.size(1), d = s.head_dim();
   const auto dev = attention_mask.device();
   DecoderContext ctx;
   torch::Tensor real = attention_mask.to(torch::kBool);
@@ -39,7 +39,6 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
   // Stable descending sort puts each sample's image positions first, in order: (B, Nv)
   torch::Tensor order = std::get<1>(torch::sort(ctx.visual_mask.to(torch::kInt32), /*stable=*/true, 1, true));
   ctx.visual_index = order.slice(1, 0, nv) * ctx.has_visual.unsqueeze(1).to(torch::kInt64);
-  (void)b;
   return ctx;
 }
 
