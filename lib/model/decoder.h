@@ -18,7 +18,7 @@ struct TapRequest {
   std::vector<int64_t> layers;   // decoder layers whose visual mass is returned
   bool probs_to_visual = false;  // also P restricted to each sample's image keys
   bool full_probs = false;       // also the whole P (probing and tests; T^2 memory)
-  torch::Tensor key_masks;       // optional (B, T, K): also the mass on each of K other key sets
+  torch::Tensor key_masks{};     // optional (B, T, K): also the mass on each of K other key sets
 };
 
 // One tapped layer. Probabilities are float32 (or float64 for a float64 model).
