@@ -365,16 +365,16 @@ std::vector<EvalResult> Trainer::evaluate() {
       std::vector<std::string> refs;
       for (size_t i = start; i < std::min(examples.size(), start + static_cast<size_t>(batch_size)); ++i) {
         full.push_back(processor_->process(examples[i]));
-        prompts.push_back(processor_->process(examples[i], /*prompt_only=*/true));
+        prompts.push_back(processor_->prompt(examples[i], full.back()));
         refs.push_back(examples[i].turns.back().from_human ? "" : examples[i].turns.back().value);
       }
       const ModelInterface& m = processor_->model();
-      Batch b = to_device(collate(full, std::max<int64_t>(tok.pad_id(), 0), m.image_token_index, m.image_size), device_);
+      Batch b = to_device(processor_->collate(full), device_);
       LossTerm ce = text_ce(model_->forward(b.input_ids, b.attention_mask, b.pixel_values).logits, b.labels);
       ce_sum += ce.sum.item<double>();
       ce_count += ce.count.item<double>();
       // Greedy answers: extend each prompt (right padded) at its own end, max_new tokens or EOS.
-      Batch p = to_device(collate(prompts, std::max<int64_t>(tok.pad_id(), 0), m.image_token_index, m.image_size), device_);
+      Batch p = to_device(processor_->collate(prompts), device_);
       const int64_t n = p.size();
       torch::Tensor ids = torch::cat({p.input_ids, torch::zeros({n, max_new}, p.input_ids.options())}, 1);
       torch::Tensor mask = torch::cat({p.attention_mask, torch::zeros({n, max_new}, p.attention_mask.options())}, 1);

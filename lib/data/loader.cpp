@@ -62,10 +62,9 @@ DataLoader::Prepared DataLoader::prepare(int64_t job) {
         ++out.batch.skipped;
       }
     }
-    const ModelInterface& m = processor_->model();
     if (!samples.empty()) {
       int64_t skipped = out.batch.skipped;
-      out.batch = collate(samples, std::max<int64_t>(processor_->tokenizer().pad_id(), 0), m.image_token_index, m.image_size);
+      out.batch = processor_->collate(samples);
       out.batch.skipped = skipped;
     }
   } catch (...) {

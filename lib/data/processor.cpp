@@ -20,9 +20,8 @@ Processor::Processor(const DataConfig& config, const ModelInterface& model)
                                 config.tokenizer, model.image_token_index));
 }
 
-Sample Processor::process(const Example& example, bool prompt_only) const {
-  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length,
-                          prompt_only};
+Sample Processor::process(const Example& example) const {
+  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, false};
   TokenizedExample t = tokenize_example(example, *tokenizer_, options);
   Sample s{std::move(t.input_ids), std::move(t.labels), {}, example.id};
   if (!example.image.empty()) {
@@ -34,6 +33,16 @@ Sample Processor::process(const Example& example, bool prompt_only) const {
     }
   }
   return s;
+}
+
+Sample Processor::prompt(const Example& example, const Sample& full) const {
+  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, true};
+  TokenizedExample t = tokenize_example(example, *tokenizer_, options);
+  return Sample{std::move(t.input_ids), std::move(t.labels), full.pixel_values, example.id};
+}
+
+Batch Processor::collate(const std::vector<Sample>& samples) const {
+  return modalign::collate(samples, std::max<int64_t>(tokenizer_->pad_id(), 0), model_.image_token_index, model_.image_size);
 }
 
 Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size) {

@@ -48,7 +48,11 @@ class Processor {
   Processor(const DataConfig& config, const ModelInterface& model);
 
   // Throws DataError naming the sample (and the image file) when it cannot be used.
-  Sample process(const Example& example, bool prompt_only = false) const;
+  Sample process(const Example& example) const;
+  // The prompt of `example` (everything before its final reply), reusing `full`'s preprocessed image.
+  Sample prompt(const Example& example, const Sample& full) const;
+  // Right-pads samples into a Batch with this tokenizer's pad id and the model's image token.
+  Batch collate(const std::vector<Sample>& samples) const;
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const ModelInterface& model() const { return model_; }
