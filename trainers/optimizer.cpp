@@ -53,11 +53,10 @@ GroupedAdamW::GroupedAdamW(torch::nn::Module& model, const TrainConfig& c) {
   // Groups: (module lr) x (decay, no decay). Module: vision tower, projector, everything else.
   struct Group {
     double lr, decay;
-    std::vector<torch::Tensor> params;
+    std::vector<std::pair<std::string, torch::Tensor>> params;
   };
   std::vector<Group> groups;
   std::map<std::pair<double, double>, size_t> index;
-  std::vector<std::pair<std::string, torch::Tensor>> ordered;
   for (auto& p : model.named_parameters(true)) {
     if (!p.value().requires_grad()) continue;
     const std::string& name = p.key();
@@ -67,21 +66,20 @@ GroupedAdamW::GroupedAdamW(torch::nn::Module& model, const TrainConfig& c) {
     double decay = no_decay(name, p.value()) ? 0.0 : c.weight_decay;
     auto key = std::make_pair(lr, decay);
     if (!index.count(key)) index[key] = groups.size(), groups.push_back({lr, decay, {}});
-    groups[index[key]].params.push_back(p.value());
-    ordered.emplace_back(name, p.value());
+    groups[index[key]].params.emplace_back(name, p.value());
   }
   std::vector<torch::optim::OptimizerParamGroup> param_groups;
   for (auto& g : groups) {
+    std::vector<torch::Tensor> tensors;
+    for (auto& named : g.params) {
+      tensors.push_back(named.second);
+      params_.push_back(named);  // group order: the order the optimizer stores them
+    }
     auto options = std::make_unique<torch::optim::AdamWOptions>(g.lr);
     options->betas({c.adam_beta1, c.adam_beta2}).eps(c.adam_epsilon).weight_decay(g.decay);
-    param_groups.emplace_back(g.params, std::move(options));
+    param_groups.emplace_back(tensors, std::move(options));
     base_lrs_.push_back(g.lr);
   }
-  // Parameters in group order (the order the optimizer stores them).
-  for (auto& g : groups)
-    for (auto& t : g.params)
-      for (auto& [name, p] : ordered)
-        if (p.is_same(t)) params_.emplace_back(name, p);
   adamw_ = std::make_unique<torch::optim::AdamW>(param_groups, torch::optim::AdamWOptions(c.learning_rate));
 }
 
