@@ -16,7 +16,7 @@ DualChannelLoss::Masses DualChannelLoss::masses(const AttentionStats& stats) con
     inter.push_back(query_mean(mass, rq));
     intra.push_back(query_mean(mass, iq));
   }
-  Masses m{torch::stack(inter), torch::stack(intra), {}, {}};
+  Masses m{torch::stack(inter), torch::stack(intra), {}, {}, rq.any(1), iq.any(1)};
   auto dtype = m.inter.scalar_type();
   if (options_.target) {
     m.inter_target = torch::full({m.inter.size(1)}, *options_.target * options_.target_scale, m.inter.options());
@@ -42,11 +42,9 @@ torch::Tensor DualChannelLoss::f(const torch::Tensor& m, const torch::Tensor& ta
 
 LossTerm DualChannelLoss::compute(const AttentionStats& stats) const {
   Masses m = masses(stats);
-  torch::Tensor real = stats.attention_mask.to(torch::kBool);
   auto dtype = m.inter.scalar_type();
   // A channel with no query in a sample (no supervised token, or a single image token) adds nothing.
-  torch::Tensor has_x = (response_queries(stats.labels) & real).any(1).to(dtype);  // (B)
-  torch::Tensor has_i = (image_queries(stats.visual_mask) & real).any(1).to(dtype);
+  torch::Tensor has_x = m.has_inter.to(dtype), has_i = m.has_intra.to(dtype);  // (B)
   torch::Tensor per_sample = options_.inter_weight * f(m.inter, m.inter_target).mean(0) * has_x +
                              options_.intra_weight * f(m.intra, m.intra_target).mean(0) * has_i;  // (B)
   return over_image_samples(per_sample, stats.visual_mask);

@@ -22,6 +22,7 @@ class DualChannelLoss : public AlignmentLoss {
   struct Masses {
     torch::Tensor inter, intra;  // (L, B): M_X and M_I per layer of this loss and sample
     torch::Tensor inter_target, intra_target;  // (B): balanced or fixed target, scaled
+    torch::Tensor has_inter, has_intra;        // (B) bool: the sample has response / image queries
   };
   Masses masses(const AttentionStats& stats) const;
 
