@@ -2,6 +2,8 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 
@@ -12,6 +14,7 @@
 #include "lib/io/safetensors.h"
 #include "lib/util/logging.h"
 #include "trainers/lora.h"
+#include "trainers/probe.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -75,14 +78,45 @@ int run_eval(const ConfigArgs& args, const std::string& checkpoint) {
   return 0;
 }
 
-// A subcommand whose capability is not built yet: it says so and fails.
-void add_pending(CLI::App& app, const char* name, const char* help, int& code) {
-  CLI::App* sub = app.add_subcommand(name, std::string(help) + " [not built yet]");
-  sub->allow_extras();
-  sub->callback([name, &code] {
-    std::fprintf(stderr, "modalign %s: not built yet in this version\n", name);
-    code = 3;
-  });
+struct ProbeArgs {
+  std::string checkpoint, compare, data, out;
+  int64_t batch_size = 16;
+};
+
+// Draws probe.png with tools/plot_probe.py when Debian's python3 and the script are there; a missing
+// plotter is a note, not a failure (probe.json and probe.csv are the results).
+void plot_probe(const std::string& out_dir) {
+  for (const char* script : {MODALIGN_INSTALLED_SCRIPTS "/plot_probe.py", MODALIGN_SOURCE_SCRIPTS "/plot_probe.py"}) {
+    if (!std::filesystem::exists(script)) continue;
+    std::string cmd = "/usr/bin/python3 '" + std::string(script) + "' '" + out_dir + "/probe.json' > /dev/null";
+    if (std::system(cmd.c_str()) == 0) {
+      std::printf("plot: %s/probe.png\n", out_dir.c_str());
+      return;
+    }
+    break;
+  }
+  std::fprintf(stderr, "modalign probe: no plot (needs /usr/bin/python3 with matplotlib and plot_probe.py)\n");
+}
+
+int run_probe(const ConfigArgs& args, ProbeArgs p) {
+  modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
+  modalign::setup_logging(config.logging.level);
+  if (p.out.empty()) p.out = config.train.output_dir + "/probe";
+  modalign::Trainer trainer(config);
+  const std::vector<modalign::Example> examples = modalign::load_dataset(p.data);
+  std::vector<modalign::ProbeReport> reports;
+  for (const std::string& dir : {p.checkpoint, p.compare}) {
+    if (dir.empty()) continue;
+    trainer.load_weights_from(dir);
+    reports.push_back(modalign::probe(trainer.model(), trainer.processor(), examples, p.batch_size));
+    reports.back().checkpoint = dir;
+    reports.back().split = std::filesystem::path(p.data).stem().string();
+    std::cout << modalign::format_probe(reports.back()) << "\n";
+  }
+  modalign::write_probe(reports, p.out);
+  std::printf("results: %s/probe.json, %s/probe.csv\n", p.out.c_str(), p.out.c_str());
+  plot_probe(p.out);
+  return 0;
 }
 
 }  // namespace
@@ -93,7 +127,16 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int code = 0;
 
-  add_pending(app, "probe", "per-layer visual attention share and modality dominance of a checkpoint", code);
+  ConfigArgs probe_args;
+  ProbeArgs probe_opts;
+  CLI::App* probe = app.add_subcommand("probe", "per-layer visual attention share and modality dominance of a checkpoint");
+  probe_args.add_to(probe);
+  probe->add_option("--checkpoint", probe_opts.checkpoint, "checkpoint folder (step-N)")->required();
+  probe->add_option("--data", probe_opts.data, "LLaVA JSON/JSONL split whose samples are measured")->required();
+  probe->add_option("--compare", probe_opts.compare, "a second checkpoint, measured on the same split and plotted beside");
+  probe->add_option("--out", probe_opts.out, "output folder (default: train.output_dir/probe)");
+  probe->add_option("--batch-size", probe_opts.batch_size, "samples per forward")->capture_default_str()->check(CLI::PositiveNumber);
+  probe->callback([&] { code = run_probe(probe_args, probe_opts); });
 
   ConfigArgs config_args;
   bool defaults = false, dump = false;

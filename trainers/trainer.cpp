@@ -51,11 +51,6 @@ std::string normalise(std::string s) {
   return a == std::string::npos ? "" : out.substr(a, b - a + 1);
 }
 
-Batch to_device(Batch b, torch::Device d) {
-  for (torch::Tensor* t : {&b.input_ids, &b.labels, &b.attention_mask, &b.visual_mask, &b.pixel_values}) *t = t->to(d);
-  return b;
-}
-
 std::string duration(double seconds) {
   int s = static_cast<int>(seconds);
   return s >= 3600 ? fmt::format("{}h{:02d}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02d}s", s / 60, s % 60);
@@ -172,7 +167,7 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
 
 Trainer::StepStats Trainer::train_step() {
   std::vector<Batch> micro;
-  for (int64_t i = 0; i < config_.train.gradient_accumulation_steps; ++i) micro.push_back(to_device(loader_->next(), device_));
+  for (int64_t i = 0; i < config_.train.gradient_accumulation_steps; ++i) micro.push_back(loader_->next().to(device_));
   optimizer_->zero_grad();
   StepStats stats = forward_backward(micro);
   std::vector<torch::Tensor> params;
@@ -369,12 +364,12 @@ std::vector<EvalResult> Trainer::evaluate() {
         refs.push_back(examples[i].turns.back().from_human ? "" : examples[i].turns.back().value);
       }
       const ModelInterface& m = processor_->model();
-      Batch b = to_device(processor_->collate(full), device_);
+      Batch b = processor_->collate(full).to(device_);
       LossTerm ce = text_ce(model_->forward(b.input_ids, b.attention_mask, b.pixel_values).logits, b.labels);
       ce_sum += ce.sum.item<double>();
       ce_count += ce.count.item<double>();
       // Greedy answers: extend each prompt (right padded) at its own end, max_new tokens or EOS.
-      Batch p = to_device(processor_->collate(prompts), device_);
+      Batch p = processor_->collate(prompts).to(device_);
       const int64_t n = p.size();
       torch::Tensor ids = torch::cat({p.input_ids, torch::zeros({n, max_new}, p.input_ids.options())}, 1);
       torch::Tensor mask = torch::cat({p.attention_mask, torch::zeros({n, max_new}, p.attention_mask.options())}, 1);

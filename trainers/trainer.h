@@ -49,6 +49,7 @@ class Trainer {
   // Test seam: optimizer steps (0-based) whose loss is replaced by NaN.
   void inject_nonfinite(std::set<int64_t> steps) { inject_ = std::move(steps); }
   VisionLanguageModel& model() { return model_; }
+  const Processor& processor() const { return *processor_; }
 
  private:
   struct StepStats;

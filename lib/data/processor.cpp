@@ -6,6 +6,13 @@
 
 namespace modalign {
 
+Batch Batch::to(torch::Device device) const {
+  Batch b = *this;
+  for (torch::Tensor* t : {&b.input_ids, &b.labels, &b.attention_mask, &b.visual_mask, &b.pixel_values})
+    if (t->defined()) *t = t->to(device);
+  return b;
+}
+
 Processor::Processor(const DataConfig& config, const ModelInterface& model)
     : config_(config), model_(model), image_options_{model.image_size, config.image_aspect_ratio, config.image_mean, config.image_std} {
   if (config.tokenizer.empty()) throw DataError("data.tokenizer is not set (a SentencePiece .model file)");

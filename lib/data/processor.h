@@ -31,6 +31,7 @@ struct Batch {
   std::vector<std::string> ids;
   int64_t skipped = 0;  // bad samples dropped from this batch (on_bad_sample: skip)
   int64_t size() const { return input_ids.defined() ? input_ids.size(0) : 0; }
+  Batch to(torch::Device device) const;  // every tensor moved to `device`
 };
 
 // What the data side needs to know about the model.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The modalign command line: help lists every subcommand, unbuilt ones fail, config prints and errors.
+# The modalign command line: help lists every subcommand, config prints and errors, probe end to end.
 set -u
 bin=$1; src=$2; fails=0; passes=0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -18,7 +18,6 @@ check dump 0 'learning_rate: 5e-05' "$bin" config -c "$tmp/a.yaml" --set train.l
 printf 'train:\n  lerning_rate: 1e-4\n' > "$tmp/bad.yaml"
 check bad-key 2 "bad.yaml:2: unknown key 'train.lerning_rate'; did you mean 'train.learning_rate'" \
   "$bin" config -c "$tmp/bad.yaml" --dump
-check pending 3 "modalign probe: not built yet" "$bin" probe
 printf "train:\n  max_steps: 3\n" > "$tmp/nodata.yaml"
 check train-nodata 2 "data error: data.tokenizer is not set" "$bin" train -c "$tmp/nodata.yaml"
 check inspect 0 'language_model.model.norm.weight +F64 +\[32\] 256 bytes' "$bin" inspect "$src/tests/golden/llava_tiny_golden.safetensors"
@@ -27,5 +26,30 @@ check inspect-bad 2 'bad safetensors: .*trunc.safetensors: truncated: 3 bytes' "
 check inspect-missing 2 'cannot open' "$bin" inspect "$tmp/none.safetensors"
 check no-subcommand 106 'A subcommand is required' "$bin"
 for f in "$src"/configs/*.yaml; do [ -e "$f" ] && check "preset-$(basename "$f")" 0 'learning_rate' "$bin" config -c "$f" --dump; done
+
+# probe: a 2-step tiny run, then two checkpoints on one split; table, json, csv (and a plot when python is there).
+"$bin" synth --out "$tmp/data" --train 16 --eval 6 --image-size 16 --vocab-size 200 >/dev/null 2>&1
+cat > "$tmp/config.json" <<'J'
+{"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+ "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 48,
+ "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, "image_token_index": 3}
+J
+cat > "$tmp/probe.yaml" <<Y
+model: {hf_config: config.json}
+data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: vicuna_v1}
+train: {output_dir: run, max_steps: 2, per_device_train_batch_size: 4, num_threads: 1}
+checkpoint: {save_steps: 1, save_total_limit: 3}
+logging: {progress: plain}
+Y
+"$bin" train -c "$tmp/probe.yaml" > "$tmp/train.log" 2>&1 || { echo "tiny train failed"; cat "$tmp/train.log"; }
+check probe 0 'step-000002 on eval_conflict \(6 samples with an image\)' \
+  "$bin" probe -c "$tmp/probe.yaml" --checkpoint "$tmp/run/step-000001" --compare "$tmp/run/step-000002" \
+  --data "$tmp/data/eval_conflict.json" --out "$tmp/probe"
+check probe-csv 0 '^.*step-000001,eval_conflict,0,response,0\.[0-9]+,' cat "$tmp/probe/probe.csv"
+check probe-json 0 '"last_prompt"' cat "$tmp/probe/probe.json"
+check probe-missing 1 'not a complete checkpoint' "$bin" probe -c "$tmp/probe.yaml" --checkpoint "$tmp/none" \
+  --data "$tmp/data/eval_conflict.json" --out "$tmp/probe2"
+check probe-bad-data 2 'data error: .*nothing.json' "$bin" probe -c "$tmp/probe.yaml" --checkpoint "$tmp/run/step-000001" \
+  --data "$tmp/nothing.json" --out "$tmp/probe2"
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]
