@@ -42,9 +42,12 @@ int report(const std::exception& e) {
 }
 
 void print_evals(const std::vector<modalign::EvalResult>& evals) {
-  std::printf("%-20s %10s %10s %8s\n", "split", "loss", "accuracy", "samples");
-  for (const auto& e : evals)
-    std::printf("%-20s %10.4f %10.3f %8lld\n", e.split.c_str(), e.loss, e.accuracy, static_cast<long long>(e.samples));
+  std::printf("%-20s %10s %10s %10s %8s\n", "split", "loss", "accuracy", "hint_rate", "samples");
+  for (const auto& e : evals) {
+    std::string hint = e.hint_rate >= 0 ? std::to_string(e.hint_rate).substr(0, 5) : "-";
+    std::printf("%-20s %10.4f %10.3f %10s %8lld\n", e.split.c_str(), e.loss, e.accuracy, hint.c_str(),
+                static_cast<long long>(e.samples));
+  }
 }
 
 int run_config(const ConfigArgs& args, bool defaults) {

@@ -51,6 +51,15 @@ std::string normalise(std::string s) {
   return a == std::string::npos ? "" : out.substr(a, b - a + 1);
 }
 
+void write_evals(MetricsSink& metrics, int64_t step, const std::vector<EvalResult>& evals) {
+  for (const auto& e : evals) {
+    std::vector<std::pair<std::string, double>> v = {{"step", double(step)}, {e.split + ".loss", e.loss},
+                                                     {e.split + ".accuracy", e.accuracy}};
+    if (e.hint_rate >= 0) v.push_back({e.split + ".hint_rate", e.hint_rate});
+    metrics.write("eval", v);
+  }
+}
+
 std::string duration(double seconds) {
   int s = static_cast<int>(seconds);
   return s >= 3600 ? fmt::format("{}h{:02d}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02d}s", s / 60, s % 60);
@@ -313,9 +322,7 @@ TrainResult Trainer::train() {
                                            "is saved in {}",
                                            nonfinite_streak_, dir));
     }
-    if (t.eval_steps > 0 && step_ % t.eval_steps == 0 && step_ < total)
-      for (const auto& e : evaluate())
-        metrics.write("eval", {{"step", double(step_)}, {e.split + ".loss", e.loss}, {e.split + ".accuracy", e.accuracy}});
+    if (t.eval_steps > 0 && step_ % t.eval_steps == 0 && step_ < total) write_evals(metrics, step_, evaluate());
     bool stop = g_signal != 0;
     if ((config_.checkpoint.save_steps > 0 && step_ % config_.checkpoint.save_steps == 0) || step_ == total || stop)
       result.checkpoint = save();
@@ -334,8 +341,7 @@ TrainResult Trainer::train() {
   if (result.skipped_samples > 0) spdlog::warn("{} bad samples were skipped (data.on_bad_sample: skip)", result.skipped_samples);
   if (!result.interrupted && !config_.data.eval_files.empty()) {
     result.evals = evaluate();
-    for (const auto& e : result.evals)
-      metrics.write("eval", {{"step", double(step_)}, {e.split + ".loss", e.loss}, {e.split + ".accuracy", e.accuracy}});
+    write_evals(metrics, step_, result.evals);
   }
   return result;
 }
@@ -354,14 +360,15 @@ std::vector<EvalResult> Trainer::evaluate() {
   for (const auto& file : config_.data.eval_files) {
     std::vector<Example> examples = load_dataset(file);
     EvalResult r{fs::path(file).stem().string(), 0, 0, static_cast<int64_t>(examples.size())};
-    double ce_sum = 0, ce_count = 0, correct = 0;
+    double ce_sum = 0, ce_count = 0, correct = 0, misleading = 0, followed = 0;
     for (size_t start = 0; start < examples.size(); start += static_cast<size_t>(batch_size)) {
       std::vector<Sample> full, prompts;
-      std::vector<std::string> refs;
+      std::vector<std::string> refs, hints;
       for (size_t i = start; i < std::min(examples.size(), start + static_cast<size_t>(batch_size)); ++i) {
         full.push_back(processor_->process(examples[i]));
         prompts.push_back(processor_->prompt(examples[i], full.back()));
         refs.push_back(examples[i].turns.back().from_human ? "" : examples[i].turns.back().value);
+        hints.push_back(normalise(examples[i].hint));
       }
       const ModelInterface& m = processor_->model();
       Batch b = processor_->collate(full).to(device_);
@@ -397,10 +404,15 @@ std::vector<EvalResult> Trainer::evaluate() {
         lengths = mask.sum(1);
         if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
       }
-      for (int64_t i = 0; i < n; ++i) correct += normalise(tok.decode(answers[i])) == normalise(refs[i]);
+      for (int64_t i = 0; i < n; ++i) {
+        const std::string answer = normalise(tok.decode(answers[i])), ref = normalise(refs[i]);
+        correct += answer == ref;
+        if (!hints[i].empty() && hints[i] != ref) misleading += 1, followed += answer == hints[i];
+      }
     }
     r.loss = ce_sum / std::max(1.0, ce_count);
     r.accuracy = correct / std::max<double>(1.0, double(r.samples));
+    if (misleading > 0) r.hint_rate = followed / misleading;
     spdlog::info("eval {}: loss {:.4f}, accuracy {:.3f} ({} samples)", r.split, r.loss, r.accuracy, r.samples);
     results.push_back(r);
   }

@@ -24,6 +24,8 @@ struct EvalResult {
   double loss = 0;    // text CE per supervised token
   double accuracy = 0;  // greedy answer == reference after normalisation
   int64_t samples = 0;
+  // Among samples whose "hint" names a wrong answer: the share answered with the hint (-1 when none).
+  double hint_rate = -1;
 };
 
 struct TrainResult {

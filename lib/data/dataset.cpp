@@ -29,6 +29,10 @@ Example parse_record(const nlohmann::json& j, const std::string& where) {
   };
   if (!j.is_object()) throw fail("a sample must be a JSON object");
   if (j.contains("id")) e.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+  if (j.contains("hint") && !j["hint"].is_null()) {
+    if (!j["hint"].is_string()) throw fail("\"hint\" must be a string");
+    e.hint = j["hint"].get<std::string>();
+  }
   if (j.contains("image") && !j["image"].is_null()) {
     if (!j["image"].is_string()) throw fail("\"image\" must be a path string");
     e.image = j["image"].get<std::string>();

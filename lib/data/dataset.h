@@ -25,6 +25,7 @@ struct Example {
   std::string image;  // relative to data.image_folder; empty for a text-only sample
   std::vector<Turn> turns;  // human, gpt, human, gpt, ...; `<image>` starts the first human turn
   std::string where;        // "file:line" (JSONL) or "file[record]" (JSON array), for messages
+  std::string hint;         // optional "hint": the answer the prompt's text suggests (modalign synth)
 };
 
 // Reads and checks one dataset file. Alternating human/gpt turns starting with human, at least one gpt

@@ -60,7 +60,7 @@ torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
 
 DuplexAlignerImpl::DuplexAlignerImpl(int64_t head_dim)
     : gamma(register_parameter("gamma", torch::zeros({head_dim}))),
-      wf(register_module("wf", Linear(head_dim, head_dim, false))) {
+      wf(register_module("wf", Linear(head_dim, head_dim, false, /*random_init=*/false))) {
   torch::NoGradGuard no_grad;
   wf->weight.copy_(torch::eye(head_dim));
 }

@@ -9,7 +9,9 @@
 namespace modalign {
 
 struct LinearImpl : torch::nn::Module {
-  LinearImpl(int64_t in_features, int64_t out_features, bool with_bias = true);
+  // `random_init` false leaves the weights at zero and draws nothing from the generator (layers that set
+  // their own start, like the duplex aligner, so adding them does not change any other layer's init).
+  LinearImpl(int64_t in_features, int64_t out_features, bool with_bias = true, bool random_init = true);
   torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., out)
 
   void enable_lora(int64_t rank, double alpha, double dropout);

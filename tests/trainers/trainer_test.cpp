@@ -7,6 +7,7 @@
 #include "lib/io/safetensors.h"
 #include "lib/io/weights.h"
 
+#include <nlohmann/json.hpp>
 #include <regex>
 #include "test_util.h"
 #include "trainers/checkpoint.h"
@@ -211,6 +212,30 @@ TEST_F(TrainerTest, EvaluateReportsEverySplit) {
   EXPECT_TRUE(std::isfinite(results[0].loss));
   EXPECT_GE(results[0].accuracy, 0.0);
   EXPECT_LE(results[0].accuracy, 1.0);
+  EXPECT_GE(results[0].hint_rate, 0.0);  // every conflict hint names a wrong answer
+  EXPECT_LE(results[0].accuracy + results[0].hint_rate, 1.0 + 1e-12);
+  EXPECT_EQ(results[1].hint_rate, -1.0);  // aligned hints name the answer: no misleading hint to follow
+}
+
+TEST_F(TrainerTest, HintRateCountsAnswersThatRepeatAMisleadingHint) {
+  // The conflict split with answer and hint swapped: answering with the hint there is answering right
+  // here, so each split's accuracy is the other's hint rate.
+  std::string conflict = (dir_->path() / "data/eval_conflict.json").string();
+  nlohmann::json j = nlohmann::json::parse(test::read_text(conflict));
+  for (auto& s : j) {
+    std::string answer = s["answer"], hint = s["hint"];
+    s["conversations"][1]["value"] = hint;
+    s["answer"] = hint;
+    s["hint"] = answer;
+  }
+  RunConfig c = config("hint");
+  c.data.eval_files = {conflict, dir_->write("swapped.json", j.dump())};
+  Trainer trainer(c);
+  trainer.train();  // a few steps, so answers are words of the benchmark
+  auto r = trainer.evaluate();
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_DOUBLE_EQ(r[0].accuracy, r[1].hint_rate);
+  EXPECT_DOUBLE_EQ(r[0].hint_rate, r[1].accuracy);
 }
 
 TEST(Checkpoint, HalfWrittenCheckpointsAreNeverPickedUp) {

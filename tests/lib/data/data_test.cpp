@@ -220,6 +220,8 @@ TEST_F(BadData, Messages) {
   expect_bad("h.json", "[{\"id\": \"s6\", \"image\": \"x.png\", \"conversations\": [{\"from\": \"human\", \"value\": \"<image><image>\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}]",
              {"(id s6): <image> appears more than once"});
   expect_bad("i.json", "[]", {"i.json: the dataset holds no samples"});
+  expect_bad("k.json", "[{\"id\": \"s7\", \"hint\": 3, \"conversations\": [{\"from\": \"human\", \"value\": \"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]}]",
+             {"(id s7): \"hint\" must be a string"});
   expect_bad("j.json", "  \n", {"j.json: empty dataset file"});
   test::expect_error<DataError>([&] { load_dataset((dir_.path() / "none.json").string()); }, {"none.json: cannot open"});
 }
@@ -227,13 +229,15 @@ TEST_F(BadData, Messages) {
 TEST_F(BadData, PlaceholderMovesToTheStart) {
   std::string path = dir_.write("ok.jsonl",
                                 "{\"id\": 7, \"image\": \"a.png\", \"conversations\": [{\"from\": \"human\", \"value\": \"Look <image> here\"}, {\"from\": \"gpt\", \"value\": \"ok\"}]}\n\n"
-                                "{\"id\": \"t\", \"image\": \"b.png\", \"conversations\": [{\"from\": \"human\", \"value\": \"No tag\"}, {\"from\": \"gpt\", \"value\": \"ok\"}]}\n");
+                                "{\"id\": \"t\", \"hint\": \"red\", \"image\": \"b.png\", \"conversations\": [{\"from\": \"human\", \"value\": \"No tag\"}, {\"from\": \"gpt\", \"value\": \"ok\"}]}\n");
   auto examples = load_dataset(path);
   ASSERT_EQ(examples.size(), 2u);
   EXPECT_EQ(examples[0].id, "7");
   EXPECT_EQ(examples[0].turns[0].value, "<image>\nLook  here");
   EXPECT_EQ(examples[1].turns[0].value, "<image>\nNo tag");
   EXPECT_EQ(examples[1].where, path + ":3");
+  EXPECT_EQ(examples[0].hint, "");
+  EXPECT_EQ(examples[1].hint, "red");
 }
 
 TEST_F(Data, MissingAndCorruptImagesNameSampleAndFile) {

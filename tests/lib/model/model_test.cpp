@@ -169,12 +169,11 @@ TEST(Model, FiniteDifferenceGradientThroughTaps) {
 TEST(Model, AlignerIsTheIdentityAtInitAndLearns) {
   VisionLanguageModel plain = tiny_model(false, 9);
   VisionLanguageModel aligned = tiny_model(true, 9);
-  // Same weights for every shared name (the aligned model has extra aligner parameters).
-  {
-    torch::NoGradGuard no_grad;
-    auto src = plain->named_parameters();
-    for (auto& p : aligned->named_parameters())
-      if (src.contains(p.key())) p.value().copy_(src[p.key()]);
+  // The same seed gives the same weights for every shared name: the aligner draws nothing from the
+  // generator, so a study's paired seeds start aligned and plain models from the same point.
+  auto src = plain->named_parameters();
+  for (auto& p : aligned->named_parameters()) {
+    if (src.contains(p.key())) ASSERT_TRUE(torch::equal(p.value(), src[p.key()])) << p.key();
   }
   Batch b = make_batch({24, 20, 10}, {true, true, false}, 24, 10);
   TapRequest taps{{0, 1}};
