@@ -13,6 +13,7 @@
 #include "lib/data/tokenizer.h"
 #include "lib/io/safetensors.h"
 #include "lib/util/logging.h"
+#include "trainers/launcher.h"
 #include "trainers/lora.h"
 #include "trainers/probe.h"
 #include "trainers/trainer.h"
@@ -59,11 +60,21 @@ int run_config(const ConfigArgs& args, bool defaults) {
   return 0;
 }
 
-int run_train(const ConfigArgs& args) {
+// Single process, one data-parallel worker (RANK/WORLD_SIZE set), or the launcher of N local workers.
+int run_train(const ConfigArgs& args, int64_t nproc, const std::vector<std::string>& argv) {
   modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
-  modalign::setup_logging(config.logging.level, config.train.output_dir + "/train.log");
-  modalign::Trainer trainer(config);
+  if (nproc > 0) config.distributed.nproc = nproc;
+  const bool worker = std::getenv("WORLD_SIZE") != nullptr;
+  if (!worker && config.distributed.nproc > 1)
+    return modalign::launch_workers(argv, {config.distributed.nproc, config.distributed.master_addr,
+                                           config.distributed.master_port, 10.0});
+  const modalign::WorldInfo world = modalign::world_from_env(config.distributed);
+  const bool leader = world.rank == 0;
+  modalign::setup_logging(leader ? config.logging.level : modalign::LogLevel::Warn,
+                          leader ? config.train.output_dir + "/train.log" : "");
+  modalign::Trainer trainer(config, world);
   modalign::TrainResult r = trainer.train();
+  if (!leader) return 0;
   std::printf("%s after %lld steps; checkpoint: %s\n", r.interrupted ? "stopped by signal" : "finished",
               static_cast<long long>(r.steps), r.checkpoint.c_str());
   if (!r.evals.empty()) print_evals(r.evals);
@@ -150,9 +161,13 @@ int main(int argc, char** argv) {
   config->callback([&] { code = run_config(config_args, defaults); });
 
   ConfigArgs train_args;
+  int64_t nproc = 0;
+  const std::vector<std::string> argv_all(argv, argv + argc);
   CLI::App* train = app.add_subcommand("train", "fine-tune a model from a YAML config");
   train_args.add_to(train);
-  train->callback([&] { code = run_train(train_args); });
+  train->add_option("--nproc", nproc, "data-parallel worker processes on this machine (overrides distributed.nproc)")
+      ->check(CLI::PositiveNumber);
+  train->callback([&] { code = run_train(train_args, nproc, argv_all); });
 
   ConfigArgs eval_args;
   std::string eval_checkpoint;

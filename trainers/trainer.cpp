@@ -85,9 +85,10 @@ struct Trainer::StepStats {
   std::vector<std::pair<int64_t, double>> visual_share;  // per tapped layer: mean M_X over image samples
   int64_t tokens = 0;
   bool finite = true;
+  bool stop = false;  // a signal reached this process (or, data parallel, any rank)
 };
 
-Trainer::Trainer(const RunConfig& config) : config_(config) {
+Trainer::Trainer(const RunConfig& config, const WorldInfo& world) : config_(config) {
   torch::set_num_threads(config_.train.num_threads > 0 ? static_cast<int>(config_.train.num_threads)
                                                        : static_cast<int>(std::thread::hardware_concurrency()));
   torch::manual_seed(static_cast<uint64_t>(config_.train.seed));
@@ -97,6 +98,12 @@ Trainer::Trainer(const RunConfig& config) : config_(config) {
   device_ = model_->parameters().front().device();
   processor_ = std::make_shared<Processor>(config_.data, model_interface(model_->shapes));
   composer_ = std::make_unique<LossComposer>(config_.losses, model_->shapes.text.num_hidden_layers);
+  if (world.distributed()) dp_ = std::make_unique<DataParallel>(config_.distributed, world);
+}
+
+int64_t Trainer::global_batch() const {
+  return config_.train.per_device_train_batch_size * config_.train.gradient_accumulation_steps *
+         (dp_ ? dp_->world_size() : 1);
 }
 
 Trainer::~Trainer() = default;
@@ -133,6 +140,13 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
     if (counts.empty()) counts = c;
     else for (size_t i = 0; i < c.size(); ++i) counts[i] = counts[i] + c[i];
   }
+  if (dp_) {  // data parallel: every rank divides by the counts of the whole global batch
+    std::vector<torch::Tensor> wide;
+    for (const auto& c : counts) wide.push_back(c.to(torch::kFloat64));
+    torch::Tensor packed = torch::stack(wide);
+    dp_->all_reduce_sum({packed});
+    for (size_t i = 0; i < counts.size(); ++i) counts[i] = packed[static_cast<int64_t>(i)].to(counts[i].scalar_type());
+  }
   std::vector<double> term_sums(counts.size(), 0.0);
   std::vector<std::string> names;
   std::map<int64_t, std::pair<double, int64_t>> share;  // layer -> (sum of M_X, samples)
@@ -168,9 +182,26 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
       }
     }
   }
+  // One vector of every sum this step reports; data parallel sums it over ranks, so that all ranks log,
+  // skip and stop alike. Layout: loss, tokens, stop, term sums, then (sum, samples) per tapped layer.
+  std::vector<double> sums = {stats.loss, double(stats.tokens), g_signal != 0 ? 1.0 : 0.0};
+  sums.insert(sums.end(), term_sums.begin(), term_sums.end());
+  for (const auto& [layer, v] : share) sums.push_back(v.first), sums.push_back(double(v.second));
+  if (dp_) {
+    torch::Tensor t = torch::tensor(sums, torch::kFloat64);
+    dp_->all_reduce_sum({t});
+    sums.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  }
+  stats.loss = sums[0];
+  stats.tokens = static_cast<int64_t>(sums[1]);
+  stats.stop = sums[2] > 0;
   for (size_t i = 0; i < names.size(); ++i)
-    stats.terms.emplace_back(names[i], term_sums[i] / std::max<double>(1.0, counts[i].item<double>()));
-  for (const auto& [layer, v] : share) stats.visual_share.emplace_back(layer, v.first / std::max<int64_t>(1, v.second));
+    stats.terms.emplace_back(names[i], sums[3 + i] / std::max<double>(1.0, counts[i].item<double>()));
+  size_t k = 3 + term_sums.size();
+  for (const auto& entry : share) {
+    stats.visual_share.emplace_back(entry.first, sums[k] / std::max(1.0, sums[k + 1]));
+    k += 2;
+  }
   return stats;
 }
 
@@ -180,6 +211,11 @@ Trainer::StepStats Trainer::train_step() {
   optimizer_->zero_grad();
   StepStats stats = forward_backward(micro);
   std::vector<torch::Tensor> params;
+  if (dp_) {  // the gradient of the global loss: every rank's share, summed
+    for (const auto& [name, p] : optimizer_->parameters()) params.push_back(p);
+    dp_->all_reduce_grads(params);
+    params.clear();
+  }
   for (const auto& [name, p] : optimizer_->parameters())
     if (p.grad().defined()) params.push_back(p);
   stats.grad_norm = config_.train.max_grad_norm > 0
@@ -212,9 +248,14 @@ std::string Trainer::save() {
                      {"nonfinite_streak", nonfinite_streak_},
                      {"losses", losses_},
                      {"seed", config_.train.seed},
+                     {"global_batch", global_batch()},
                      {"cpu_rng_state", rng_state()}};
   c.config_yaml = dump_config(config_);
-  return save_checkpoint(config_.train.output_dir, step_, c, config_.checkpoint.save_total_limit);
+  if (!dp_) return save_checkpoint(config_.train.output_dir, step_, c, config_.checkpoint.save_total_limit);
+  dp_->barrier();  // rank 0 writes; the others wait until the checkpoint is complete
+  std::string dir = leader() ? save_checkpoint(config_.train.output_dir, step_, c, config_.checkpoint.save_total_limit) : "";
+  dp_->barrier();
+  return dir;
 }
 
 void Trainer::resume(const CheckpointContents& c, const std::string& dir) {
@@ -234,6 +275,12 @@ void Trainer::resume(const CheckpointContents& c, const std::string& dir) {
   }
   optimizer_->load_state(c.optimizer);
   const auto& s = c.trainer_state;
+  if (s.contains("global_batch") && s.at("global_batch").get<int64_t>() != global_batch())
+    throw std::runtime_error(fmt::format(
+        "{}: the checkpoint was trained with a global batch of {} samples, this run's is {} (per_device_train_batch_size "
+        "x gradient_accumulation_steps x processes); keep the global batch to resume, e.g. per_device_train_batch_size {}",
+        dir, s.at("global_batch").get<int64_t>(), global_batch(),
+        s.at("global_batch").get<int64_t>() / (config_.train.gradient_accumulation_steps * (dp_ ? dp_->world_size() : 1))));
   step_ = s.at("step").get<int64_t>();
   nonfinite_total_ = s.at("nonfinite_total").get<int64_t>();
   nonfinite_streak_ = s.at("nonfinite_streak").get<int64_t>();
@@ -276,20 +323,25 @@ TrainResult Trainer::train() {
     start = {cursor.at("epoch").get<int64_t>(), cursor.at("batch").get<int64_t>()};
   }
   Sampler sampler(SamplerOptions{sizes, config_.data.mixing_weights, static_cast<uint64_t>(t.seed), t.per_device_train_batch_size,
-                                 {}, 0, 1});
+                                 {}, dp_ ? dp_->rank() : 0, dp_ ? dp_->world_size() : 1});
   loader_ = std::make_unique<DataLoader>(examples, processor_, std::move(sampler),
                                          LoaderOptions{config_.data.on_bad_sample, config_.data.num_workers,
                                                        config_.data.prefetch_batches, start});
   if (checkpoint) resume(*checkpoint, resume_dir);
+  if (dp_) {  // every rank starts from rank 0's weights
+    std::vector<torch::Tensor> params;
+    for (auto& [name, tensor] : named_state(*model_)) params.push_back(tensor);
+    dp_->broadcast(params);
+  }
 
   fs::create_directories(t.output_dir);
-  MetricsSink metrics((fs::path(t.output_dir) / "metrics.jsonl").string());
+  MetricsSink metrics(leader() ? (fs::path(t.output_dir) / "metrics.jsonl").string() : "");
   const int64_t total = total_steps();
-  spdlog::info("training {} of {} parameter tensors for {} steps (batch {} x {} accumulation), {} threads", trainable.size(),
-               model_->named_parameters().size(), total, t.per_device_train_batch_size, t.gradient_accumulation_steps,
-               torch::get_num_threads());
-  const bool bar = config_.logging.progress == ProgressMode::Bar ||
-                   (config_.logging.progress == ProgressMode::Auto && ::isatty(STDOUT_FILENO));
+  spdlog::info("training {} of {} parameter tensors for {} steps (batch {} x {} accumulation x {} processes), {} threads",
+               trainable.size(), model_->named_parameters().size(), total, t.per_device_train_batch_size,
+               t.gradient_accumulation_steps, dp_ ? dp_->world_size() : 1, torch::get_num_threads());
+  const bool bar = leader() && (config_.logging.progress == ProgressMode::Bar ||
+                                (config_.logging.progress == ProgressMode::Auto && ::isatty(STDOUT_FILENO)));
   SignalScope signals;
   TrainResult result;
   auto started = std::chrono::steady_clock::now();
@@ -302,7 +354,7 @@ TrainResult Trainer::train() {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     double lr = optimizer_->base_lr() * lr_multiplier(t, step_ - 1, total);
-    if (step_ % config_.logging.logging_steps == 0 || step_ == total) {
+    if (leader() && (step_ % config_.logging.logging_steps == 0 || step_ == total)) {
       std::vector<std::pair<std::string, double>> rec{{"step", double(step_)}, {"epoch", double(loader_->cursor().epoch)},
                                                       {"loss", s.loss}, {"lr", lr}, {"grad_norm", s.grad_norm},
                                                       {"tokens_per_s", s.tokens / secs}};
@@ -322,13 +374,13 @@ TrainResult Trainer::train() {
                                            "is saved in {}",
                                            nonfinite_streak_, dir));
     }
-    if (t.eval_steps > 0 && step_ % t.eval_steps == 0 && step_ < total) write_evals(metrics, step_, evaluate());
-    bool stop = g_signal != 0;
+    if (leader() && t.eval_steps > 0 && step_ % t.eval_steps == 0 && step_ < total) write_evals(metrics, step_, evaluate());
+    const bool stop = s.stop;
     if ((config_.checkpoint.save_steps > 0 && step_ % config_.checkpoint.save_steps == 0) || step_ == total || stop)
       result.checkpoint = save();
     if (stop) {
       if (bar) std::printf("\n");
-      spdlog::warn("signal {} received: checkpoint written to {}", g_signal.load(), result.checkpoint);
+      spdlog::warn("signal received: checkpoint written to {}", result.checkpoint);
       result.interrupted = true;
       break;
     }
@@ -339,7 +391,7 @@ TrainResult Trainer::train() {
   result.skipped_samples = skipped_before_ + loader_->skipped();
   result.nonfinite_steps = nonfinite_total_;
   if (result.skipped_samples > 0) spdlog::warn("{} bad samples were skipped (data.on_bad_sample: skip)", result.skipped_samples);
-  if (!result.interrupted && !config_.data.eval_files.empty()) {
+  if (leader() && !result.interrupted && !config_.data.eval_files.empty()) {
     result.evals = evaluate();
     write_evals(metrics, step_, result.evals);
   }

@@ -15,6 +15,7 @@
 #include "lib/model/vision_language_model.h"
 #include "losses/loss_composer.h"
 #include "trainers/checkpoint.h"
+#include "trainers/distributed.h"
 #include "trainers/optimizer.h"
 
 namespace modalign {
@@ -40,7 +41,9 @@ struct TrainResult {
 
 class Trainer {
  public:
-  explicit Trainer(const RunConfig& config);
+  // With world.world_size > 1 this process is one data-parallel rank: it joins the rendezvous, trains
+  // on its strided share of each global batch, and only rank 0 logs, evaluates and writes checkpoints.
+  explicit Trainer(const RunConfig& config, const WorldInfo& world = {});
   ~Trainer();
 
   TrainResult train();
@@ -61,6 +64,8 @@ class Trainer {
   void resume(const CheckpointContents& checkpoint, const std::string& dir);
   int64_t total_steps() const;
   TapRequest tap_request(const Batch& batch, bool log_step) const;
+  bool leader() const { return !dp_ || dp_->rank() == 0; }
+  int64_t global_batch() const;
 
   RunConfig config_;
   VisionLanguageModel model_{nullptr};
@@ -69,6 +74,7 @@ class Trainer {
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<LossComposer> composer_;
   std::unique_ptr<GroupedAdamW> optimizer_;
+  std::unique_ptr<DataParallel> dp_;  // null in a single process
   int64_t step_ = 0, nonfinite_total_ = 0, nonfinite_streak_ = 0, skipped_before_ = 0;
   std::vector<double> losses_;
   std::set<int64_t> inject_;

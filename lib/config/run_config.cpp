@@ -50,7 +50,6 @@ void validate(const RunConfig& c) {
   check(d.image_std.size() == 3, fmt::format("data.image_std needs 3 values (RGB), got {}", d.image_std.size()));
   for (double s : d.image_std) check(s > 0, fmt::format("data.image_std: {} is not positive", s));
 
-  check(c.distributed.nproc == 1, "distributed.nproc: data-parallel training is not built yet in this version (use 1)");
   check(!(c.distributed.backend == Backend::Nccl && c.model.device != DeviceKind::Cuda),
         "distributed.backend nccl needs model.device cuda (use gloo on CPU)");
 

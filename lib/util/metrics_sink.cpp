@@ -10,6 +10,7 @@
 namespace modalign {
 
 MetricsSink::MetricsSink(const std::string& path) : path_(path) {
+  if (path.empty()) return;
   std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
   out_.open(path, std::ios::app);
@@ -17,6 +18,7 @@ MetricsSink::MetricsSink(const std::string& path) : path_(path) {
 }
 
 void MetricsSink::write(const std::string& kind, const std::vector<std::pair<std::string, double>>& values) {
+  if (path_.empty()) return;
   nlohmann::ordered_json record;
   record["kind"] = kind;
   for (const auto& [name, value] : values) {

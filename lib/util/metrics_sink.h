@@ -10,7 +10,8 @@ namespace modalign {
 
 class MetricsSink {
  public:
-  // Appends to `path` (creating folders); a resumed run continues the same file.
+  // Appends to `path` (creating folders); a resumed run continues the same file. An empty path makes a
+  // sink that writes nothing (data-parallel ranks other than 0).
   explicit MetricsSink(const std::string& path);
 
   // Writes {"kind": kind, name: value, ...}; non-finite values are written as null.

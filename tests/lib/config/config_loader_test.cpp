@@ -217,7 +217,7 @@ TEST_F(ConfigTest, CrossFieldRulesAreReportedTogether) {
              {"data.mixing_weights has 1 values but data.train_files has 2 files"});
   expect_bad("train: {freeze_vision_tower: true, freeze_projector: true, freeze_language_model: true}\n",
              {"nothing would be trained"});
-  expect_bad("distributed: {nproc: 2}\n", {"distributed.nproc: data-parallel training is not built yet"});
+  expect_bad("distributed: {nproc: 0}\n", {"distributed.nproc: must be >= 1, got 0"});
   expect_bad("train: {freeze_regex: 'layers.(3'}\n", {"train.freeze_regex: 'layers.(3' is not a valid regular expression"});
   expect_bad("distributed: {backend: nccl}\n", {"distributed.backend nccl needs model.device cuda"});
   expect_bad("losses: [{name: dual_channel}, {name: dual_channel}]\n", {"losses[1]: 'dual_channel' is listed twice"});

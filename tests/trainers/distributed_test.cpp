@@ -1,0 +1,169 @@
+// trainers/distributed: the collectives on loopback (two ranks as two threads of this process), and
+// with the real binary: 2 processes x batch b train exactly like 1 process x batch 2b (losses and
+// weights to 1e-5, dual_channel on), and checkpoints move between 1 and 2 processes.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "lib/data/synth.h"
+#include "lib/io/safetensors.h"
+#include "test_util.h"
+#include "trainers/distributed.h"
+
+namespace modalign {
+namespace {
+namespace fs = std::filesystem;
+
+int64_t free_port() {  // a port unlikely to collide with a parallel test
+  std::random_device rd;
+  return 20000 + static_cast<int64_t>(rd() % 20000);
+}
+
+TEST(DataParallel, SumsBroadcastsAndKeepsMissingGradientsMissing) {
+  DistributedConfig config;
+  config.timeout_s = 30;
+  const int64_t port = free_port();
+  std::vector<std::vector<torch::Tensor>> seen(2);
+  auto rank = [&](int64_t r) {
+    WorldInfo w;
+    w.rank = r, w.world_size = 2, w.master_port = port;
+    DataParallel dp(config, w);
+    // Mixed dtypes and shapes in one call (two buckets), values that differ per rank.
+    torch::Tensor a = torch::full({2, 3}, 1.0 + static_cast<double>(r), torch::kFloat32);
+    torch::Tensor b = torch::arange(4, torch::kFloat64) * static_cast<double>(r + 1);
+    dp.all_reduce_sum({a, b});
+    // Gradients: p0 has one on rank 0 only, p1 on both, p2 on none.
+    torch::Tensor p0 = torch::zeros({3}, torch::requires_grad()), p1 = torch::zeros({2}, torch::requires_grad()),
+                  p2 = torch::zeros({2}, torch::requires_grad());
+    if (r == 0) p0.mutable_grad() = torch::ones({3});
+    p1.mutable_grad() = torch::full({2}, 10.0 * static_cast<double>(r + 1));
+    dp.all_reduce_grads({p0, p1, p2});
+    torch::Tensor c = torch::full({5}, static_cast<double>(r) + 7.0);
+    dp.broadcast({c});
+    dp.barrier();
+    seen[static_cast<size_t>(r)] = {a, b, p0.grad(), p1.grad(), c, torch::tensor(p2.grad().defined())};
+  };
+  std::thread t1(rank, 1);
+  rank(0);
+  t1.join();
+  for (const auto& s : seen) {
+    EXPECT_TRUE(torch::allclose(s[0], torch::full({2, 3}, 3.0)));                      // 1 + 2
+    EXPECT_TRUE(torch::allclose(s[1], torch::arange(4, torch::kFloat64) * 3.0));       // x1 + x2
+    EXPECT_TRUE(torch::allclose(s[2], torch::ones({3})));                              // rank 0's, plus zeros
+    EXPECT_TRUE(torch::allclose(s[3], torch::full({2}, 30.0)));
+    EXPECT_TRUE(torch::allclose(s[4], torch::full({5}, 7.0)));                         // rank 0's values
+    EXPECT_FALSE(s[5].item<bool>()) << "a parameter without a gradient anywhere must keep none";
+  }
+}
+
+TEST(DataParallel, RendezvousWithoutPeersTimesOutWithTheAddress) {
+  DistributedConfig config;
+  config.timeout_s = 1;
+  WorldInfo w;
+  w.rank = 1, w.world_size = 2, w.master_port = free_port();  // nobody serves this port
+  test::expect_error<std::runtime_error>([&] { DataParallel dp(config, w); },
+                                         {"rank 1 of 2: rendezvous at 127.0.0.1:", "failed within 1 s"});
+}
+
+TEST(DataParallel, WorldComesFromTorchrunVariables) {
+  DistributedConfig config;
+  setenv("RANK", "3", 1), setenv("WORLD_SIZE", "4", 1), setenv("MASTER_PORT", "31000", 1);
+  WorldInfo w = world_from_env(config);
+  EXPECT_EQ(w.rank, 3);
+  EXPECT_EQ(w.world_size, 4);
+  EXPECT_EQ(w.local_rank, 3);
+  EXPECT_EQ(w.master_port, 31000);
+  setenv("RANK", "4", 1);
+  test::expect_error<ConfigError>([&] { world_from_env(config); }, {"RANK=4 and WORLD_SIZE=4"});
+  unsetenv("RANK"), unsetenv("WORLD_SIZE"), unsetenv("MASTER_PORT");
+  EXPECT_FALSE(world_from_env(config).distributed());
+}
+
+#ifdef MODALIGN_CLI
+// The real binary on a tiny model: 20 steps with dual_channel, one loss record per step.
+class DataParallelRun : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    SynthOptions o;
+    o.out_dir = (dir_->path() / "data").string();
+    o.train = 64, o.eval = 4, o.image_size = 16, o.vocab_size = 200;
+    synthesize(o);
+    dir_->write("config.json", R"({"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+      "num_attention_heads": 2, "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300,
+      "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2}, "image_token_index": 3})");
+    dir_->write("run.yaml", R"(model: {hf_config: config.json, dtype: float64}
+data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: plain}
+train: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, num_threads: 1, freeze_vision_tower: false}
+losses: [{name: dual_channel, weight: 0.5, target: 0.8}]
+checkpoint: {save_steps: 10, save_total_limit: 3}
+logging: {logging_steps: 1, progress: plain}
+)");
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  // Runs `modalign train` with nproc processes of batch b; returns the exit code.
+  static int train(const std::string& out, int64_t nproc, int64_t batch, const std::string& extra = "") {
+    std::string cmd = fmt::format("{} train -c {}/run.yaml --nproc {} --set train.output_dir={} "
+                                  "--set train.per_device_train_batch_size={} --set distributed.master_port={} {} > {}.log 2>&1",
+                                  MODALIGN_CLI, dir_->path().string(), nproc, out, batch, free_port(), extra, out);
+    return std::system(cmd.c_str());
+  }
+  static std::vector<double> losses(const std::string& out) {
+    std::vector<double> l;
+    std::ifstream in(out + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      if (j["kind"] == "train") l.push_back(j["loss"].get<double>());
+    }
+    return l;
+  }
+  static void expect_same_weights(const std::string& a, const std::string& b, double tol) {
+    SafetensorsFile fa(a + "/model.safetensors"), fb(b + "/model.safetensors");
+    ASSERT_EQ(fa.entries().size(), fb.entries().size());
+    for (const auto& e : fa.entries()) {
+      torch::Tensor x = fa.tensor(e.name), y = fb.tensor(e.name);
+      EXPECT_LE((x - y).abs().max().item<double>(), tol) << e.name;
+    }
+  }
+  static test::TempDir* dir_;
+};
+test::TempDir* DataParallelRun::dir_ = nullptr;
+
+TEST_F(DataParallelRun, TwoProcessesTrainLikeOneWithTheirCombinedBatch) {
+  const std::string one = (dir_->path() / "one").string(), two = (dir_->path() / "two").string();
+  ASSERT_EQ(train(one, 1, 4), 0) << test::read_text(one + ".log");
+  ASSERT_EQ(train(two, 2, 2), 0) << test::read_text(two + ".log");
+  std::vector<double> l1 = losses(one), l2 = losses(two);
+  ASSERT_EQ(l1.size(), 20u);
+  ASSERT_EQ(l2.size(), 20u);
+  for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l1[i], l2[i], 1e-5 * std::max(1.0, std::abs(l1[i]))) << "step " << i + 1;
+  expect_same_weights(one + "/step-000020", two + "/step-000020", 1e-5);
+
+  // A 2-process checkpoint resumes in 1 process, and a 1-process one in 2, ending where the straight run did.
+  for (const auto& [from, nproc, batch] : {std::tuple{two, 1, 4}, std::tuple{one, 2, 2}}) {
+    const std::string resumed = (dir_->path() / fmt::format("resumed{}", nproc)).string();
+    fs::create_directories(resumed);
+    fs::copy(from + "/step-000010", resumed + "/step-000010", fs::copy_options::recursive);
+    ASSERT_EQ(train(resumed, nproc, batch, "--set checkpoint.resume_from_checkpoint=auto"), 0) << test::read_text(resumed + ".log");
+    expect_same_weights(one + "/step-000020", resumed + "/step-000020", 1e-5);
+  }
+  // Another global batch cannot resume (the data cursor counts global batches).
+  const std::string other = (dir_->path() / "other").string();
+  fs::create_directories(other);
+  fs::copy(two + "/step-000010", other + "/step-000010", fs::copy_options::recursive);
+  EXPECT_NE(train(other, 1, 2, "--set checkpoint.resume_from_checkpoint=auto"), 0);
+  EXPECT_NE(test::read_text(other + ".log").find("global batch of 4 samples, this run's is 2"), std::string::npos)
+      << test::read_text(other + ".log");
+}
+
+#endif  // MODALIGN_CLI
+
+}  // namespace
+}  // namespace modalign
