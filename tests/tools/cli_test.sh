@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The modalign command line: help lists every subcommand, config prints and errors, probe end to end.
 set -u
+source "$(dirname "$0")/tiny_fixture.sh"
 bin=$1; src=$2; fails=0; passes=0
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 check() {  # name, expected exit code, regex the output must match, command...
@@ -28,12 +29,7 @@ check no-subcommand 106 'A subcommand is required' "$bin"
 for f in "$src"/configs/*.yaml; do [ -e "$f" ] && check "preset-$(basename "$f")" 0 'learning_rate' "$bin" config -c "$f" --dump; done
 
 # probe: a 2-step tiny run, then two checkpoints on one split; table, json, csv (and a plot when python is there).
-"$bin" synth --out "$tmp/data" --train 16 --eval 6 --image-size 16 --vocab-size 200 >/dev/null 2>&1
-cat > "$tmp/config.json" <<'J'
-{"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
- "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 48,
- "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, "image_token_index": 3}
-J
+tiny_fixture "$bin" "$tmp" 16 6
 cat > "$tmp/probe.yaml" <<Y
 model: {hf_config: config.json}
 data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: vicuna_v1}

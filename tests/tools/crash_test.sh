@@ -3,17 +3,13 @@
 # kill -9 at random moments (10 times, saving every step) never leaves a checkpoint that resume would
 # pick up broken, and every rerun resumes from the newest complete one until training finishes.
 set -u
+source "$(dirname "$0")/tiny_fixture.sh"
 bin=$1
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 fails=0; passes=0
 ok() { passes=$((passes+1)); }
 bad() { fails=$((fails+1)); echo "FAIL: $*"; }
-"$bin" synth --out "$tmp/data" --train 60 --eval 4 --image-size 16 --vocab-size 200 >/dev/null 2>&1 || { echo "synth failed"; exit 1; }
-cat > "$tmp/config.json" <<'J'
-{"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
- "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 48,
- "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, "image_token_index": 3}
-J
+tiny_fixture "$bin" "$tmp" 60 4
 cat > "$tmp/run.yaml" <<Y
 model: {hf_config: config.json}
 data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: plain}

@@ -3,17 +3,13 @@
 # well within the timeout, the launcher's exit code is non-zero, and rerunning resumes from the last
 # checkpoint and finishes.
 set -u
+source "$(dirname "$0")/tiny_fixture.sh"
 bin=$1
 tmp=$(mktemp -d); trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 fails=0; passes=0
 ok() { passes=$((passes+1)); }
 bad() { fails=$((fails+1)); echo "FAIL: $*"; }
-"$bin" synth --out "$tmp/data" --train 64 --eval 4 --image-size 16 --vocab-size 200 >/dev/null 2>&1 || { echo "synth failed"; exit 1; }
-cat > "$tmp/config.json" <<'J'
-{"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
- "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 48,
- "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, "image_token_index": 3}
-J
+tiny_fixture "$bin" "$tmp" 64 4
 port=$((20000 + RANDOM % 20000))
 cat > "$tmp/run.yaml" <<Y
 model: {hf_config: config.json}

@@ -94,10 +94,7 @@ class DataParallelRun : public ::testing::Test {
     o.out_dir = (dir_->path() / "data").string();
     o.train = 64, o.eval = 4, o.image_size = 16, o.vocab_size = 200;
     synthesize(o);
-    dir_->write("config.json", R"({"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-      "num_attention_heads": 2, "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300,
-      "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-      "num_key_value_heads": 2}, "image_token_index": 3})");
+    dir_->write("config.json", test::kTinyHfConfig);
     dir_->write("run.yaml", R"(model: {hf_config: config.json, dtype: float64}
 data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: plain}
 train: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, num_threads: 1, freeze_vision_tower: false}

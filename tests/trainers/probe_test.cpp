@@ -10,13 +10,19 @@
 namespace modalign {
 namespace {
 
+// A few samples of the synthetic benchmark in dir/data.
+SynthOptions small_benchmark(const test::TempDir& dir, int64_t eval) {
+  SynthOptions o;
+  o.out_dir = (dir.path() / "data").string();
+  o.train = 4, o.eval = eval, o.image_size = 16, o.vocab_size = 200;
+  synthesize(o);
+  return o;
+}
+
 // The golden shapes with a vocabulary of 300 (the synthetic tokenizer has 200 pieces), vicuna_v1 prompts.
 RunConfig tiny_config(const test::TempDir& dir, const SynthOptions& o) {
   RunConfig c;
-  c.model.hf_config = dir.write("config.json", R"({"vision_config": {"hidden_size": 32, "intermediate_size": 64,
-    "num_hidden_layers": 3, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300,
-    "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2}, "image_token_index": 3})");
+  c.model.hf_config = dir.write("config.json", test::kTinyHfConfig);
   c.data.train_files = {o.out_dir + "/train.json"};
   c.data.image_folder = o.out_dir;
   c.data.tokenizer = o.out_dir + "/tokenizer.model";
@@ -44,10 +50,7 @@ TEST(ProbeQueries, LastPromptIsThePositionBeforeTheFirstAnswerToken) {
 
 TEST(Probe, SharesSumToOneAndEqualTheFullAttentionMaps) {
   test::TempDir dir;
-  SynthOptions o;
-  o.out_dir = (dir.path() / "data").string();
-  o.train = 4, o.eval = 5, o.image_size = 16, o.vocab_size = 200;
-  synthesize(o);
+  SynthOptions o = small_benchmark(dir, 5);
   Trainer trainer(tiny_config(dir, o));
   const std::vector<Example> examples = load_dataset(o.out_dir + "/eval_conflict.json");
   ProbeReport r = probe(trainer.model(), trainer.processor(), examples, 2);  // batches of 2, 2, 1
@@ -99,10 +102,7 @@ TEST(Probe, SharesSumToOneAndEqualTheFullAttentionMaps) {
 
 TEST(Probe, SplitWithoutImagesIsAnError) {
   test::TempDir dir;
-  SynthOptions o;
-  o.out_dir = (dir.path() / "data").string();
-  o.train = 4, o.eval = 2, o.image_size = 16, o.vocab_size = 200;
-  synthesize(o);
+  SynthOptions o = small_benchmark(dir, 2);
   std::string text_only = dir.write("text.json", R"([{"id": "t0", "conversations": [{"from": "human", "value": "What colour?"},
     {"from": "gpt", "value": "red"}]}])");
   Trainer trainer(tiny_config(dir, o));

@@ -31,10 +31,7 @@ class TrainerTest : public ::testing::Test {
     o.image_size = 16;
     o.vocab_size = 200;
     synthesize(o);
-    dir_->write("config.json", R"({"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-      "num_attention_heads": 2, "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300,
-      "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-      "num_key_value_heads": 2}, "image_token_index": 3})");
+    dir_->write("config.json", test::kTinyHfConfig);
   }
   static void TearDownTestSuite() { delete dir_; }
 
