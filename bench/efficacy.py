@@ -3,9 +3,12 @@
 text hint lies? Trains every setting with paired seeds (same seed = same initial weights and data order),
 evaluates at a third, two thirds and the end, probes the final checkpoint, and writes the table and plots.
 
-    /usr/bin/python3 bench/efficacy.py                 # everything (skips runs whose results exist)
-    /usr/bin/python3 bench/efficacy.py --only ce,dc_capped08 --seeds 0-7
+    /usr/bin/python3 bench/efficacy.py                 # the whole plan (skips runs whose results exist)
+    /usr/bin/python3 bench/efficacy.py --only ce,dc_log --seeds 8-9 [--difficulty easy]   # a piece by hand
     /usr/bin/python3 bench/efficacy.py --report        # table + plots from the results there are
+
+The plan: every setting with seeds 0-2 on `medium`; CE and the two settings with the best paired conflict gain
+then get seeds 3-7; finally `easy` (the control) with CE and the best setting, seeds 0-2.
 
 Runs go to --work (default build/efficacy); the report to docs/efficacy.md and docs/efficacy_*.png. Each run
 is one `modalign train` with one thread; --jobs of them run side by side (2 on 2 cores: ~1.5x the
@@ -41,8 +44,9 @@ SETTINGS = {
     "aligner_dc": ("CE + aligner + dual_channel capped_log 0.8",
                    ["losses=[{%s}]" % DC.format(w=0.5, form="capped_log", target=0.8), "model.moda_aligner=true"]),
 }
-# Seeds per setting on `medium` (the issue: >= 8 for CE and the best two, 3 for the rest) and on `easy`.
-DEFAULT_PLAN = {"medium": {name: 3 for name in SETTINGS}, "easy": {"ce": 3}}
+# The plan (the issue's minimum): every setting with 3 seeds on `medium`; then CE and the two settings with
+# the best paired conflict gain extended to 8 seeds; then `easy` as a control with CE and the best one.
+FIRST_SEEDS, MORE_SEEDS, EASY_SEEDS = range(3), range(3, 8), range(3)
 SPLITS = ("eval_aligned", "eval_conflict", "eval_nohint")
 
 
@@ -118,6 +122,30 @@ def run_one(args, difficulty, name, seed):
         json.dump(result, f, indent=1)
     os.replace(tmp, result_path)
     return result_path, True
+
+
+def run_all(args, jobs):
+    """Runs the (difficulty, setting, seed) jobs, --jobs at a time; finished runs are skipped."""
+    for difficulty in sorted({j[0] for j in jobs}):
+        make_data(args, difficulty)
+    # Seeds outer, settings inner: a stopped study has every setting at the same depth.
+    jobs = sorted(jobs, key=lambda j: (j[2], j[0], list(SETTINGS).index(j[1])))
+    t0 = time.time()
+    with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_one, args, *j): j for j in jobs}
+        for done, fut in enumerate(cf.as_completed(futures), 1):
+            _, ran = fut.result()
+            print(f"[{done}/{len(jobs)}, {time.time() - t0:.0f} s] {'ran' if ran else 'skipped'} "
+                  f"{'/'.join(map(str, futures[fut]))}", flush=True)
+
+
+def best_settings(res, n):
+    """The n settings with the largest mean paired conflict gain over CE on medium (first seeds)."""
+    def gain(name):
+        d = [r["evals"][str(r["steps"])]["eval_conflict"] - res[("medium", "ce", k[2])]["evals"][str(r["steps"])]["eval_conflict"]
+             for k, r in res.items() if k[0] == "medium" and k[1] == name and ("medium", "ce", k[2]) in res]
+        return statistics.mean(d) if d else float("-inf")
+    return sorted((s for s in SETTINGS if s != "ce"), key=gain, reverse=True)[:n]
 
 
 def parse_seeds(text):
@@ -244,27 +272,17 @@ def main():
     args = ap.parse_args()
     args.work = os.path.abspath(args.work)
     if not args.report:
-        jobs = []
-        for difficulty, plan in DEFAULT_PLAN.items():
-            if args.difficulty and difficulty != args.difficulty:
-                continue
-            make_data(args, difficulty)
-            for name, n in plan.items():
-                if args.only and name not in args.only.split(","):
-                    continue
-                for seed in (parse_seeds(args.seeds) if args.seeds else range(n)):
-                    jobs.append((difficulty, name, seed))
-        # Seeds outer, settings inner: a stopped study has every setting at the same depth.
-        jobs.sort(key=lambda j: (j[2], list(DEFAULT_PLAN).index(j[0]), list(SETTINGS).index(j[1])))
-        t0 = time.time()
-        with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(run_one, args, *j): j for j in jobs}
-            done = 0
-            for fut in cf.as_completed(futures):
-                done += 1
-                path, ran = fut.result()
-                print(f"[{done}/{len(jobs)}, {time.time() - t0:.0f} s] {'ran' if ran else 'skipped'} "
-                      f"{'/'.join(map(str, futures[fut]))}", flush=True)
+        if args.only or args.seeds or args.difficulty:  # a hand-picked piece of the study
+            difficulty = args.difficulty or "medium"
+            names = args.only.split(",") if args.only else list(SETTINGS)
+            run_all(args, [(difficulty, n, seed) for n in names
+                           for seed in (parse_seeds(args.seeds) if args.seeds else FIRST_SEEDS)])
+        else:
+            run_all(args, [("medium", n, seed) for n in SETTINGS for seed in FIRST_SEEDS])
+            best = best_settings(load_results(args.work), 2)
+            print(f"best two on medium (paired conflict gain over seeds 0-2): {best}", flush=True)
+            run_all(args, [("medium", n, seed) for n in ["ce"] + best for seed in MORE_SEEDS])
+            run_all(args, [("easy", n, seed) for n in ["ce", best[0]] for seed in EASY_SEEDS])
     report(args)
 
 
