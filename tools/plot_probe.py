@@ -14,6 +14,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+def label(checkpoint):
+    """The checkpoint's last three path parts (run/seed/step), enough to tell two runs apart."""
+    return "/".join(os.path.normpath(checkpoint).split(os.sep)[-3:])
+
+
 COLOURS = {"image": "#d95f02", "system": "#7570b3", "text": "#1b9e77"}
 
 
@@ -38,13 +43,13 @@ def main():
         ax.set_ylim(0, 1)
         ax.set_xlabel("decoder layer")
         ax.set_ylabel(f"attention share ({args.queries} queries)")
-        ax.set_title(f"{os.path.basename(rep['checkpoint'].rstrip('/'))}\n{rep['split']} (n={rep['samples']})", fontsize=9)
+        ax.set_title(f"{label(rep['checkpoint'])}\n{rep['split']} (n={rep['samples']})", fontsize=9)
         ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
     ax = axes[0][-1]
     for rep, style in zip(reports, ("-o", "--s")):
         layers = [l["layer"] for l in rep["layers"]]
         ax.plot(layers, [l[args.queries]["mdi"] for l in rep["layers"]], style,
-                label=os.path.basename(rep["checkpoint"].rstrip("/")))
+                label=label(rep["checkpoint"]))
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("decoder layer")
