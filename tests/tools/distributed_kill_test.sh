@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `modalign train --nproc 2` on loopback: killing one worker ends the whole run with a clear message
 # well within the timeout, the launcher's exit code is non-zero, and rerunning resumes from the last
-# checkpoint and finishes.
+# checkpoint and finishes; a hung (stopped) worker ends the run after distributed.timeout_s.
 set -u
 source "$(dirname "$0")/tiny_fixture.sh"
 bin=$1
@@ -39,5 +39,19 @@ last=$(sed 's/step-0*//' "$tmp/out/latest")
 code=$?
 if [ $code = 0 ] && grep -q "resumed from .*step-0*$last at step $last" "$tmp/resume.log" && grep -q "finished after $((last + 10)) steps" "$tmp/resume.log"; then ok
 else bad "resume after the kill: exit $code"; tail -5 "$tmp/resume.log"; fi
+
+# A hung peer: rank 1 stopped (SIGSTOP); rank 0's next collective fails after timeout_s = 5 and the launcher
+# ends the run (the stopped worker is killed after the grace period).
+rm -rf "$tmp/out"
+"$bin" train -c "$tmp/run.yaml" --set distributed.timeout_s=5 --set distributed.master_port=$((port + 2)) > "$tmp/hang.log" 2>&1 &
+launcher=$!
+for _ in $(seq 1 300); do [ -s "$tmp/out/latest" ] && break; sleep 0.1; done
+victim=""
+for p in $(pgrep -P $launcher); do tr '\0' '\n' < /proc/$p/environ | grep -qx 'RANK=1' && victim=$p; done
+start=$(date +%s)
+kill -STOP "$victim"
+wait $launcher; code=$?; took=$(( $(date +%s) - start ))
+if [ $code -ne 0 ] && grep -q "worker rank 0 exited with code" "$tmp/hang.log" && [ $took -lt 40 ]; then ok
+else bad "hung rank 1: exit $code after ${took}s"; tail -5 "$tmp/hang.log"; fi
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]
