@@ -8,13 +8,13 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 "$bin" synth --out "$tmp/data" --train 2000 --eval 10 >/dev/null 2>&1
 common=(-c configs/demo.yaml --set "data.train_files=[$tmp/data/train.json]" --set data.eval_files=[]
         --set "data.image_folder=$tmp/data" --set "data.tokenizer=$tmp/data/tokenizer.model"
-        --set checkpoint.save_steps=0 --set logging.progress=plain --set logging.logging_steps=1000)
+        --set train.eval_steps=0 --set train.warmup_steps=0 --set checkpoint.save_steps=0 --set logging.progress=plain --set logging.logging_steps=1000)
 wall() {  # steps nproc batch threads -> seconds
   local out="$tmp/run-$1-$2-$3-$4"
   local t0=$(date +%s.%N)
   "$bin" train "${common[@]}" --nproc "$2" --set train.max_steps="$1" --set train.per_device_train_batch_size="$3" \
     --set train.num_threads="$4" --set train.output_dir="$out" --set distributed.master_port=$((29600 + RANDOM % 1000)) \
-    > "$out.log" 2>&1
+    > "$out.log" 2>&1 || { echo "run failed: $out.log" >&2; tail -3 "$out.log" >&2; exit 1; }
   echo "$(date +%s.%N) - $t0" | bc
 }
 printf "%-34s %12s %10s\n" "setup (global batch 16)" "ms/step" "speed-up"
