@@ -64,11 +64,10 @@ int run_config(const ConfigArgs& args, bool defaults) {
 int run_train(const ConfigArgs& args, int64_t nproc, const std::vector<std::string>& argv) {
   modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
   if (nproc > 0) config.distributed.nproc = nproc;
+  const modalign::WorldInfo world = modalign::world_from_env(config.distributed);
   const bool worker = std::getenv("WORLD_SIZE") != nullptr;
   if (!worker && config.distributed.nproc > 1)
-    return modalign::launch_workers(argv, {config.distributed.nproc, config.distributed.master_addr,
-                                           config.distributed.master_port, 10.0});
-  const modalign::WorldInfo world = modalign::world_from_env(config.distributed);
+    return modalign::launch_workers(argv, {config.distributed.nproc, world.master_addr, world.master_port, 10.0});
   const bool leader = world.rank == 0;
   modalign::setup_logging(leader ? config.logging.level : modalign::LogLevel::Warn,
                           leader ? config.train.output_dir + "/train.log" : "");

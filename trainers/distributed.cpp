@@ -16,6 +16,8 @@ namespace {
 
 constexpr int64_t kBucketBytes = 25 << 20;  // as torch DDP's default bucket_cap_mb
 
+}  // namespace
+
 int64_t env_int(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
@@ -24,8 +26,6 @@ int64_t env_int(const char* name, int64_t fallback) {
   if (*end) throw ConfigError(fmt::format("environment variable {}='{}' is not an integer", name, v));
   return x;
 }
-
-}  // namespace
 
 WorldInfo world_from_env(const DistributedConfig& config) {
   WorldInfo w;
@@ -93,17 +93,18 @@ void DataParallel::all_reduce_sum(const std::vector<torch::Tensor>& tensors) {
   torch::NoGradGuard no_grad;
   // Buckets of one dtype and device, in the given order (the same on every rank).
   std::vector<std::vector<torch::Tensor>> buckets;
+  std::vector<int64_t> bytes;                                      // per bucket
   std::map<std::pair<c10::ScalarType, std::string>, size_t> open;  // (dtype, device) -> bucket being filled
-  std::map<size_t, int64_t> bytes;
   for (const torch::Tensor& t : tensors) {
-    auto key = std::make_pair(t.scalar_type(), t.device().str());
-    auto it = open.find(key);
-    if (it == open.end() || bytes[it->second] + t.nbytes() > static_cast<size_t>(kBucketBytes)) {
+    const int64_t n = static_cast<int64_t>(t.nbytes());
+    auto it = open.find({t.scalar_type(), t.device().str()});
+    if (it == open.end() || bytes[it->second] + n > kBucketBytes) {
       buckets.emplace_back();
-      it = open.insert_or_assign(key, buckets.size() - 1).first;
+      bytes.push_back(0);
+      it = open.insert_or_assign({t.scalar_type(), t.device().str()}, buckets.size() - 1).first;
     }
     buckets[it->second].push_back(t);
-    bytes[it->second] += static_cast<int64_t>(t.nbytes());
+    bytes[it->second] += n;
   }
   std::vector<std::vector<at::Tensor>> flat(buckets.size());
   std::vector<c10::intrusive_ptr<c10d::Work>> works;

@@ -24,6 +24,8 @@ struct WorldInfo {
   bool distributed() const { return world_size > 1; }
 };
 WorldInfo world_from_env(const DistributedConfig& config);
+// An integer environment variable, `fallback` when unset or empty; ConfigError when it is not an integer.
+int64_t env_int(const char* name, int64_t fallback);
 
 class DataParallel {
  public:

@@ -1,5 +1,7 @@
 #include "trainers/launcher.h"
 
+#include "trainers/distributed.h"
+
 #include <fmt/format.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,11 +19,6 @@ namespace {
 std::atomic<int> g_forward{0};
 extern "C" void remember_signal(int sig) { g_forward = sig; }
 
-int64_t env_or(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoll(v) : fallback;
-}
-
 int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
 std::string describe(int status) {
@@ -32,11 +29,8 @@ std::string describe(int status) {
 }  // namespace
 
 int launch_workers(const std::vector<std::string>& argv, const LaunchOptions& o) {
-  const int64_t nnodes = env_or("NNODES", 1), node_rank = env_or("NODE_RANK", 0);
+  const int64_t nnodes = env_int("NNODES", 1), node_rank = env_int("NODE_RANK", 0);
   const int64_t world = nnodes * o.nproc;
-  const char* addr_env = std::getenv("MASTER_ADDR");
-  const std::string addr = addr_env && *addr_env ? addr_env : o.master_addr;
-  const int64_t port = env_or("MASTER_PORT", o.master_port);
   std::vector<pid_t> pids(static_cast<size_t>(o.nproc), -1);
   std::vector<bool> running(pids.size(), false);
   auto old_int = std::signal(SIGINT, remember_signal), old_term = std::signal(SIGTERM, remember_signal);
@@ -47,8 +41,8 @@ int launch_workers(const std::vector<std::string>& argv, const LaunchOptions& o)
       setenv("RANK", std::to_string(node_rank * o.nproc + local).c_str(), 1);
       setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
       setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-      setenv("MASTER_ADDR", addr.c_str(), 1);
-      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      setenv("MASTER_ADDR", o.master_addr.c_str(), 1);
+      setenv("MASTER_PORT", std::to_string(o.master_port).c_str(), 1);
       std::vector<char*> args;
       for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
       args.push_back(nullptr);

@@ -14,7 +14,7 @@ namespace modalign {
 
 struct LaunchOptions {
   int64_t nproc = 1;
-  std::string master_addr = "127.0.0.1";
+  std::string master_addr = "127.0.0.1";  // resolved by world_from_env (MASTER_ADDR/PORT over the config)
   int64_t master_port = 29500;
   double grace_s = 10;  // after a failure, how long the others get to exit before SIGKILL
 };

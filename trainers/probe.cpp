@@ -71,12 +71,13 @@ ProbeReport probe(VisionLanguageModel& model, const Processor& processor, const 
     const torch::Tensor sets[kSets] = {response_queries(b.labels) & b.attention_mask.to(torch::kBool),
                                        last_prompt_queries(b.labels) & b.attention_mask.to(torch::kBool)};
     for (int64_t s = 0; s < kSets; ++s) {
+      // (B, 1): samples with an image and at least one query of this set (the same for every layer)
+      torch::Tensor keep = (sets[s].any(1) & has_image(b.visual_mask)).to(torch::kCPU, torch::kFloat64).unsqueeze(-1);
+      counted[s] += keep.sum();
       for (const LayerTap& tap : out.taps) {
         GroupAttention g = group_attention(tap.key_mass, sets[s], request.key_masks);
-        torch::Tensor keep = (g.valid & has_image(b.visual_mask)).to(torch::kFloat64).unsqueeze(-1);  // (B, 1)
-        mass[tap.layer][s] += (g.mass.to(torch::kCPU, torch::kFloat64) * keep.cpu()).sum(0);
-        keys[tap.layer][s] += (g.keys.to(torch::kCPU, torch::kFloat64) * keep.cpu()).sum(0);
-        if (tap.layer == 0) counted[s] += keep.sum().cpu();
+        mass[tap.layer][s] += (g.mass.to(torch::kCPU, torch::kFloat64) * keep).sum(0);
+        keys[tap.layer][s] += (g.keys.to(torch::kCPU, torch::kFloat64) * keep).sum(0);
       }
     }
     spdlog::debug("probe: {}/{} samples", start + samples.size(), examples.size());

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -211,13 +212,10 @@ Trainer::StepStats Trainer::train_step() {
   optimizer_->zero_grad();
   StepStats stats = forward_backward(micro);
   std::vector<torch::Tensor> params;
-  if (dp_) {  // the gradient of the global loss: every rank's share, summed
-    for (const auto& [name, p] : optimizer_->parameters()) params.push_back(p);
-    dp_->all_reduce_grads(params);
-    params.clear();
-  }
-  for (const auto& [name, p] : optimizer_->parameters())
-    if (p.grad().defined()) params.push_back(p);
+  for (const auto& [name, p] : optimizer_->parameters()) params.push_back(p);
+  if (dp_) dp_->all_reduce_grads(params);  // the gradient of the global loss: every rank's share, summed
+  params.erase(std::remove_if(params.begin(), params.end(), [](const torch::Tensor& p) { return !p.grad().defined(); }),
+               params.end());
   stats.grad_norm = config_.train.max_grad_norm > 0
                         ? torch::nn::utils::clip_grad_norm_(params, config_.train.max_grad_norm)
                         : torch::nn::utils::clip_grad_norm_(params, std::numeric_limits<double>::infinity());
