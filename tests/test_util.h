@@ -52,13 +52,6 @@ void expect_error(F&& f, std::initializer_list<std::string> pieces) {
   ADD_FAILURE() << "expected an exception mentioning '" << *pieces.begin() << "'";
 }
 
-// Hugging Face config.json of the golden shapes with a vocabulary of 300 (room for the synthetic
-// benchmark's 200-piece tokenizer): the model the trainer, probe and data-parallel tests train.
-inline constexpr const char* kTinyHfConfig = R"({"vision_config": {"hidden_size": 32, "intermediate_size": 64,
-  "num_hidden_layers": 3, "num_attention_heads": 2, "image_size": 16, "patch_size": 4}, "text_config": {"vocab_size": 300,
-  "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-  "num_key_value_heads": 2}, "image_token_index": 3})";
-
 inline std::string golden_path() { return std::string(MODALIGN_TEST_DATA_DIR) + "/golden/llava_tiny_golden.safetensors"; }
 
 }  // namespace modalign::test

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The modalign command line: help lists every subcommand, config prints and errors, probe end to end.
 set -u
-source "$(dirname "$0")/tiny_fixture.sh"
-bin=$1; src=$2; fails=0; passes=0
+source "$(dirname "$0")/lib.sh"
+bin=$1; src=$2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 check() {  # name, expected exit code, regex the output must match, command...
   local name=$1 want=$2 re=$3; shift 3
   out=$("$@" 2>&1); code=$?
-  if [ "$code" = "$want" ] && grep -Eq -- "$re" <<<"$out"; then passes=$((passes+1));
-  else fails=$((fails+1)); echo "FAIL $name: exit $code (want $want), output:"; echo "$out" | head -20; fi
+  if [ "$code" = "$want" ] && grep -Eq -- "$re" <<<"$out"; then ok
+  else bad "$name: exit $code (want $want), output:"; echo "$out" | head -20; fi
 }
 check help 0 'train.*fine-tune' "$bin" --help
 for sub in train eval probe synth inspect convert config; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
@@ -47,5 +47,4 @@ check probe-missing 1 'not a complete checkpoint' "$bin" probe -c "$tmp/probe.ya
   --data "$tmp/data/eval_conflict.json" --out "$tmp/probe2"
 check probe-bad-data 2 'data error: .*nothing.json' "$bin" probe -c "$tmp/probe.yaml" --checkpoint "$tmp/run/step-000001" \
   --data "$tmp/nothing.json" --out "$tmp/probe2"
-echo "$passes passed, $fails failed"
-[ "$fails" = 0 ]
+finish

@@ -3,12 +3,9 @@
 # kill -9 at random moments (10 times, saving every step) never leaves a checkpoint that resume would
 # pick up broken, and every rerun resumes from the newest complete one until training finishes.
 set -u
-source "$(dirname "$0")/tiny_fixture.sh"
+source "$(dirname "$0")/lib.sh"
 bin=$1
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-ok() { passes=$((passes+1)); }
-bad() { fails=$((fails+1)); echo "FAIL: $*"; }
 tiny_fixture "$bin" "$tmp" 60 4
 cat > "$tmp/run.yaml" <<Y
 model: {hf_config: config.json}
@@ -43,5 +40,4 @@ for i in $(seq 1 10); do
   if [ $i -gt 1 ] && ! grep -q "resumed from" "$tmp/kill$i.log" && [ $prev -ge 0 ]; then bad "run $i did not resume"; tail -3 "$tmp/kill$i.log"; fi
   prev=$step
 done
-echo "$passes passed, $fails failed"
-[ $fails = 0 ]
+finish

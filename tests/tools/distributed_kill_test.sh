@@ -3,12 +3,9 @@
 # well within the timeout, the launcher's exit code is non-zero, and rerunning resumes from the last
 # checkpoint and finishes; a hung (stopped) worker ends the run after distributed.timeout_s.
 set -u
-source "$(dirname "$0")/tiny_fixture.sh"
+source "$(dirname "$0")/lib.sh"
 bin=$1
 tmp=$(mktemp -d); trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
-fails=0; passes=0
-ok() { passes=$((passes+1)); }
-bad() { fails=$((fails+1)); echo "FAIL: $*"; }
 tiny_fixture "$bin" "$tmp" 64 4
 port=$((20000 + RANDOM % 20000))
 cat > "$tmp/run.yaml" <<Y
@@ -53,5 +50,4 @@ kill -STOP "$victim"
 wait $launcher; code=$?; took=$(( $(date +%s) - start ))
 if [ $code -ne 0 ] && grep -q "worker rank 0 exited with code" "$tmp/hang.log" && [ $took -lt 40 ]; then ok
 else bad "hung rank 1: exit $code after ${took}s"; tail -5 "$tmp/hang.log"; fi
-echo "$passes passed, $fails failed"
-[ "$fails" = 0 ]
+finish

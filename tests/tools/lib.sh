@@ -1,5 +1,15 @@
-# Sourced by the shell tests: `tiny_fixture BIN DIR TRAIN EVAL` writes DIR/data (the synthetic benchmark
-# with 16-pixel images and a 200-piece tokenizer) and DIR/config.json (the golden shapes, vocabulary 300).
+# Sourced by the shell tests: pass/fail counting (`ok`, `bad MESSAGE`, `finish` prints the counts and
+# fails the script if anything failed), and `tiny_fixture BIN DIR TRAIN EVAL`, which writes DIR/data (the
+# synthetic benchmark with 16-pixel images and a 200-piece tokenizer) and DIR/config.json (the golden
+# shapes, vocabulary 300).
+fails=0; passes=0
+ok() { passes=$((passes+1)); }
+bad() { fails=$((fails+1)); echo "FAIL: $*"; }
+finish() {
+  echo "$passes passed, $fails failed"
+  [ "$fails" = 0 ]
+}
+
 tiny_fixture() {
   "$1" synth --out "$2/data" --train "$3" --eval "$4" --image-size 16 --vocab-size 200 >/dev/null 2>&1 ||
     { echo "synth failed"; exit 1; }

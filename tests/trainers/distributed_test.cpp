@@ -10,9 +10,9 @@
 #include <random>
 #include <thread>
 
-#include "lib/data/synth.h"
 #include "lib/io/safetensors.h"
 #include "test_util.h"
+#include "tiny_fixture.h"
 #include "trainers/distributed.h"
 
 namespace modalign {
@@ -90,11 +90,7 @@ class DataParallelRun : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    SynthOptions o;
-    o.out_dir = (dir_->path() / "data").string();
-    o.train = 64, o.eval = 4, o.image_size = 16, o.vocab_size = 200;
-    synthesize(o);
-    dir_->write("config.json", test::kTinyHfConfig);
+    test::tiny_fixture(*dir_, 64, 4);
     dir_->write("run.yaml", R"(model: {hf_config: config.json, dtype: float64}
 data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: plain}
 train: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, num_threads: 1, freeze_vision_tower: false}

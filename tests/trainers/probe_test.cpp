@@ -2,30 +2,22 @@
 // groups' shares sum to 1 and equal what the full attention maps give.
 #include <gtest/gtest.h>
 
-#include "lib/data/synth.h"
 #include "test_util.h"
+#include "tiny_fixture.h"
 #include "trainers/probe.h"
 #include "trainers/trainer.h"
 
 namespace modalign {
 namespace {
 
-// A few samples of the synthetic benchmark in dir/data.
-SynthOptions small_benchmark(const test::TempDir& dir, int64_t eval) {
-  SynthOptions o;
-  o.out_dir = (dir.path() / "data").string();
-  o.train = 4, o.eval = eval, o.image_size = 16, o.vocab_size = 200;
-  synthesize(o);
-  return o;
-}
-
-// The golden shapes with a vocabulary of 300 (the synthetic tokenizer has 200 pieces), vicuna_v1 prompts.
-RunConfig tiny_config(const test::TempDir& dir, const SynthOptions& o) {
+// The tiny model on a few samples of the benchmark, vicuna_v1 prompts.
+RunConfig tiny_config(const test::TempDir& dir, int64_t eval) {
   RunConfig c;
-  c.model.hf_config = dir.write("config.json", test::kTinyHfConfig);
-  c.data.train_files = {o.out_dir + "/train.json"};
-  c.data.image_folder = o.out_dir;
-  c.data.tokenizer = o.out_dir + "/tokenizer.model";
+  c.model.hf_config = test::tiny_fixture(dir, 4, eval);
+  const std::string data = (dir.path() / "data").string();
+  c.data.train_files = {data + "/train.json"};
+  c.data.image_folder = data;
+  c.data.tokenizer = data + "/tokenizer.model";
   c.data.chat_template = ChatTemplate::VicunaV1;
   c.train.num_threads = 1;
   c.train.output_dir = (dir.path() / "run").string();
@@ -50,9 +42,8 @@ TEST(ProbeQueries, LastPromptIsThePositionBeforeTheFirstAnswerToken) {
 
 TEST(Probe, SharesSumToOneAndEqualTheFullAttentionMaps) {
   test::TempDir dir;
-  SynthOptions o = small_benchmark(dir, 5);
-  Trainer trainer(tiny_config(dir, o));
-  const std::vector<Example> examples = load_dataset(o.out_dir + "/eval_conflict.json");
+  Trainer trainer(tiny_config(dir, 5));
+  const std::vector<Example> examples = load_dataset((dir.path() / "data/eval_conflict.json").string());
   ProbeReport r = probe(trainer.model(), trainer.processor(), examples, 2);  // batches of 2, 2, 1
   ASSERT_EQ(r.samples, 5);
   ASSERT_EQ(static_cast<int64_t>(r.layers.size()), trainer.model()->shapes.text.num_hidden_layers);
@@ -102,10 +93,9 @@ TEST(Probe, SharesSumToOneAndEqualTheFullAttentionMaps) {
 
 TEST(Probe, SplitWithoutImagesIsAnError) {
   test::TempDir dir;
-  SynthOptions o = small_benchmark(dir, 2);
   std::string text_only = dir.write("text.json", R"([{"id": "t0", "conversations": [{"from": "human", "value": "What colour?"},
     {"from": "gpt", "value": "red"}]}])");
-  Trainer trainer(tiny_config(dir, o));
+  Trainer trainer(tiny_config(dir, 2));
   test::expect_error<DataError>([&] { probe(trainer.model(), trainer.processor(), load_dataset(text_only), 4); },
                                 {"none of the 1 samples holds an image"});
 }

@@ -3,13 +3,13 @@
 // learning-rate schedules.
 #include <gtest/gtest.h>
 
-#include "lib/data/synth.h"
 #include "lib/io/safetensors.h"
 #include "lib/io/weights.h"
 
 #include <nlohmann/json.hpp>
 #include <regex>
 #include "test_util.h"
+#include "tiny_fixture.h"
 #include "trainers/checkpoint.h"
 #include "trainers/lora.h"
 #include "trainers/optimizer.h"
@@ -24,14 +24,7 @@ class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    SynthOptions o;
-    o.out_dir = (dir_->path() / "data").string();
-    o.train = 40;
-    o.eval = 6;
-    o.image_size = 16;
-    o.vocab_size = 200;
-    synthesize(o);
-    dir_->write("config.json", test::kTinyHfConfig);
+    test::tiny_fixture(*dir_, 40, 6);
   }
   static void TearDownTestSuite() { delete dir_; }
 
