@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include "lib/model/attention_core.h"
+
 namespace modalign {
 namespace nn = torch::nn;
 
@@ -23,7 +25,7 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
   torch::Tensor inv_freq = 1.0 / torch::pow(s.rope_theta, torch::arange(0, d, 2, f64) / static_cast<double>(d));
   torch::Tensor freqs = pos.unsqueeze(-1) * inv_freq;  // (B, T, d/2)
-  torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);  // (B, 1, T, d)
+  torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);  // (B, T, 1, d)
   torch::ScalarType table_type = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   ctx.cos = emb.cos().to(table_type);
   ctx.sin = emb.sin().to(table_type);
@@ -92,33 +94,43 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
                                           const TapRequest& request) {
   TORCH_CHECK(x.dim() == 3, "LlamaAttention expects (B, T, D), got ", x.sizes());
   const int64_t b = x.size(0), t = x.size(1);
-  torch::Tensor q = q_proj(x).view({b, t, heads, head_dim}).transpose(1, 2);     // (B, H, T, d)
-  torch::Tensor k = k_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);  // (B, G, T, d)
-  torch::Tensor v = v_proj(x).view({b, t, kv_heads, head_dim}).transpose(1, 2);  // (B, G, T, d)
-  q = apply_rope(q, ctx.cos, ctx.sin);
-  k = apply_rope(k, ctx.cos, ctx.sin);
-  if (aligner) k = aligner(k, v, ctx);
-  if (kv_heads != heads) {  // query head h reads key/value head h / (H / G)
-    k = k.repeat_interleave(heads / kv_heads, 1);
-    v = v.repeat_interleave(heads / kv_heads, 1);
-  }
-  torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));  // (B,H,T,T)
+  torch::Tensor q = apply_rope(q_proj(x).view({b, t, heads, head_dim}), ctx.cos, ctx.sin);     // (B, T, H, d)
+  torch::Tensor k = apply_rope(k_proj(x).view({b, t, kv_heads, head_dim}), ctx.cos, ctx.sin);  // (B, T, G, d)
+  torch::Tensor v = v_proj(x).view({b, t, kv_heads, head_dim});                                // (B, T, G, d)
   torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  scores = scores.to(wide);
-  // Masked scores take the lowest finite value (not -inf), so no row of P is ever NaN.
-  double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
-  torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.allowed, lowest), -1);  // (B, H, T, T)
+  // Key sets whose attention mass a tap returns: image keys, then any requested ones: (B, T, 1+K)
+  torch::Tensor sets;
   if (tap) {
-    // One matrix product gives the mass on image keys and on any other requested key sets: (B, H, T, 1+K)
-    torch::Tensor sets = ctx.visual_mask.to(wide).view({b, t, 1});
+    sets = ctx.visual_mask.to(wide).view({b, t, 1});
     if (request.key_masks.defined()) {
       TORCH_CHECK(request.key_masks.dim() == 3 && request.key_masks.size(0) == b && request.key_masks.size(1) == t,
                   "TapRequest.key_masks must be (B, T, K) = (", b, ", ", t, ", K), got ", request.key_masks.sizes());
       sets = torch::cat({sets, request.key_masks.to(wide)}, -1);
     }
-    torch::Tensor mass = torch::matmul(p, sets.unsqueeze(1));  // (B, H, T, 1+K)
-    tap->visual_mass = mass.select(-1, 0);                     // (B, H, T)
+  }
+  auto fill_tap = [&](const torch::Tensor& mass) {  // mass (B, H, T, 1+K)
+    tap->visual_mass = mass.select(-1, 0);           // (B, H, T)
     if (request.key_masks.defined()) tap->key_mass = mass.slice(-1, 1);
+  };
+  if (aligner) k = aligner(k.transpose(1, 2), v.transpose(1, 2), ctx).transpose(1, 2);  // on (B, G, T, d)
+  if (!request.probs_to_visual && !request.full_probs && attention_core_supported(q)) {
+    AttentionCoreOutput core = attention_core(q, k, v, ctx.allowed, sets);
+    if (tap) fill_tap(core.mass);
+    return o_proj(core.out.view({b, t, heads * head_dim}));  // (B, T, D)
+  }
+  // Eager attention: per-key probabilities, other devices and dtypes.
+  q = q.transpose(1, 2), k = k.transpose(1, 2), v = v.transpose(1, 2);  // (B, h, T, d)
+  if (kv_heads != heads) {  // query head h reads key/value head h / (H / G)
+    k = k.repeat_interleave(heads / kv_heads, 1);
+    v = v.repeat_interleave(heads / kv_heads, 1);
+  }
+  torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));  // (B,H,T,T)
+  scores = scores.to(wide);
+  // Masked scores take the lowest finite value (not -inf), so no row of P is ever NaN.
+  double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
+  torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.allowed, lowest), -1);  // (B, H, T, T)
+  if (tap) {
+    fill_tap(torch::matmul(p, sets.unsqueeze(1)));  // (B, H, T, 1+K)
     if (request.probs_to_visual) {
       const int64_t nv = ctx.visual_index.size(1);
       torch::Tensor idx = ctx.visual_index.view({b, 1, 1, nv}).expand({b, heads, t, nv});

@@ -32,7 +32,7 @@ struct LayerTap {
 
 // Per-forward masks and tables shared by all layers (built once per forward).
 struct DecoderContext {
-  torch::Tensor cos, sin;         // (B, 1, T, d) RoPE tables at positions cumsum(mask)-1
+  torch::Tensor cos, sin;         // (B, T, 1, d) RoPE tables at positions cumsum(mask)-1
   torch::Tensor allowed;          // (B, 1, T, T) bool: causal and key not padding
   torch::Tensor visual_mask;      // (B, T) bool
   torch::Tensor text_mask;        // (B, T) bool: real, non-image tokens (the aligner's text keys)
@@ -106,7 +106,7 @@ TORCH_MODULE(LanguageModel);
 DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& attention_mask,
                                     const torch::Tensor& visual_mask, torch::ScalarType dtype);
 
-// Rotates x (B, h, T, d) by the RoPE tables (rotate_half convention of Hugging Face LLaMA).
+// Rotates x (B, T, h, d) by the RoPE tables (rotate_half convention of Hugging Face LLaMA).
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
 }  // namespace modalign

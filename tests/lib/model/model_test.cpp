@@ -96,15 +96,16 @@ TEST(Model, RopeScoresDependOnlyOnRelativePosition) {
   torch::Tensor mask = torch::ones({1, t}, torch::kBool);
   DecoderContext ctx = make_decoder_context(s, mask, torch::zeros({1, t}, torch::kBool), torch::kFloat64);
   torch::manual_seed(5);
-  torch::Tensor q = torch::randn({1, 1, 1, s.head_dim()}, torch::kFloat64).expand({1, 1, t, s.head_dim()});
-  torch::Tensor k = torch::randn({1, 1, 1, s.head_dim()}, torch::kFloat64).expand({1, 1, t, s.head_dim()});
-  torch::Tensor scores = torch::matmul(apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin).transpose(-1, -2))[0][0];
+  torch::Tensor q = torch::randn({1, 1, 1, s.head_dim()}, torch::kFloat64).expand({1, t, 1, s.head_dim()});  // (B, T, h, d)
+  torch::Tensor k = torch::randn({1, 1, 1, s.head_dim()}, torch::kFloat64).expand({1, t, 1, s.head_dim()});
+  torch::Tensor scores = torch::matmul(apply_rope(q, ctx.cos, ctx.sin).select(2, 0),
+                                       apply_rope(k, ctx.cos, ctx.sin).select(2, 0).transpose(-1, -2))[0];
   for (int64_t m = 0; m + 3 < t; ++m)  // <R_m q, R_n k> is a function of m - n only
     EXPECT_NEAR(scores[m][m + 3].item<double>(), scores[0][3].item<double>(), 1e-12) << m;
   for (int64_t m = 0; m < t; ++m) EXPECT_NEAR(scores[m][m].item<double>(), scores[0][0].item<double>(), 1e-12);
   EXPECT_GT(std::abs(scores[0][3].item<double>() - scores[0][5].item<double>()), 1e-6);
   // Position 0 is the identity rotation.
-  EXPECT_TRUE(torch::allclose(apply_rope(q, ctx.cos, ctx.sin)[0][0][0], q[0][0][0], 0, 1e-15));
+  EXPECT_TRUE(torch::allclose(apply_rope(q, ctx.cos, ctx.sin)[0][0][0], q[0][0][0], 0, 1e-15));  // t = 0
 }
 
 TEST(Model, TapsEqualFullAttentionMaps) {

@@ -1,0 +1,175 @@
+#include "lib/model/attention_core.h"
+
+#include <ATen/Parallel.h>
+
+#include <limits>
+
+// The BLAS that LibTorch links (libblas.so.3), Fortran interface.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+namespace modalign {
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+               const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+               const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+               const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+               const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Row-major C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C, with leading dimensions (row
+// strides) lda, ldb, ldc. BLAS is column-major, so this computes C^T = op(B)^T op(A)^T. Called inside
+// at::parallel_for, where OpenBLAS runs single-threaded. beta = 0 never reads C.
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // BLAS would scale C by beta; with beta 0 that means zeros
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int mm = static_cast<int>(n), nn = static_cast<int>(m), kk = static_cast<int>(k);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  blas_gemm(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
+}
+
+struct Dims {
+  int64_t b, t, h, g, d, s;
+  int64_t r() const { return h / g; }
+};
+
+Dims dims_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& sets) {
+  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), sets.size(2)};
+}
+
+struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& allowed, const torch::Tensor& sets) {
+    const Dims n = dims_of(q, k, sets);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(n.d));
+    torch::Tensor p = torch::empty({n.b, n.h, n.t, n.t}, q.options());  // (B, H, T, T)
+    torch::Tensor out = torch::empty({n.b, n.t, n.h, n.d}, q.options());
+    torch::Tensor mass = torch::empty({n.b, n.h, n.t, n.s}, q.options());
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_scores", [&] {
+      const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>();
+      scalar_t* pp = p.data_ptr<scalar_t>();
+      at::parallel_for(0, n.b * n.h, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {  // block (sample bi, head hi) reads key/value head hi / r
+          const int64_t bi = i / n.h, hi = i % n.h, gi = hi / n.r();
+          gemm<scalar_t>(false, true, n.t, n.t, n.d, static_cast<scalar_t>(scale), qp + (bi * n.t * n.h + hi) * n.d,
+                         n.h * n.d, kp + (bi * n.t * n.g + gi) * n.d, n.g * n.d, 0, pp + i * n.t * n.t, n.t);
+        }
+      });
+    });
+    // Masked scores take the lowest finite value (not -inf), so a row without allowed keys is uniform.
+    p.masked_fill_(~allowed, q.scalar_type() == torch::kFloat64 ? std::numeric_limits<double>::lowest()
+                                                                 : std::numeric_limits<float>::lowest());
+    p = torch::softmax(p, -1);
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_out", [&] {
+      const scalar_t *pp = p.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>(), *sp = sets.data_ptr<scalar_t>();
+      scalar_t *op = out.data_ptr<scalar_t>(), *mp = mass.data_ptr<scalar_t>();
+      at::parallel_for(0, n.b * n.h, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t bi = i / n.h, hi = i % n.h, gi = hi / n.r();
+          const scalar_t* pb = pp + i * n.t * n.t;
+          gemm<scalar_t>(false, false, n.t, n.d, n.t, 1, pb, n.t, vp + (bi * n.t * n.g + gi) * n.d, n.g * n.d, 0,
+                         op + (bi * n.t * n.h + hi) * n.d, n.h * n.d);
+          if (n.s > 0)
+            gemm<scalar_t>(false, false, n.t, n.s, n.t, 1, pb, n.t, sp + bi * n.t * n.s, n.s, 0, mp + i * n.t * n.s, n.s);
+        }
+      });
+    });
+    ctx->save_for_backward({q, k, v, sets});
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["allowed"] = allowed;
+    return {out, mass};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &sets = saved[3];
+    const torch::Tensor p = ctx->saved_data["p"].toTensor(), allowed = ctx->saved_data["allowed"].toTensor();
+    const Dims n = dims_of(q, k, sets);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(n.d));
+    torch::Tensor d_out = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(q);        // (B, T, H, d)
+    torch::Tensor d_mass = grads[1].defined() && n.s > 0 ? grads[1].contiguous() : torch::Tensor();  // (B, H, T, S)
+    torch::Tensor d_p = torch::empty_like(p);
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_dp", [&] {
+      const scalar_t *dop = d_out.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>(), *sp = sets.data_ptr<scalar_t>();
+      const scalar_t* dmp = d_mass.defined() ? d_mass.data_ptr<scalar_t>() : nullptr;
+      scalar_t* dpp = d_p.data_ptr<scalar_t>();
+      at::parallel_for(0, n.b * n.h, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {  // dP = dO V^T (+ dMass sets^T)
+          const int64_t bi = i / n.h, hi = i % n.h, gi = hi / n.r();
+          scalar_t* dpb = dpp + i * n.t * n.t;
+          gemm<scalar_t>(false, true, n.t, n.t, n.d, 1, dop + (bi * n.t * n.h + hi) * n.d, n.h * n.d,
+                         vp + (bi * n.t * n.g + gi) * n.d, n.g * n.d, 0, dpb, n.t);
+          if (dmp) gemm<scalar_t>(false, true, n.t, n.t, n.s, 1, dmp + i * n.t * n.s, n.s, sp + bi * n.t * n.s, n.s, 1, dpb, n.t);
+        }
+      });
+    });
+    // dS = P * (dP - rowsum(dP * P)); masked scores get no gradient (as masked_fill's backward).
+    torch::Tensor d_s = torch::_softmax_backward_data(d_p, p, -1, p.scalar_type()).masked_fill_(~allowed, 0);
+    torch::Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_dqkv", [&] {
+      const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *pp = p.data_ptr<scalar_t>();
+      const scalar_t *dsp = d_s.data_ptr<scalar_t>(), *dop = d_out.data_ptr<scalar_t>();
+      scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
+      const auto sc = static_cast<scalar_t>(scale);
+      // One block per (sample, key/value head): its query heads accumulate into dK and dV in order.
+      at::parallel_for(0, n.b * n.g, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t bi = i / n.g, gi = i % n.g;
+          const int64_t kv = (bi * n.t * n.g + gi) * n.d, ld_kv = n.g * n.d, ld_q = n.h * n.d;
+          for (int64_t j = 0; j < n.r(); ++j) {
+            const int64_t hi = gi * n.r() + j, blk = (bi * n.h + hi) * n.t * n.t, qo = (bi * n.t * n.h + hi) * n.d;
+            const scalar_t beta = j == 0 ? 0 : 1;
+            gemm<scalar_t>(false, false, n.t, n.d, n.t, sc, dsp + blk, n.t, kp + kv, ld_kv, 0, dqp + qo, ld_q);  // dQ = dS K
+            gemm<scalar_t>(true, false, n.t, n.d, n.t, sc, dsp + blk, n.t, qp + qo, ld_q, beta, dkp + kv, ld_kv);  // dK += dS^T Q
+            gemm<scalar_t>(true, false, n.t, n.d, n.t, 1, pp + blk, n.t, dop + qo, ld_q, beta, dvp + kv, ld_kv);  // dV += P^T dO
+          }
+        }
+      });
+    });
+    return {dq, dk, dv, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool attention_core_supported(const torch::Tensor& q) {
+  return q.device().is_cpu() && (q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64);
+}
+
+AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   const torch::Tensor& allowed, const torch::Tensor& sets) {
+  TORCH_CHECK(attention_core_supported(q), "attention_core needs CPU float32/float64 tensors, got ", q.options());
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && k.size(0) == q.size(0) &&
+                  k.size(1) == q.size(1) && k.size(3) == q.size(3) && q.size(2) % k.size(2) == 0,
+              "attention_core expects q (B, T, H, d) and k, v (B, T, G, d) with H % G == 0, got ", q.sizes(), ", ",
+              k.sizes(), ", ", v.sizes());
+  const int64_t b = q.size(0), t = q.size(1);
+  TORCH_CHECK(allowed.dim() == 4 && allowed.size(0) == b && allowed.size(1) == 1 && allowed.size(2) == t &&
+                  allowed.size(3) == t && allowed.scalar_type() == torch::kBool,
+              "attention_core expects allowed (B, 1, T, T) bool, got ", allowed.sizes());
+  torch::Tensor s = sets.defined() ? sets.to(q.scalar_type()).contiguous() : torch::zeros({b, t, 0}, q.options());
+  TORCH_CHECK(s.dim() == 3 && s.size(0) == b && s.size(1) == t, "attention_core expects sets (B, T, S), got ", s.sizes());
+  auto outs = AttentionCoreFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(), allowed.contiguous(), s);
+  return {outs[0], outs[1]};
+}
+
+}  // namespace modalign

@@ -1,0 +1,28 @@
+// Fused causal grouped-query attention for CPU float32/float64: one autograd function whose forward
+// and backward run the GEMMs of every (sample, head) block in parallel, each single-threaded, straight on
+// the projections' (B, T, heads, d) layout (no transposes, no repeated key/value heads), and which also
+// returns the attention mass on caller-given key sets (the alignment taps) with its gradient.
+// LibTorch 1.13's batched matmul runs such small blocks one after another, each split over all threads;
+// this does the same arithmetic (masked softmax of q k^T / sqrt(d), times v) in far less time.
+//
+// Letters: B batch, T tokens, H query heads, G key/value heads (H % G == 0), d head dim, S key sets.
+#pragma once
+#include <torch/torch.h>
+
+namespace modalign {
+
+struct AttentionCoreOutput {
+  torch::Tensor out;   // (B, T, H, d): softmax(q k^T / sqrt(d), masked) v
+  torch::Tensor mass;  // (B, H, T, S): sum of P over each key set; S = 0 without sets
+};
+
+// Whether attention_core handles these tensors (CPU, float32 or float64); otherwise use eager attention.
+bool attention_core_supported(const torch::Tensor& q);
+
+// q (B, T, H, d), k and v (B, T, G, d); allowed (B, 1, T, T) bool (a row with no allowed key attends
+// uniformly, as a lowest-value masked softmax does); sets (B, T, S) in q's dtype, or undefined.
+// Query head h reads key/value head h / (H / G). Differentiable in q, k and v.
+AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   const torch::Tensor& allowed, const torch::Tensor& sets = {});
+
+}  // namespace modalign
