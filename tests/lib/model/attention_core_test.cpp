@@ -1,0 +1,98 @@
+#include "lib/model/attention_core.h"
+
+#include <gtest/gtest.h>
+
+#include <limits>
+
+namespace modalign {
+namespace {
+
+// The textbook computation the fused kernel must equal: repeat key/value heads, masked softmax, P v.
+struct Reference {
+  torch::Tensor out, mass;
+};
+Reference reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& allowed,
+                    const torch::Tensor& sets) {
+  const int64_t r = q.size(2) / k.size(2);
+  torch::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2).repeat_interleave(r, 1),
+                vh = v.transpose(1, 2).repeat_interleave(r, 1);  // (B, H, T, d)
+  torch::Tensor scores = torch::matmul(qh, kh.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(3)));
+  torch::Tensor p = torch::softmax(scores.masked_fill(~allowed, std::numeric_limits<double>::lowest()), -1);
+  return {torch::matmul(p, vh).transpose(1, 2), torch::matmul(p, sets.unsqueeze(1))};
+}
+
+TEST(AttentionCore, EqualsReferenceWithGradientsForGroupedHeadsPaddingAndTaps) {
+  torch::manual_seed(21);
+  const int64_t b = 3, t = 7, h = 4, g = 2, d = 6;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor q = torch::randn({b, t, h, d}, f64).requires_grad_(true);
+  torch::Tensor k = torch::randn({b, t, g, d}, f64).requires_grad_(true);
+  torch::Tensor v = torch::randn({b, t, g, d}, f64).requires_grad_(true);
+  // Sample 0 full, sample 1 padded after 4 tokens, sample 2 with its first key masked (so query 0 of
+  // sample 2 has no allowed key and must attend uniformly, as the eager masked softmax does).
+  torch::Tensor real = torch::ones({b, t}, torch::kBool);
+  real[1].slice(0, 4).fill_(false);
+  real[2][0] = false;
+  torch::Tensor allowed = (torch::ones({t, t}, torch::kBool).tril().unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1);
+  torch::Tensor sets = (torch::rand({b, t, 2}, f64) > 0.5).to(torch::kFloat64);
+  AttentionCoreOutput fused = attention_core(q, k, v, allowed, sets);
+  Reference ref = reference(q, k, v, allowed, sets);
+  EXPECT_TRUE(torch::allclose(fused.out, ref.out, 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(fused.mass, ref.mass, 1e-12, 1e-12));
+  EXPECT_NEAR(fused.mass[2][0][0].sum().item<double>(), sets[2].sum().item<double>() / t, 1e-12) << "uniform row";
+
+  // Gradients of one random linear functional of both outputs.
+  torch::Tensor wo = torch::randn_like(ref.out), wm = torch::randn_like(ref.mass);
+  auto grads = [&](const torch::Tensor& out, const torch::Tensor& mass) {
+    return torch::autograd::grad({(out * wo).sum() + (mass * wm).sum()}, {q, k, v});
+  };
+  auto gf = grads(fused.out, fused.mass), gr = grads(ref.out, ref.mass);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(gf[i], gr[i], 1e-10, 1e-10)) << "input " << i;
+  // Without key sets the mass is empty and the output unchanged.
+  AttentionCoreOutput plain = attention_core(q, k, v, allowed);
+  EXPECT_EQ(plain.mass.size(3), 0);
+  EXPECT_TRUE(torch::equal(plain.out, fused.out));
+}
+
+TEST(AttentionCore, GradientMatchesFiniteDifferences) {
+  torch::manual_seed(4);
+  const int64_t b = 2, t = 5, h = 2, g = 1, d = 4;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor q = torch::randn({b, t, h, d}, f64).requires_grad_(true);
+  torch::Tensor k = torch::randn({b, t, g, d}, f64).requires_grad_(true);
+  torch::Tensor v = torch::randn({b, t, g, d}, f64).requires_grad_(true);
+  torch::Tensor allowed = torch::ones({t, t}, torch::kBool).tril().expand({b, 1, t, t}).contiguous();
+  torch::Tensor sets = torch::zeros({b, t, 1}, f64);
+  sets.slice(1, 1, 3).fill_(1);
+  auto loss = [&] {
+    AttentionCoreOutput o = attention_core(q, k, v, allowed, sets);
+    return o.out.pow(2).sum() + 3.0 * o.mass.sum();
+  };
+  auto analytic = torch::autograd::grad({loss()}, {q, k, v});
+  torch::NoGradGuard no_grad;
+  const double eps = 1e-6;
+  std::vector<torch::Tensor> inputs = {q, k, v};
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    torch::Tensor flat = inputs[i].view(-1);
+    for (int64_t j = 0; j < flat.numel(); j += 3) {
+      const double x = flat[j].item<double>();
+      flat[j] = x + eps;
+      const double up = loss().item<double>();
+      flat[j] = x - eps;
+      const double down = loss().item<double>();
+      flat[j] = x;
+      EXPECT_NEAR(analytic[i].view(-1)[j].item<double>(), (up - down) / (2 * eps), 1e-6) << "input " << i << " elem " << j;
+    }
+  }
+}
+
+TEST(AttentionCore, RejectsWhatItCannotRun) {
+  torch::Tensor q = torch::zeros({1, 3, 2, 4}), k = torch::zeros({1, 3, 3, 4});
+  torch::Tensor allowed = torch::ones({1, 1, 3, 3}, torch::kBool);
+  EXPECT_THROW(attention_core(q, k, k, allowed), c10::Error);  // 2 query heads over 3 key heads
+  EXPECT_FALSE(attention_core_supported(torch::zeros({1}, torch::kBFloat16)));
+  EXPECT_TRUE(attention_core_supported(torch::zeros({1}, torch::kFloat32)));
+}
+
+}  // namespace
+}  // namespace modalign
