@@ -1,9 +1,12 @@
 #include "trainers/optimizer.h"
 
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 
 #include <cmath>
 #include <regex>
+
+#include "trainers/adamw_kernel.h"
 
 namespace modalign {
 namespace {
@@ -83,13 +86,75 @@ GroupedAdamW::GroupedAdamW(torch::nn::Module& model, const TrainConfig& c) {
   adamw_ = std::make_unique<torch::optim::AdamW>(param_groups, torch::optim::AdamWOptions(c.learning_rate));
 }
 
-void GroupedAdamW::step(double multiplier) {
-  auto& groups = adamw_->param_groups();
-  for (size_t i = 0; i < groups.size(); ++i) groups[i].options().set_lr(base_lrs_[i] * multiplier);
-  adamw_->step();
+namespace {
+
+// One AdamW update of a parameter (torch::optim::AdamW's arithmetic: decoupled decay, bias-corrected
+// moments, eps added after the square root), reading each of p, g, m, v once and allocating nothing;
+// g is multiplied by grad_scale on the fly (gradient clipping without another pass over the gradients).
+template <class T>
+void fused_adamw(T* p, const T* g, T* m, T* v, int64_t n, const torch::optim::AdamWOptions& o, int64_t step,
+                 double grad_scale) {
+  const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
+  const AdamWCoefficients<T> c{static_cast<T>(beta1),
+                               static_cast<T>(beta2),
+                               static_cast<T>(1.0 - o.lr() * o.weight_decay()),
+                               static_cast<T>(grad_scale),
+                               static_cast<T>(o.lr() / (1.0 - std::pow(beta1, step))),
+                               static_cast<T>(std::sqrt(1.0 - std::pow(beta2, step))),
+                               static_cast<T>(o.eps())};
+  at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
+    adamw_update(p + begin, g + begin, m + begin, v + begin, end - begin, c);
+  });
 }
 
-void GroupedAdamW::zero_grad() { adamw_->zero_grad(); }
+}  // namespace
+
+void GroupedAdamW::step(double multiplier, double grad_scale) {
+  torch::NoGradGuard no_grad;
+  auto& groups = adamw_->param_groups();
+  auto& states = adamw_->state();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    auto& options = static_cast<torch::optim::AdamWOptions&>(groups[i].options());
+    options.set_lr(base_lrs_[i] * multiplier);
+    for (auto& p : groups[i].params()) {
+      if (!p.grad().defined()) continue;
+      TORCH_CHECK(!p.grad().is_sparse(), "GroupedAdamW does not support sparse gradients");
+      const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
+      if (!states.count(key)) {
+        auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+        fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+        fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+        states[key] = std::move(fresh);
+      }
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*states[key]);
+      s.step(s.step() + 1);
+      torch::Tensor grad = p.grad().contiguous();
+      if (p.is_cpu() && p.is_contiguous() && s.exp_avg().is_contiguous() && s.exp_avg_sq().is_contiguous() &&
+          (p.scalar_type() == torch::kFloat32 || p.scalar_type() == torch::kFloat64)) {
+        AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "adamw_update", [&] {
+          fused_adamw<scalar_t>(p.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), s.exp_avg().data_ptr<scalar_t>(),
+                                 s.exp_avg_sq().data_ptr<scalar_t>(), p.numel(), options, s.step(), grad_scale);
+        });
+        continue;
+      }
+      // Other devices and dtypes: the same update with tensor operations.
+      const auto [beta1, beta2] = options.betas();
+      torch::Tensor g = grad * grad_scale;
+      p.mul_(1.0 - options.lr() * options.weight_decay());
+      s.exp_avg().mul_(beta1).add_(g, 1.0 - beta1);
+      s.exp_avg_sq().mul_(beta2).addcmul_(g, g, 1.0 - beta2);
+      torch::Tensor denom = (s.exp_avg_sq().sqrt() / std::sqrt(1.0 - std::pow(beta2, s.step()))).add_(options.eps());
+      p.addcdiv_(s.exp_avg(), denom, -options.lr() / (1.0 - std::pow(beta1, s.step())));
+    }
+  }
+}
+
+void GroupedAdamW::zero_grad() {
+  // Gradients are dropped, not zeroed: the next backward then hands its gradient buffers over instead
+  // of adding them to zeros (one pass less per parameter, and no memset).
+  for (auto& group : adamw_->param_groups())
+    for (auto& p : group.params()) p.mutable_grad() = torch::Tensor();
+}
 
 NamedTensors GroupedAdamW::state() const {
   NamedTensors out;

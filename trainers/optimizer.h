@@ -26,9 +26,11 @@ double lr_multiplier(const TrainConfig& config, int64_t step, int64_t total);
 class GroupedAdamW {
  public:
   GroupedAdamW(torch::nn::Module& model, const TrainConfig& config);
-  // Sets each group's lr to its base lr times `multiplier`, then steps.
-  void step(double multiplier);
-  void zero_grad();
+  // Sets each group's lr to its base lr times `multiplier`, then steps every parameter that has a
+  // gradient, with the gradient multiplied by `grad_scale` (the clipping coefficient). One fused pass per
+  // parameter on CPU float32/float64; state stays in torch::optim::AdamW's layout.
+  void step(double multiplier, double grad_scale = 1.0);
+  void zero_grad();  // drops the gradients (undefined, not zero)
   // The base learning rate of the first group (what progress lines show).
   double base_lr() const { return base_lrs_.front(); }
   const std::vector<std::pair<std::string, torch::Tensor>>& parameters() const { return params_; }

@@ -297,5 +297,49 @@ TEST(Optimizer, NoDecayOnNormsBiasesEmbeddingsAndStateRoundTrip) {
   test::expect_error<std::runtime_error>([&] { again.load_state(state); }, {"not a trainable parameter now"});
 }
 
+TEST(Optimizer, FusedUpdateEqualsLibTorchAdamWWithScaledGradients) {
+  // Three steps of GroupedAdamW (fused loop, gradient scaled by 0.3 inside the update) against LibTorch's
+  // AdamW stepping on gradients scaled beforehand; float32 and float64, with and without weight decay.
+  for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+    torch::manual_seed(3);
+    VisionLanguageModel model(preset_shapes("tiny"));
+    model->to(dtype);
+    TrainConfig c;
+    c.weight_decay = 0.1;
+    c.learning_rate = 0.01;
+    c.freeze_vision_tower = false;
+    apply_freezing(*model, c);
+    GroupedAdamW fused(*model, c);
+    std::vector<torch::Tensor> copies;
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    for (const auto& [name, p] : fused.parameters()) {
+      copies.push_back(p.detach().clone().requires_grad_(true));
+      const bool decay = p.dim() >= 2 && name.find("norm") == std::string::npos && name.find("embed") == std::string::npos;
+      auto o = std::make_unique<torch::optim::AdamWOptions>(0.01 * 0.5);
+      o->weight_decay(decay ? 0.1 : 0.0);
+      groups.emplace_back(std::vector<torch::Tensor>{copies.back()}, std::move(o));
+    }
+    torch::optim::AdamW reference(groups, torch::optim::AdamWOptions(0.01));
+    for (int step = 0; step < 3; ++step) {
+      size_t i = 0;
+      for (const auto& [name, p] : fused.parameters()) {
+        torch::Tensor g = torch::randn_like(p);
+        p.mutable_grad() = g;
+        copies[i++].mutable_grad() = g * 0.3;
+      }
+      fused.step(0.5, 0.3);
+      reference.step();
+    }
+    size_t i = 0;
+    const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-5;
+    for (const auto& [name, p] : fused.parameters()) {
+      EXPECT_TRUE(torch::allclose(p, copies[i], tol, tol)) << name << " " << (p - copies[i]).abs().max().item<double>();
+      ++i;
+    }
+    fused.zero_grad();
+    for (const auto& [name, p] : fused.parameters()) EXPECT_FALSE(p.grad().defined()) << name;
+  }
+}
+
 }  // namespace
 }  // namespace modalign
