@@ -216,12 +216,15 @@ Trainer::StepStats Trainer::train_step() {
   if (dp_) dp_->all_reduce_grads(params);  // the gradient of the global loss: every rank's share, summed
   params.erase(std::remove_if(params.begin(), params.end(), [](const torch::Tensor& p) { return !p.grad().defined(); }),
                params.end());
-  stats.grad_norm = config_.train.max_grad_norm > 0
-                        ? torch::nn::utils::clip_grad_norm_(params, config_.train.max_grad_norm)
-                        : torch::nn::utils::clip_grad_norm_(params, std::numeric_limits<double>::infinity());
+  // Global L2 norm (as clip_grad_norm_ computes it); the clipping factor is applied inside the update.
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : params) norms.push_back(p.grad().norm(2));
+  stats.grad_norm = norms.empty() ? 0.0 : torch::stack(norms).norm(2).item<double>();
+  const double max_norm = config_.train.max_grad_norm;
+  const double clip = max_norm > 0 && stats.grad_norm > 0 ? std::min(1.0, max_norm / (stats.grad_norm + 1e-6)) : 1.0;
   stats.finite = std::isfinite(stats.loss) && std::isfinite(stats.grad_norm);
   if (stats.finite) {
-    optimizer_->step(lr_multiplier(config_.train, step_, total_steps()));
+    optimizer_->step(lr_multiplier(config_.train, step_, total_steps()), clip);
     nonfinite_streak_ = 0;
   } else {
     optimizer_->zero_grad();
@@ -350,6 +353,8 @@ TrainResult Trainer::train() {
     ++step_;
     losses_.push_back(s.loss);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    result.step_seconds.push_back(secs);
+    result.step_tokens.push_back(s.tokens);
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     double lr = optimizer_->base_lr() * lr_multiplier(t, step_ - 1, total);
     if (leader() && (step_ % config_.logging.logging_steps == 0 || step_ == total)) {
@@ -374,7 +379,8 @@ TrainResult Trainer::train() {
     }
     if (leader() && t.eval_steps > 0 && step_ % t.eval_steps == 0 && step_ < total) write_evals(metrics, step_, evaluate());
     const bool stop = s.stop;
-    if ((config_.checkpoint.save_steps > 0 && step_ % config_.checkpoint.save_steps == 0) || step_ == total || stop)
+    if ((config_.checkpoint.save_steps > 0 && step_ % config_.checkpoint.save_steps == 0) ||
+        (step_ == total && config_.checkpoint.save_final) || stop)
       result.checkpoint = save();
     if (stop) {
       if (bar) std::printf("\n");

@@ -33,6 +33,8 @@ struct TrainResult {
   int64_t steps = 0;
   std::string checkpoint;        // last checkpoint written
   std::vector<double> losses;    // total loss per optimizer step (this run and the resumed past)
+  std::vector<double> step_seconds;  // wall time of each optimizer step of this run (data, forward, backward, update)
+  std::vector<int64_t> step_tokens;  // real (unpadded) tokens of each step of this run, all processes
   int64_t skipped_samples = 0;
   int64_t nonfinite_steps = 0;
   bool interrupted = false;      // stopped by SIGINT/SIGTERM after saving

@@ -190,10 +190,12 @@ struct CheckpointConfig {
   int64_t save_steps = 500;  // 0 = only at the end
   int64_t save_total_limit = 0;  // 0 = keep all
   std::string resume_from_checkpoint;  // "", "auto" or a folder
+  bool save_final = true;  // false: a throwaway run (smoke tests, benchmarks) writes no final checkpoint
 
   template <class V>
   void visit(V& v) {
     v.field("save_steps", save_steps, "save every N steps; 0 = at the end only", Range::at_least(0));
+    v.field("save_final", save_final, "save when training ends; false only for throwaway runs and benchmarks");
     v.field("save_total_limit", save_total_limit, "keep the newest N checkpoints; 0 = all", Range::at_least(0));
     v.field("resume_from_checkpoint", resume_from_checkpoint,
             "empty = fresh start, auto = newest complete checkpoint in output_dir, or a folder");
