@@ -44,11 +44,12 @@ demo: build
 	$(PYTHON) tools/plot_metrics.py $(DEMO_DIR)/run/metrics.jsonl
 	@echo "demo: data in $(DEMO_DIR)/data, checkpoints, train.log and metrics.jsonl in $(DEMO_DIR)/run, curves in $(DEMO_DIR)/run/curves.png"
 
-# Benchmarks: results go to bench/README.md by hand, with the command and the machine.
+# Benchmarks: modalign vs an equivalent PyTorch-Python step (demo and small presets), the GEMM limit and
+# the data loader; prints the table and writes build/bench/compare.md (copied into bench/README.md by hand).
 bench: build
-	cmake --build $(BUILD_DIR) --target loader_bench -j $(JOBS)
+	cmake --build $(BUILD_DIR) --target step_bench -j $(JOBS)
 	@test -f $(DEMO_DIR)/data/train.json || $(BUILD_DIR)/modalign synth --out $(DEMO_DIR)/data --train 2000 --eval 100
-	$(BUILD_DIR)/bench/loader_bench configs/demo.yaml
+	$(PYTHON) bench/compare.py --build $(BUILD_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR)

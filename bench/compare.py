@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""modalign vs a plain PyTorch-Python step on the same work, plus the machine's GEMM limit (`make bench`).
+
+    /usr/bin/python3 bench/compare.py [--presets demo small] [--rounds 2] [--build build]
+
+Per preset (bench/configs/<preset>.yaml): `step_bench export` writes the initial weights, the batches the
+trainer will draw and spec.json; then, for each round, CE only and CE + dual_channel run on both sides
+alternately (modalign, PyTorch, modalign, PyTorch, ...), each in a fresh process with untimed warm-up
+steps. First-step losses must agree (1e-4 relative). Prints a markdown table and writes it with the raw
+results to <build>/bench/compare.md and compare.json.
+
+FLOPs: one formula for both sides, the matmul work of the plain implementation (forward, and twice that
+backward where parameters train): vision layers (all of them, as output_hidden_states runs them; backward
+only up to the feature layer and only when the tower trains), projector, decoder projections and
+attention products, and the LM head at every position.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = "/usr/bin/python3"
+SETTINGS = {"demo": {"warmup": 3, "steps": 8}, "small": {"warmup": 2, "steps": 4}}
+
+
+def run_json(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def batch_shapes(path):
+    """[(samples, tokens, images)] per step, from the safetensors header of step_bench's batches."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    steps = sorted({int(k.split(".")[0]) for k in header if k != "__metadata__"})
+    return [(*header[f"{i}.input_ids"]["shape"], header[f"{i}.pixel_values"]["shape"][0]) for i in steps]
+
+
+def plain_flops(spec, b, seq, images):
+    """Matmul FLOPs of one step of the plain implementation (see the module docstring)."""
+    s, frozen = spec["shapes"], spec["freeze"]
+    v, t = s["vision"], s["text"]
+    p = (v["image_size"] // v["patch_size"]) ** 2
+    dv, iv, lv = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+    used = lv + 1 + s["vision_feature_layer"] if s["vision_feature_layer"] < 0 else s["vision_feature_layer"]
+    vt = 1 if frozen["vision_tower"] else 3
+    patch = 2 * images * p * v["num_channels"] * v["patch_size"] ** 2 * dv
+    layer = 2 * images * (p + 1) * (4 * dv * dv + 2 * dv * iv) + 4 * images * (p + 1) ** 2 * dv
+    vision = patch * vt + layer * (used * vt + (lv - used))
+    d, i, h, g = t["hidden_size"], t["intermediate_size"], t["num_attention_heads"], t["num_key_value_heads"]
+    hd = d // h
+    rows = b * seq
+    lm = 1 if frozen["language_model"] else 3
+    proj = 2 * images * p * (dv * d + (d * d if s["projector"] == "mlp2x_gelu" else 0)) * (1 if frozen["projector"] else 3)
+    dec = t["num_hidden_layers"] * (2 * rows * (2 * d * h * hd + 2 * d * g * hd + 3 * d * i) + 4 * b * h * seq * seq * hd)
+    head = 2 * rows * d * t["vocab_size"]
+    return vision + proj + (dec + head) * lm
+
+
+def summary(xs):
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["demo", "small"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--build", default="build")
+    args = ap.parse_args()
+    bench = os.path.join(args.build, "bench", "step_bench")
+    out_dir = os.path.join(args.build, "bench")
+    gemm = run_json([bench, "gemm", "--threads", "2"])["gflops"]
+    print(f"fp32 GEMM rate (2048^3, 2 threads, median of 10): {gemm:.0f} GFLOP/s", flush=True)
+    results = {"gemm_gflops": gemm, "presets": {}}
+    for preset in args.presets:
+        config = f"bench/configs/{preset}.yaml"
+        warm, steps = SETTINGS[preset]["warmup"], SETTINGS[preset]["steps"]
+        ref_dir = os.path.join(out_dir, f"ref_{preset}")
+        subprocess.run([bench, "export", config, "--steps", str(warm + steps), "--out", ref_dir], check=True, cwd=ROOT)
+        spec = json.load(open(os.path.join(ROOT, ref_dir, "spec.json")))
+        runs = {}
+        for r in range(args.rounds):
+            for losses in ("ce", "config"):
+                for side in ("modalign", "pytorch"):
+                    cmd = ([bench, "train", config, "--losses", losses] if side == "modalign" else
+                           [PYTHON, "bench/pytorch_reference.py", ref_dir, "--losses", losses])
+                    res = run_json(cmd + ["--warmup", str(warm), "--steps", str(steps)])
+                    print(f"{preset} round {r + 1} {losses:6s} {side:8s} "
+                          f"{statistics.median(res['step_ms']):8.1f} ms/step  loss {res['first_loss']:.6f}", flush=True)
+                    acc = runs.setdefault((losses, side), {"step_ms": [], "tok_s": [], "rss": [], "first": [], "last": []})
+                    acc["step_ms"] += res["step_ms"]
+                    acc["tok_s"] += [tok / (ms / 1e3) for tok, ms in zip(res["step_tokens"], res["step_ms"])]
+                    acc["rss"].append(res["peak_rss_mb"])
+                    acc["first"].append(res["first_loss"])
+                    acc["last"].append(res["last_loss"])
+                    acc["tokens"] = res["step_tokens"]
+        timed = batch_shapes(os.path.join(ROOT, ref_dir, "batches.safetensors"))[warm:]
+        flops = statistics.mean(plain_flops(spec, *shape) for shape in timed)
+        results["presets"][preset] = {"runs": {f"{k[0]}/{k[1]}": v for k, v in runs.items()}, "plain_flops": flops,
+                                      "batches": timed}
+    text = report(results)
+    loader = run_json([bench, "loader", f"bench/configs/{args.presets[0]}.yaml"])
+    first = results["presets"][args.presets[0]]
+    samples = first["batches"][0][0]
+    consumed = samples / (statistics.median(first["runs"]["config/modalign"]["step_ms"]) / 1e3)
+    text += (f"\n\nData loader (`{args.presets[0]}` config): {loader['samples_per_s']['0']:.0f} samples/s in the "
+             f"calling thread, {max(loader['samples_per_s'].values()):.0f} with its worker threads; the trainer "
+             f"consumes {consumed:.1f} samples/s (CE + dual_channel).")
+    print(text.split("\n")[-1])
+    results["loader"] = loader
+    with open(os.path.join(ROOT, out_dir, "compare.md"), "w") as f:
+        f.write(f"fp32 GEMM rate: {gemm:.0f} GFLOP/s\n{text}\n")
+    with open(os.path.join(ROOT, out_dir, "compare.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwritten: {out_dir}/compare.md, {out_dir}/compare.json")
+
+
+def report(results):
+    gemm = results["gemm_gflops"]
+    lines = ["", "| preset | losses | side | ms/step median (min-max) | tokens/s median (min-max) | modalign / PyTorch "
+             "| peak RSS MB | first loss | plain GFLOP/step | GFLOP/s | of GEMM rate |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    notes = []
+    for preset, p in results["presets"].items():
+        runs = p["runs"]
+        for losses in ("ce", "config"):
+            pt = statistics.median(runs[f"{losses}/pytorch"]["tok_s"])
+            for side in ("modalign", "pytorch"):
+                r = runs[f"{losses}/{side}"]
+                ms, tk = summary(r["step_ms"]), summary(r["tok_s"])
+                gflops = p["plain_flops"] / 1e9
+                rate = gflops / (ms[0] / 1e3)
+                ratio = f"**{tk[0] / pt:.2f}x**" if side == "modalign" else ""
+                label = "CE" if losses == "ce" else "CE + dual_channel"
+                lines.append(f"| {preset} | {label} | {side} | {ms[0]:.0f} ({ms[1]:.0f}-{ms[2]:.0f}) | {tk[0]:.0f} "
+                             f"({tk[1]:.0f}-{tk[2]:.0f}) | {ratio} | {max(r['rss']):.0f} | {r['first'][0]:.6f} | "
+                             f"{gflops:.1f} | {rate:.0f} | {100 * rate / gemm:.0f}% |")
+            a, b = runs[f"{losses}/modalign"]["first"][0], runs[f"{losses}/pytorch"]["first"][0]
+            if abs(a - b) > 1e-4 * max(1.0, abs(b)):
+                notes.append(f"WARNING: {preset} {losses}: first-step losses differ: {a} vs {b}")
+        ce, dc = runs["ce/modalign"], runs["config/modalign"]
+        dt = statistics.median(dc["step_ms"]) / statistics.median(ce["step_ms"]) - 1
+        dr = max(dc["rss"]) / max(ce["rss"]) - 1
+        notes.append(f"{preset}: dual_channel overhead in modalign: step time {100 * dt:+.1f}%, peak RSS {100 * dr:+.1f}%")
+    text = "\n".join(lines + [""] + notes)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

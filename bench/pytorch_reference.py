@@ -1,0 +1,354 @@
+#!/usr/bin/python3
+"""The PyTorch-Python peer of modalign's step benchmark: the same LLaVA architecture, weights, batches,
+optimizer and losses, written plainly as a PyTorch user would (the way LLaVA's train.py and Hugging Face
+modelling code do it: eager attention, attention maps for the aligned layers, logits and CE at every
+position, the whole CLIP encoder run with its hidden states collected).
+
+    /usr/bin/python3 bench/pytorch_reference.py DIR --warmup W --steps N
+
+DIR comes from `step_bench export` (weights.safetensors, batches.safetensors, spec.json). Prints one JSON
+line like `step_bench train`: per-step ms and tokens of the N timed steps, first and last loss, peak RSS.
+"""
+import argparse
+import json
+import math
+import resource
+import struct
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def load_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    body = bytearray(data[8 + n:])
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = DTYPES[entry["dtype"]]
+        t = torch.frombuffer(body, dtype=dtype, count=(end - begin) // torch.tensor([], dtype=dtype).element_size(),
+                             offset=begin) if end > begin else torch.empty(0, dtype=dtype)
+        out[name] = t.reshape(entry["shape"]).clone()
+    return out
+
+
+# ---- vision tower (CLIP) -------------------------------------------------------------------------------
+class ClipAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d = c["hidden_size"]
+        self.heads = c["num_attention_heads"]
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        n, t, d = x.shape
+        hd = d // self.heads
+        q, k, v = (p(x).view(n, t, self.heads, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)
+        return self.out_proj((attn @ v).transpose(1, 2).reshape(n, t, d))
+
+
+class ClipMlp(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1 = nn.Linear(c["hidden_size"], c["intermediate_size"])
+        self.fc2 = nn.Linear(c["intermediate_size"], c["hidden_size"])
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(h * torch.sigmoid(1.702 * h))  # quick_gelu
+
+
+class ClipLayer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+        self.self_attn = ClipAttention(c)
+        self.layer_norm2 = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+        self.mlp = ClipMlp(c)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class ClipEmbeddings(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, p = c["hidden_size"], c["patch_size"]
+        self.patch_embedding = nn.Conv2d(c["num_channels"], d, p, stride=p, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(d))
+        self.position_embedding = nn.Embedding((c["image_size"] // p) ** 2 + 1, d)
+
+    def forward(self, pixels):
+        patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
+        return torch.cat([cls, patches], 1) + self.position_embedding.weight
+
+
+class ClipVisionModel(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.embeddings = ClipEmbeddings(c)
+        self.pre_layrnorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(ClipLayer(c) for _ in range(c["num_hidden_layers"]))
+        self.post_layernorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+
+    def forward(self, pixels):  # all hidden states, as output_hidden_states=True
+        h = self.pre_layrnorm(self.embeddings(pixels))
+        states = [h]
+        for layer in self.encoder.layers:
+            h = layer(h)
+            states.append(h)
+        return states
+
+
+class VisionTower(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.vision_model = ClipVisionModel(c)
+
+
+# ---- language model (LLaMA) ----------------------------------------------------------------------------
+class RmsNorm(nn.Module):
+    def __init__(self, d, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.float()
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], -1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d = c["hidden_size"]
+        self.heads, self.kv_heads = c["num_attention_heads"], c["num_key_value_heads"]
+        self.hd = d // self.heads
+        self.q_proj = nn.Linear(d, self.heads * self.hd, bias=False)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.hd, bias=False)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.hd, d, bias=False)
+
+    def forward(self, x, cos, sin, allowed):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.hd).transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k = k.repeat_interleave(self.heads // self.kv_heads, 1)
+        v = v.repeat_interleave(self.heads // self.kv_heads, 1)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
+        attn = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)
+        out = self.o_proj((attn @ v).transpose(1, 2).reshape(b, t, -1))
+        return out, attn
+
+
+class LlamaMlp(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, i = c["hidden_size"], c["intermediate_size"]
+        self.gate_proj, self.up_proj = nn.Linear(d, i, bias=False), nn.Linear(d, i, bias=False)
+        self.down_proj = nn.Linear(i, d, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.input_layernorm = RmsNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.self_attn = LlamaAttention(c)
+        self.post_attention_layernorm = RmsNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.mlp = LlamaMlp(c)
+
+    def forward(self, x, cos, sin, allowed):
+        a, attn = self.self_attn(self.input_layernorm(x), cos, sin, allowed)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), attn
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
+        self.model.layers = nn.ModuleList(LlamaLayer(c) for _ in range(c["num_hidden_layers"]))
+        self.model.norm = RmsNorm(c["hidden_size"], c["rms_norm_eps"])
+        if not c["tie_word_embeddings"]:
+            self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+
+    def forward(self, embeds, attention_mask, attn_layers):
+        c, (b, t, _) = self.c, embeds.shape
+        hd = c["hidden_size"] // c["num_attention_heads"]
+        pos = (attention_mask.long().cumsum(1) - 1).clamp_min(0).double()
+        inv_freq = 1.0 / c["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        freqs = pos[..., None] * inv_freq
+        emb = torch.cat([freqs, freqs], -1)[:, None]
+        cos, sin = emb.cos().float(), emb.sin().float()
+        allowed = (torch.ones(t, t, dtype=torch.bool).tril()[None] & attention_mask.bool()[:, None])[:, None]
+        h, maps = embeds, {}
+        for i, layer in enumerate(self.model.layers):
+            h, attn = layer(h, cos, sin, allowed)
+            if i in attn_layers:
+                maps[i] = attn
+        h = self.model.norm(h)
+        head = self.lm_head.weight if not c["tie_word_embeddings"] else self.model.embed_tokens.weight
+        return h @ head.t(), maps
+
+
+# ---- LLaVA ---------------------------------------------------------------------------------------------
+class Projector(nn.Module):
+    def __init__(self, kind, dv, d):
+        super().__init__()
+        self.linear_1 = nn.Linear(dv, d)
+        self.linear_2 = nn.Linear(d, d) if kind == "mlp2x_gelu" else None
+
+    def forward(self, x):
+        h = self.linear_1(x)
+        return self.linear_2(F.gelu(h)) if self.linear_2 is not None else h
+
+
+class Llava(nn.Module):
+    def __init__(self, s, freeze_vision):
+        super().__init__()
+        self.s, self.freeze_vision = s, freeze_vision
+        self.vision_tower = VisionTower(s["vision"])
+        self.multi_modal_projector = Projector(s["projector"], s["vision"]["hidden_size"], s["text"]["hidden_size"])
+        self.language_model = LanguageModel(s["text"])
+
+    def forward(self, input_ids, attention_mask, pixel_values, attn_layers):
+        visual = (input_ids == self.s["image_token_index"]) & attention_mask.bool()
+        embeds = self.language_model.model.embed_tokens(input_ids.masked_fill(visual, 0))
+        if pixel_values.shape[0] > 0:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vision):
+                features = self.vision_tower.vision_model(pixel_values)[self.s["vision_feature_layer"]][:, 1:]
+            features = self.multi_modal_projector(features)
+            embeds = embeds.masked_scatter(visual[..., None], features)
+        logits, maps = self.language_model(embeds, attention_mask, attn_layers)
+        return logits, maps, visual
+
+
+# ---- losses, as in losses/ -----------------------------------------------------------------------------
+def text_ce(logits, labels):
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=-100)
+
+
+def query_mean(mass, queries):  # mass (B, H, T), queries (B, T) -> (B)
+    q = queries.to(mass.dtype)
+    return (mass.mean(1) * q).sum(1) / q.sum(1).clamp_min(1)
+
+
+def balanced_share(queries, real, visual):
+    share = visual.double().cumsum(1) / real.double().cumsum(1).clamp_min(1)
+    q = queries.double()
+    return (share * q).sum(1) / q.sum(1).clamp_min(1)
+
+
+def dual_channel(opt, maps, labels, real, visual):
+    rq = torch.zeros_like(real)
+    rq[:, :-1] = labels[:, 1:] != -100
+    rq &= real
+    first = visual.long().cumsum(1) == 1
+    iq = visual & ~first & real
+    inter, intra = [], []
+    for layer in opt["layers"]:
+        mass = (maps[layer] * visual[:, None, None, :].to(maps[layer].dtype)).sum(-1)  # (B, H, T)
+        inter.append(query_mean(mass, rq))
+        intra.append(query_mean(mass, iq))
+    inter, intra = torch.stack(inter), torch.stack(intra)
+    scale, eps = opt["target_scale"], opt["eps"]
+    if opt["target"] == "balanced":
+        t_inter = (balanced_share(rq, real, visual) * scale).float()
+        t_intra = (balanced_share(iq, real, visual) * scale).float()
+    else:
+        t_inter = t_intra = torch.full((real.shape[0],), opt["target"] * scale)
+
+    def f(m, target):
+        return -torch.log(torch.clamp_max(m / target.clamp_min(eps), 1.0) + eps)
+
+    per_sample = (opt["inter_weight"] * f(inter, t_inter).mean(0) * rq.any(1) +
+                  opt["intra_weight"] * f(intra, t_intra).mean(0) * iq.any(1))
+    image = visual.any(1)
+    return (per_sample * image).sum() / image.sum().clamp_min(1)
+
+
+def no_decay(name, p):
+    return p.dim() < 2 or "norm" in name or "embed" in name or "class_embedding" in name
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dir")
+    ap.add_argument("--losses", choices=["ce", "config"], default="config")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args()
+    spec = json.load(open(f"{args.dir}/spec.json"))
+    torch.set_num_threads(spec["threads"])
+    s, opt = spec["shapes"], spec["optimizer"]
+    model = Llava(s, spec["freeze"]["vision_tower"])
+    weights = load_safetensors(f"{args.dir}/weights.safetensors")
+    model.load_state_dict(weights, strict=True)
+    for name, p in model.named_parameters():
+        frozen = any(spec["freeze"][k] and name.startswith(prefix) for k, prefix in
+                     (("vision_tower", "vision_tower."), ("projector", "multi_modal_projector."),
+                      ("language_model", "language_model.")))
+        p.requires_grad_(not frozen)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in trained if not no_decay(n, p)], "weight_decay": opt["weight_decay"]},
+         {"params": [p for n, p in trained if no_decay(n, p)], "weight_decay": 0.0}],
+        lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"])
+    aligners = spec["losses"] if args.losses == "config" else []
+    attn_layers = sorted({l for a in aligners for l in a["layers"]})
+    batches = load_safetensors(f"{args.dir}/batches.safetensors")
+    total = args.warmup + args.steps
+    assert total <= spec["steps"], f"{args.dir} holds {spec['steps']} batches, {total} asked"
+    model.train()
+    losses, step_ms, tokens = [], [], []
+    for i in range(total):
+        ids, mask = batches[f"{i}.input_ids"], batches[f"{i}.attention_mask"]
+        labels, pixels = batches[f"{i}.labels"], batches[f"{i}.pixel_values"]
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        logits, maps, visual = model(ids, mask, pixels, attn_layers)
+        loss = text_ce(logits, labels)
+        for a in aligners:
+            loss = loss + a["weight"] * dual_channel(a, maps, labels, mask.bool(), visual)
+        loss.backward()
+        params = [p for _, p in trained if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, opt["max_grad_norm"] if opt["max_grad_norm"] > 0 else float("inf"))
+        optimizer.step()
+        losses.append(loss.item())
+        if i >= args.warmup:
+            step_ms.append((time.perf_counter() - t0) * 1e3)
+            tokens.append(int(mask.sum()))
+    print(json.dumps({"side": "pytorch", "losses": args.losses, "threads": torch.get_num_threads(),
+                      "first_loss": losses[0], "last_loss": losses[-1], "step_ms": step_ms, "step_tokens": tokens,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+if __name__ == "__main__":
+    main()
