@@ -12,6 +12,7 @@
 
 #include "lib/config/config_loader.h"
 #include "lib/io/weights.h"
+#include "lib/util/allocator.h"
 #include "lib/util/metrics_sink.h"
 #include "losses/sink_suppression.h"
 #include "losses/text_ce.h"
@@ -90,6 +91,7 @@ struct Trainer::StepStats {
 };
 
 Trainer::Trainer(const RunConfig& config, const WorldInfo& world) : config_(config) {
+  keep_freed_memory();  // no page faults for the step's buffers after the first step
   torch::set_num_threads(config_.train.num_threads > 0 ? static_cast<int>(config_.train.num_threads)
                                                        : static_cast<int>(std::thread::hardware_concurrency()));
   torch::manual_seed(static_cast<uint64_t>(config_.train.seed));

@@ -11,6 +11,15 @@
 
 namespace modalign {
 
+// Which keys each query may read, in the two forms the kernel uses; built once per forward and shared
+// by all layers. Default-constructed = every query reads every key (the vision tower).
+struct AttentionMask {
+  torch::Tensor allowed;    // (B, 1, T, T) bool
+  torch::Tensor bias;       // (B, 1, T, T): 0 where allowed, the dtype's lowest finite value elsewhere
+  bool empty_rows = false;  // some query has no allowed key (it then attends uniformly)
+};
+AttentionMask make_attention_mask(const torch::Tensor& allowed, torch::ScalarType dtype);
+
 struct AttentionCoreOutput {
   torch::Tensor out;   // (B, T, H, d): softmax(q k^T / sqrt(d), masked) v
   torch::Tensor mass;  // (B, H, T, S): sum of P over each key set; S = 0 without sets
@@ -19,10 +28,10 @@ struct AttentionCoreOutput {
 // Whether attention_core handles these tensors (CPU, float32 or float64); otherwise use eager attention.
 bool attention_core_supported(const torch::Tensor& q);
 
-// q (B, T, H, d), k and v (B, T, G, d); allowed (B, 1, T, T) bool (a row with no allowed key attends
-// uniformly, as a lowest-value masked softmax does); sets (B, T, S) in q's dtype, or undefined.
+// q (B, T, H, d), k and v (B, T, G, d); mask from make_attention_mask in q's dtype (a row with no
+// allowed key attends uniformly, as a lowest-value masked softmax does); sets (B, T, S) or undefined.
 // Query head h reads key/value head h / (H / G). Differentiable in q, k and v.
 AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   const torch::Tensor& allowed, const torch::Tensor& sets = {});
+                                   const AttentionMask& mask = {}, const torch::Tensor& sets = {});
 
 }  // namespace modalign

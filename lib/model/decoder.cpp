@@ -2,7 +2,6 @@
 
 #include <limits>
 
-#include "lib/model/attention_core.h"
 
 namespace modalign {
 namespace nn = torch::nn;
@@ -31,7 +30,7 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
   ctx.sin = emb.sin().to(table_type);
 
   torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(dev)).tril();
-  ctx.allowed = (causal.unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1);  // (B, 1, T, T)
+  ctx.mask = make_attention_mask((causal.unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1), table_type);  // (B, 1, T, T)
 
   torch::Tensor counts = ctx.visual_mask.sum(1);  // (B)
   ctx.has_visual = counts > 0;
@@ -114,7 +113,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   };
   if (aligner) k = aligner(k.transpose(1, 2), v.transpose(1, 2), ctx).transpose(1, 2);  // on (B, G, T, d)
   if (!request.probs_to_visual && !request.full_probs && attention_core_supported(q)) {
-    AttentionCoreOutput core = attention_core(q, k, v, ctx.allowed, sets);
+    AttentionCoreOutput core = attention_core(q, k, v, ctx.mask, sets);
     if (tap) fill_tap(core.mass);
     return o_proj(core.out.view({b, t, heads * head_dim}));  // (B, T, D)
   }
@@ -128,7 +127,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   scores = scores.to(wide);
   // Masked scores take the lowest finite value (not -inf), so no row of P is ever NaN.
   double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
-  torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.allowed, lowest), -1);  // (B, H, T, T)
+  torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.mask.allowed, lowest), -1);  // (B, H, T, T)
   if (tap) {
     fill_tap(torch::matmul(p, sets.unsqueeze(1)));  // (B, H, T, 1+K)
     if (request.probs_to_visual) {

@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "lib/model/attention_core.h"
 #include "lib/model/linear.h"
 #include "lib/model/model_shapes.h"
 
@@ -33,7 +34,7 @@ struct LayerTap {
 // Per-forward masks and tables shared by all layers (built once per forward).
 struct DecoderContext {
   torch::Tensor cos, sin;         // (B, T, 1, d) RoPE tables at positions cumsum(mask)-1
-  torch::Tensor allowed;          // (B, 1, T, T) bool: causal and key not padding
+  AttentionMask mask;             // (B, 1, T, T): causal and key not padding
   torch::Tensor visual_mask;      // (B, T) bool
   torch::Tensor text_mask;        // (B, T) bool: real, non-image tokens (the aligner's text keys)
   torch::Tensor visual_index;     // (B, Nv) int64 positions of image tokens (0 where a sample has none)

@@ -1,5 +1,7 @@
 #include "lib/model/vision_tower.h"
 
+#include "lib/model/attention_core.h"
+
 namespace modalign {
 namespace nn = torch::nn;
 
@@ -13,8 +15,10 @@ ClipAttentionImpl::ClipAttentionImpl(const VisionShapes& s)
 torch::Tensor ClipAttentionImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 3, "ClipAttention expects (N, P+1, D), got ", x.sizes());
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2), hd = d / heads;
-  auto split = [&](const torch::Tensor& y) { return y.view({n, t, heads, hd}).transpose(1, 2); };  // (N, h, T, hd)
-  torch::Tensor q = split(q_proj(x)), k = split(k_proj(x)), v = split(v_proj(x));
+  torch::Tensor q = q_proj(x).view({n, t, heads, hd}), k = k_proj(x).view({n, t, heads, hd}),
+                v = v_proj(x).view({n, t, heads, hd});  // (N, T, h, hd)
+  if (attention_core_supported(q)) return out_proj(attention_core(q, k, v).out.view({n, t, d}));
+  q = q.transpose(1, 2), k = k.transpose(1, 2), v = v.transpose(1, 2);  // (N, h, T, hd)
   torch::Tensor p = torch::softmax(torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(hd)), -1);
   torch::Tensor out = torch::matmul(p, v).transpose(1, 2).reshape({n, t, d});  // (N, T, D)
   return out_proj(out);

@@ -35,7 +35,9 @@ TEST(AttentionCore, EqualsReferenceWithGradientsForGroupedHeadsPaddingAndTaps) {
   real[2][0] = false;
   torch::Tensor allowed = (torch::ones({t, t}, torch::kBool).tril().unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1);
   torch::Tensor sets = (torch::rand({b, t, 2}, f64) > 0.5).to(torch::kFloat64);
-  AttentionCoreOutput fused = attention_core(q, k, v, allowed, sets);
+  AttentionMask mask = make_attention_mask(allowed, torch::kFloat64);
+  EXPECT_TRUE(mask.empty_rows);
+  AttentionCoreOutput fused = attention_core(q, k, v, mask, sets);
   Reference ref = reference(q, k, v, allowed, sets);
   EXPECT_TRUE(torch::allclose(fused.out, ref.out, 1e-12, 1e-12));
   EXPECT_TRUE(torch::allclose(fused.mass, ref.mass, 1e-12, 1e-12));
@@ -49,7 +51,7 @@ TEST(AttentionCore, EqualsReferenceWithGradientsForGroupedHeadsPaddingAndTaps) {
   auto gf = grads(fused.out, fused.mass), gr = grads(ref.out, ref.mass);
   for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(gf[i], gr[i], 1e-10, 1e-10)) << "input " << i;
   // Without key sets the mass is empty and the output unchanged.
-  AttentionCoreOutput plain = attention_core(q, k, v, allowed);
+  AttentionCoreOutput plain = attention_core(q, k, v, mask);
   EXPECT_EQ(plain.mass.size(3), 0);
   EXPECT_TRUE(torch::equal(plain.out, fused.out));
 }
@@ -65,7 +67,7 @@ TEST(AttentionCore, GradientMatchesFiniteDifferences) {
   torch::Tensor sets = torch::zeros({b, t, 1}, f64);
   sets.slice(1, 1, 3).fill_(1);
   auto loss = [&] {
-    AttentionCoreOutput o = attention_core(q, k, v, allowed, sets);
+    AttentionCoreOutput o = attention_core(q, k, v, make_attention_mask(allowed, torch::kFloat64), sets);
     return o.out.pow(2).sum() + 3.0 * o.mass.sum();
   };
   auto analytic = torch::autograd::grad({loss()}, {q, k, v});
@@ -89,7 +91,13 @@ TEST(AttentionCore, GradientMatchesFiniteDifferences) {
 TEST(AttentionCore, RejectsWhatItCannotRun) {
   torch::Tensor q = torch::zeros({1, 3, 2, 4}), k = torch::zeros({1, 3, 3, 4});
   torch::Tensor allowed = torch::ones({1, 1, 3, 3}, torch::kBool);
-  EXPECT_THROW(attention_core(q, k, k, allowed), c10::Error);  // 2 query heads over 3 key heads
+  EXPECT_THROW(attention_core(q, k, k, make_attention_mask(allowed, torch::kFloat32)), c10::Error);  // 2 heads over 3
+  EXPECT_THROW(attention_core(q, q, q, make_attention_mask(allowed, torch::kFloat64)), c10::Error);  // dtype
+  // No mask: every query reads every key (the vision tower), as a plain softmax.
+  torch::manual_seed(2);
+  torch::Tensor x = torch::randn({2, 5, 3, 4}, torch::kFloat64);
+  Reference ref = reference(x, x, x, torch::ones({2, 1, 5, 5}, torch::kBool), torch::ones({2, 5, 1}, torch::kFloat64));
+  EXPECT_TRUE(torch::allclose(attention_core(x, x, x).out, ref.out, 1e-12, 1e-12));
   EXPECT_FALSE(attention_core_supported(torch::zeros({1}, torch::kBFloat16)));
   EXPECT_TRUE(attention_core_supported(torch::zeros({1}, torch::kFloat32)));
 }
