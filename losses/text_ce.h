@@ -8,7 +8,8 @@
 namespace modalign {
 
 // logits (B, T, V), labels (B, T) -> {sum of token CE in float32 or wider, number of supervised tokens}.
-// Only supervised positions go through log-softmax.
+// Only supervised positions go through log-softmax. logits may also be (N, V): already taken at the N
+// positions t with labels[t+1] != -100, in row-major order (a model that computes only those rows).
 LossTerm text_ce(const torch::Tensor& logits, const torch::Tensor& labels);
 
 }  // namespace modalign

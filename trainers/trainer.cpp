@@ -155,7 +155,9 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
   std::map<int64_t, std::pair<double, int64_t>> share;  // layer -> (sum of M_X, samples)
   for (const auto& batch : micro_batches) {
     TapRequest request = tap_request(batch, log_step);
-    ModelOutput out = model_->forward(batch.input_ids, batch.attention_mask, batch.pixel_values, request);
+    // Logits only where a token is supervised (text_ce reads nothing else).
+    ModelOutput out = model_->forward(batch.input_ids, batch.attention_mask, batch.pixel_values, request,
+                                      response_queries(batch.labels));
     AttentionStats s;
     s.layers = request.layers;
     s.labels = batch.labels;

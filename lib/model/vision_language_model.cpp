@@ -51,7 +51,8 @@ torch::Tensor VisionLanguageModelImpl::embed(const torch::Tensor& input_ids, con
 }
 
 ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-                                             const torch::Tensor& pixel_values, const TapRequest& taps) {
+                                             const torch::Tensor& pixel_values, const TapRequest& taps,
+                                             const torch::Tensor& logit_positions) {
   TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
               "input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
               attention_mask.sizes());
@@ -61,7 +62,7 @@ ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, con
   torch::Tensor embeds = embed(input_ids, out.visual_mask, pixel_values);
   DecoderContext ctx = make_decoder_context(shapes.text, real, out.visual_mask, embeds.scalar_type());
   torch::Tensor hidden = language_model(embeds, ctx, taps, out.taps);
-  out.logits = language_model->logits(hidden);
+  out.logits = language_model->logits(logit_positions.defined() ? hidden.index({logit_positions.to(torch::kBool)}) : hidden);
   return out;
 }
 

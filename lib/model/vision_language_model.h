@@ -18,7 +18,7 @@
 namespace modalign {
 
 struct ModelOutput {
-  torch::Tensor logits;          // (B, T, V)
+  torch::Tensor logits;          // (B, T, V), or (N, V) at the requested positions
   torch::Tensor visual_mask;     // (B, T) bool: positions holding image features
   std::vector<LayerTap> taps;    // one per requested layer, in layer order
 };
@@ -34,9 +34,12 @@ struct VisionLanguageModelImpl : torch::nn::Module {
   explicit VisionLanguageModelImpl(const ModelShapes& shapes);
 
   // input_ids, attention_mask (B, T) with expanded image spans; pixel_values (N, C, S, S): one image per
-  // sample that holds image tokens, in batch order (N may be 0).
+  // sample that holds image tokens, in batch order (N may be 0). logit_positions (B, T) bool, when given:
+  // logits only at those positions, (N, V) in row-major order (training needs them only where a token
+  // is supervised: the LM head and its softmax then cost a few rows instead of B x T).
   ModelOutput forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-                      const torch::Tensor& pixel_values, const TapRequest& taps = {});
+                      const torch::Tensor& pixel_values, const TapRequest& taps = {},
+                      const torch::Tensor& logit_positions = {});
 
   // Token embeddings with image features written at image-token positions: (B, T, D)
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& visual_mask,

@@ -49,6 +49,13 @@ std::unique_ptr<SafetensorsFile> GoldenLosses::golden_;
 
 TEST_F(GoldenLosses, TextCe) { expect_loss(text_ce(g("logits"), g("merged_labels")), "text_ce"); }
 
+TEST_F(GoldenLosses, TextCeFromLogitsAtSupervisedPositionsOnly) {
+  torch::Tensor logits = g("logits"), labels = g("merged_labels");
+  torch::Tensor rows = logits.index({response_queries(labels)});  // (N, V), what the model computes in training
+  expect_loss(text_ce(rows, labels), "text_ce");
+  EXPECT_THROW(text_ce(rows.slice(0, 1), labels), c10::Error);  // one row short
+}
+
 TEST_F(GoldenLosses, MassesAndBalancedTargets) {
   DualChannelLoss loss(options(MassForm::CappedLog, std::nullopt), 2);
   DualChannelLoss::Masses m = loss.masses(stats());

@@ -77,6 +77,16 @@ TEST(Model, Causality) {
   EXPECT_FALSE(torch::allclose(before.slice(1, 21), after.slice(1, 21), 0, 1e-6));
 }
 
+TEST(Model, LogitsAtRequestedPositionsAreThoseRowsOfTheFullLogits) {
+  VisionLanguageModel model = tiny_model();
+  Batch b = make_batch({24, 20, 10}, {true, true, false}, 24, 8);
+  torch::Tensor positions = torch::rand({3, 24}) > 0.7;
+  torch::Tensor full = model->forward(b.ids, b.mask, b.pixels).logits;
+  torch::Tensor rows = model->forward(b.ids, b.mask, b.pixels, {}, positions).logits;
+  ASSERT_EQ(rows.size(0), positions.sum().item<int64_t>());
+  EXPECT_TRUE(torch::allclose(rows, full.index({positions}), 0, 1e-12));
+}
+
 TEST(Model, RightPaddingChangesNothingAtRealPositions) {
   VisionLanguageModel model = tiny_model();
   Batch b = make_batch({20}, {true}, 20, 3);
