@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include "lib/model/fused_ops.h"
+
 
 namespace modalign {
 namespace nn = torch::nn;
@@ -44,6 +46,9 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  if (fused_ops_supported(x) && x.dim() == 4 && cos.dim() == 4 && cos.size(2) == 1 && cos.size(0) == x.size(0) &&
+      cos.size(1) == x.size(1))
+    return fused_rope(x, cos, sin);
   const int64_t half = x.size(-1) / 2;
   torch::Tensor rotated = torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);  // rotate_half
   return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
@@ -53,6 +58,7 @@ RmsNormImpl::RmsNormImpl(int64_t dim, double eps_)
     : eps(eps_), weight(register_parameter("weight", torch::ones({dim}))) {}
 
 torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
+  if (fused_ops_supported(x) && weight.scalar_type() == x.scalar_type()) return fused_rms_norm(x, weight, eps);
   torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   torch::Tensor h = x.to(wide);
   h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);

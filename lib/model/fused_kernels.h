@@ -1,0 +1,24 @@
+// Row loops behind lib/model/fused_ops (RMSNorm and RoPE forward and backward), on raw arrays and
+// free of LibTorch, so this file is built with -fno-math-errno (vectorised square roots) and without
+// the project's precompiled header. Each call handles a range of rows; the caller parallelises.
+#pragma once
+#include <cstdint>
+
+namespace modalign::kernels {
+
+// y = w * x * rstd per row of `dim` values, rstd = 1 / sqrt(mean(x^2) + eps) (accumulated in double).
+template <class T>
+void rms_norm_forward(const T* x, const T* w, T* y, T* rstd, int64_t rows, int64_t dim, double eps);
+
+// dx = rstd * (dn - n * mean(dn * n)), n = x * rstd, dn = dy * w; dw (double, may be null) += dy * n.
+template <class T>
+void rms_norm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, double* dw, int64_t rows, int64_t dim);
+
+// Rotary embedding (rotate_half convention) of `rows` (b, t) rows of `heads` x d values; cos and sin
+// hold one d-vector per row. Forward: y = x cos + rotate_half(x) sin. Backward: its transpose.
+template <class T>
+void rope_forward(const T* x, const T* cos, const T* sin, T* y, int64_t rows, int64_t heads, int64_t d);
+template <class T>
+void rope_backward(const T* dy, const T* cos, const T* sin, T* dx, int64_t rows, int64_t heads, int64_t d);
+
+}  // namespace modalign::kernels
