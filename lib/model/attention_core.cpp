@@ -57,22 +57,27 @@ Dims dims_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor
 }
 
 struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> {
+  // Blocks are (sample b, key/value head g): its r = H / G query heads, head-major, form one (r T, d)
+  // matrix Q_g, and P_g = P[b, g r .. g r + r) is one contiguous (r T, T) matrix, so every product below
+  // is one GEMM per block with r times the rows of a per-head one.
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& bias, const torch::Tensor& allowed,
                                bool empty_rows, const torch::Tensor& sets) {
     const Dims n = dims_of(q, k, sets);
+    const int64_t rt = n.r() * n.t, ld_kv = n.g * n.d;
     const double scale = 1.0 / std::sqrt(static_cast<double>(n.d));
+    torch::Tensor qh = q.transpose(1, 2).contiguous();                 // (B, H, T, d)
     torch::Tensor p = torch::empty({n.b, n.h, n.t, n.t}, q.options());  // (B, H, T, T)
-    torch::Tensor out = torch::empty({n.b, n.t, n.h, n.d}, q.options());
+    torch::Tensor out = torch::empty({n.b, n.h, n.t, n.d}, q.options());
     torch::Tensor mass = torch::empty({n.b, n.h, n.t, n.s}, q.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_scores", [&] {
-      const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>();
+      const scalar_t *qp = qh.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>();
       scalar_t* pp = p.data_ptr<scalar_t>();
-      at::parallel_for(0, n.b * n.h, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {  // block (sample bi, head hi) reads key/value head hi / r
-          const int64_t bi = i / n.h, hi = i % n.h, gi = hi / n.r();
-          gemm<scalar_t>(false, true, n.t, n.t, n.d, static_cast<scalar_t>(scale), qp + (bi * n.t * n.h + hi) * n.d,
-                         n.h * n.d, kp + (bi * n.t * n.g + gi) * n.d, n.g * n.d, 0, pp + i * n.t * n.t, n.t);
+      at::parallel_for(0, n.b * n.g, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {  // S_g = Q_g K_bg^T / sqrt(d)
+          const int64_t bi = i / n.g, gi = i % n.g;
+          gemm<scalar_t>(false, true, rt, n.t, n.d, static_cast<scalar_t>(scale), qp + i * rt * n.d, n.d,
+                         kp + (bi * n.t * n.g + gi) * n.d, ld_kv, 0, pp + i * rt * n.t, n.t);
         }
       });
     });
@@ -84,43 +89,43 @@ struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> 
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_out", [&] {
       const scalar_t *pp = p.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>(), *sp = sets.data_ptr<scalar_t>();
       scalar_t *op = out.data_ptr<scalar_t>(), *mp = mass.data_ptr<scalar_t>();
-      at::parallel_for(0, n.b * n.h, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t bi = i / n.h, hi = i % n.h, gi = hi / n.r();
-          const scalar_t* pb = pp + i * n.t * n.t;
-          gemm<scalar_t>(false, false, n.t, n.d, n.t, 1, pb, n.t, vp + (bi * n.t * n.g + gi) * n.d, n.g * n.d, 0,
-                         op + (bi * n.t * n.h + hi) * n.d, n.h * n.d);
+      at::parallel_for(0, n.b * n.g, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {  // O_g = P_g V_bg; mass_g = P_g sets_b
+          const int64_t bi = i / n.g, gi = i % n.g;
+          const scalar_t* pg = pp + i * rt * n.t;
+          gemm<scalar_t>(false, false, rt, n.d, n.t, 1, pg, n.t, vp + (bi * n.t * n.g + gi) * n.d, ld_kv, 0,
+                         op + i * rt * n.d, n.d);
           if (n.s > 0)
-            gemm<scalar_t>(false, false, n.t, n.s, n.t, 1, pb, n.t, sp + bi * n.t * n.s, n.s, 0, mp + i * n.t * n.s, n.s);
+            gemm<scalar_t>(false, false, rt, n.s, n.t, 1, pg, n.t, sp + bi * n.t * n.s, n.s, 0, mp + i * rt * n.s, n.s);
         }
       });
     });
-    ctx->save_for_backward({q, k, v, sets});
+    ctx->save_for_backward({qh, k, v, sets});
     ctx->saved_data["p"] = p;
     if (empty_rows) ctx->saved_data["allowed"] = allowed;
-    return {out, mass};
+    return {out.transpose(1, 2).contiguous(), mass};  // out (B, T, H, d)
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &sets = saved[3];
+    const torch::Tensor &qh = saved[0], &k = saved[1], &v = saved[2], &sets = saved[3];
     const torch::Tensor p = ctx->saved_data["p"].toTensor();
-    const Dims n = dims_of(q, k, sets);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(n.d));
-    torch::Tensor d_out = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(q);        // (B, T, H, d)
-    torch::Tensor d_mass = grads[1].defined() && n.s > 0 ? grads[1].contiguous() : torch::Tensor();  // (B, H, T, S)
+    const int64_t b = k.size(0), t = k.size(1), g = k.size(2), d = k.size(3), h = qh.size(1), s = sets.size(2);
+    const int64_t rt = (h / g) * t, ld_kv = g * d;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    torch::Tensor d_out = grads[0].defined() ? grads[0].transpose(1, 2).contiguous() : torch::zeros_like(qh);  // (B, H, T, d)
+    torch::Tensor d_mass = grads[1].defined() && s > 0 ? grads[1].contiguous() : torch::Tensor();          // (B, H, T, S)
     torch::Tensor d_p = torch::empty_like(p);
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_dp", [&] {
+    AT_DISPATCH_FLOATING_TYPES(qh.scalar_type(), "attention_core_dp", [&] {
       const scalar_t *dop = d_out.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>(), *sp = sets.data_ptr<scalar_t>();
       const scalar_t* dmp = d_mass.defined() ? d_mass.data_ptr<scalar_t>() : nullptr;
       scalar_t* dpp = d_p.data_ptr<scalar_t>();
-      at::parallel_for(0, n.b * n.h, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {  // dP = dO V^T (+ dMass sets^T)
-          const int64_t bi = i / n.h, hi = i % n.h, gi = hi / n.r();
-          scalar_t* dpb = dpp + i * n.t * n.t;
-          gemm<scalar_t>(false, true, n.t, n.t, n.d, 1, dop + (bi * n.t * n.h + hi) * n.d, n.h * n.d,
-                         vp + (bi * n.t * n.g + gi) * n.d, n.g * n.d, 0, dpb, n.t);
-          if (dmp) gemm<scalar_t>(false, true, n.t, n.t, n.s, 1, dmp + i * n.t * n.s, n.s, sp + bi * n.t * n.s, n.s, 1, dpb, n.t);
+      at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {  // dP_g = dO_g V_bg^T (+ dMass_g sets_b^T)
+          const int64_t bi = i / g, gi = i % g;
+          scalar_t* dpg = dpp + i * rt * t;
+          gemm<scalar_t>(false, true, rt, t, d, 1, dop + i * rt * d, d, vp + (bi * t * g + gi) * d, ld_kv, 0, dpg, t);
+          if (dmp) gemm<scalar_t>(false, true, rt, t, s, 1, dmp + i * rt * s, s, sp + bi * t * s, s, 1, dpg, t);
         }
       });
     });
@@ -128,28 +133,23 @@ struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> 
     // row has an allowed key, P (and so dS) is already exactly 0 at masked keys.
     torch::Tensor d_s = torch::_softmax_backward_data(d_p, p, -1, p.scalar_type());
     if (ctx->saved_data.count("allowed")) d_s.masked_fill_(~ctx->saved_data["allowed"].toTensor(), 0);
-    torch::Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_dqkv", [&] {
-      const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *pp = p.data_ptr<scalar_t>();
+    torch::Tensor dqh = torch::empty_like(qh), dk = torch::empty_like(k), dv = torch::empty_like(v);
+    AT_DISPATCH_FLOATING_TYPES(qh.scalar_type(), "attention_core_dqkv", [&] {
+      const scalar_t *qp = qh.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *pp = p.data_ptr<scalar_t>();
       const scalar_t *dsp = d_s.data_ptr<scalar_t>(), *dop = d_out.data_ptr<scalar_t>();
-      scalar_t *dqp = dq.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
+      scalar_t *dqp = dqh.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
       const auto sc = static_cast<scalar_t>(scale);
-      // One block per (sample, key/value head): its query heads accumulate into dK and dV in order.
-      at::parallel_for(0, n.b * n.g, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          const int64_t bi = i / n.g, gi = i % n.g;
-          const int64_t kv = (bi * n.t * n.g + gi) * n.d, ld_kv = n.g * n.d, ld_q = n.h * n.d;
-          for (int64_t j = 0; j < n.r(); ++j) {
-            const int64_t hi = gi * n.r() + j, blk = (bi * n.h + hi) * n.t * n.t, qo = (bi * n.t * n.h + hi) * n.d;
-            const scalar_t beta = j == 0 ? 0 : 1;
-            gemm<scalar_t>(false, false, n.t, n.d, n.t, sc, dsp + blk, n.t, kp + kv, ld_kv, 0, dqp + qo, ld_q);  // dQ = dS K
-            gemm<scalar_t>(true, false, n.t, n.d, n.t, sc, dsp + blk, n.t, qp + qo, ld_q, beta, dkp + kv, ld_kv);  // dK += dS^T Q
-            gemm<scalar_t>(true, false, n.t, n.d, n.t, 1, pp + blk, n.t, dop + qo, ld_q, beta, dvp + kv, ld_kv);  // dV += P^T dO
-          }
+          const int64_t bi = i / g, gi = i % g, kv = (bi * t * g + gi) * d;
+          const scalar_t *dsg = dsp + i * rt * t, *pg = pp + i * rt * t;
+          gemm<scalar_t>(false, false, rt, d, t, sc, dsg, t, kp + kv, ld_kv, 0, dqp + i * rt * d, d);         // dQ_g = dS_g K
+          gemm<scalar_t>(true, false, t, d, rt, sc, dsg, t, qp + i * rt * d, d, 0, dkp + kv, ld_kv);         // dK = dS_g^T Q_g
+          gemm<scalar_t>(true, false, t, d, rt, 1, pg, t, dop + i * rt * d, d, 0, dvp + kv, ld_kv);          // dV = P_g^T dO_g
         }
       });
     });
-    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dqh.transpose(1, 2).contiguous(), dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 

@@ -1,9 +1,10 @@
 // Fused causal grouped-query attention for CPU float32/float64: one autograd function whose forward
-// and backward run the GEMMs of every (sample, head) block in parallel, each single-threaded, straight on
-// the projections' (B, T, heads, d) layout (no transposes, no repeated key/value heads), and which also
-// returns the attention mass on caller-given key sets (the alignment taps) with its gradient.
-// LibTorch 1.13's batched matmul runs such small blocks one after another, each split over all threads;
-// this does the same arithmetic (masked softmax of q k^T / sqrt(d), times v) in far less time.
+// and backward run one GEMM per (sample, key/value head) block and product (the block's query heads
+// stacked, keys and values read in place from the projections' (B, T, G, d) layout, never repeated), the
+// blocks in parallel with single-threaded BLAS, and which also returns the attention mass on caller-given
+// key sets (the alignment taps) with its gradient. LibTorch 1.13's batched matmul runs such small
+// products one after another, each split over all threads; this does the same arithmetic (masked softmax
+// of q k^T / sqrt(d), times v) in about half the time.
 //
 // Letters: B batch, T tokens, H query heads, G key/value heads (H % G == 0), d head dim, S key sets.
 #pragma once
