@@ -143,14 +143,15 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
     if (counts.empty()) counts = c;
     else for (size_t i = 0; i < c.size(); ++i) counts[i] = counts[i] + c[i];
   }
+  std::vector<torch::Tensor> wide;
+  for (const auto& c : counts) wide.push_back(c.to(torch::kFloat64));
+  torch::Tensor packed_counts = torch::stack(wide);  // (terms) float64
   if (dp_) {  // data parallel: every rank divides by the counts of the whole global batch
-    std::vector<torch::Tensor> wide;
-    for (const auto& c : counts) wide.push_back(c.to(torch::kFloat64));
-    torch::Tensor packed = torch::stack(wide);
-    dp_->all_reduce_sum({packed});
-    for (size_t i = 0; i < counts.size(); ++i) counts[i] = packed[static_cast<int64_t>(i)].to(counts[i].scalar_type());
+    dp_->all_reduce_sum({packed_counts});
+    for (size_t i = 0; i < counts.size(); ++i)
+      counts[i] = packed_counts[static_cast<int64_t>(i)].to(counts[i].scalar_type());
   }
-  std::vector<double> term_sums(counts.size(), 0.0);
+  torch::Tensor window;  // (2 + terms) float64 on the device: loss, tokens, each term's sum; read once per step
   std::vector<std::string> names;
   std::map<int64_t, std::pair<double, int64_t>> share;  // layer -> (sum of M_X, samples)
   for (const auto& batch : micro_batches) {
@@ -172,11 +173,12 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
     torch::Tensor loss = LossComposer::total(terms, counts);
     if (inject_.count(step_)) loss = loss * std::numeric_limits<double>::quiet_NaN();
     loss.backward();
-    stats.loss += loss.item<double>();
-    for (size_t i = 0; i < terms.size(); ++i) term_sums[i] += terms[i].term.sum.item<double>();
+    std::vector<torch::Tensor> parts{loss.detach(), batch.attention_mask.sum()};
+    for (const auto& t : terms) parts.push_back(t.term.sum.detach());
+    for (auto& part : parts) part = part.to(torch::kFloat64);
+    window = window.defined() ? window + torch::stack(parts) : torch::stack(parts);
     if (names.empty())
       for (const auto& t : terms) names.push_back(t.name);
-    stats.tokens += batch.attention_mask.sum().item<int64_t>();
     if (log_step) {
       torch::Tensor rq = response_queries(batch.labels) & batch.attention_mask;
       torch::Tensor img = has_image(out.visual_mask);
@@ -189,8 +191,10 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
   }
   // One vector of every sum this step reports; data parallel sums it over ranks, so that all ranks log,
   // skip and stop alike. Layout: loss, tokens, stop, term sums, then (sum, samples) per tapped layer.
-  std::vector<double> sums = {stats.loss, double(stats.tokens), g_signal != 0 ? 1.0 : 0.0};
-  sums.insert(sums.end(), term_sums.begin(), term_sums.end());
+  torch::Tensor host = window.cpu();  // the step's one host sync (besides logging steps)
+  const double* w = host.data_ptr<double>();
+  std::vector<double> sums = {w[0], w[1], g_signal != 0 ? 1.0 : 0.0};
+  sums.insert(sums.end(), w + 2, w + host.numel());
   for (const auto& [layer, v] : share) sums.push_back(v.first), sums.push_back(double(v.second));
   if (dp_) {
     torch::Tensor t = torch::tensor(sums, torch::kFloat64);
@@ -200,9 +204,10 @@ Trainer::StepStats Trainer::forward_backward(const std::vector<Batch>& micro_bat
   stats.loss = sums[0];
   stats.tokens = static_cast<int64_t>(sums[1]);
   stats.stop = sums[2] > 0;
+  torch::Tensor count_host = packed_counts.cpu();
   for (size_t i = 0; i < names.size(); ++i)
-    stats.terms.emplace_back(names[i], sums[3 + i] / std::max<double>(1.0, counts[i].item<double>()));
-  size_t k = 3 + term_sums.size();
+    stats.terms.emplace_back(names[i], sums[3 + i] / std::max(1.0, count_host[static_cast<int64_t>(i)].item<double>()));
+  size_t k = 3 + names.size();
   for (const auto& entry : share) {
     stats.visual_share.emplace_back(entry.first, sums[k] / std::max(1.0, sums[k + 1]));
     k += 2;
