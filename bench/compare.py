@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """modalign vs a plain PyTorch-Python step on the same work, plus the machine's GEMM limit (`make bench`).
 
-    /usr/bin/python3 bench/compare.py [--presets demo small] [--rounds 2] [--build build]
+    /usr/bin/python3 bench/compare.py [--presets demo small] [--rounds 3] [--build build]
 
 Per preset (bench/configs/<preset>.yaml): `step_bench export` writes the initial weights, the batches the
 trainer will draw and spec.json; then, for each round, CE only and CE + dual_channel run on both sides
@@ -23,7 +23,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"
-SETTINGS = {"demo": {"warmup": 3, "steps": 8}, "small": {"warmup": 2, "steps": 4}}
+SETTINGS = {"demo": {"warmup": 3, "steps": 10}, "small": {"warmup": 2, "steps": 4}}
 
 
 def run_json(cmd):
@@ -68,7 +68,7 @@ def summary(xs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", nargs="+", default=["demo", "small"])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
     bench = os.path.join(args.build, "bench", "step_bench")
