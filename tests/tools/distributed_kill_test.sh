@@ -7,7 +7,7 @@ source "$(dirname "$0")/lib.sh"
 bin=$1
 tmp=$(mktemp -d); trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 tiny_fixture "$bin" "$tmp" 64 4
-port=$((20000 + RANDOM % 20000))
+port=$((20000 + RANDOM % 12000))  # below the ephemeral range (32768+), where Gloo pairs bind
 cat > "$tmp/run.yaml" <<Y
 model: {hf_config: config.json}
 data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: plain}
