@@ -109,13 +109,8 @@ std::shared_ptr<Processor> make_processor(const RunConfig& config) {
 
 // The first `steps` batches the Trainer will draw: the same sampler, seed and processor.
 NamedTensors trainer_batches(const RunConfig& c, int64_t steps) {
-  auto examples = std::make_shared<std::vector<Example>>();
   std::vector<int64_t> sizes;
-  for (const auto& f : c.data.train_files) {
-    auto part = load_dataset(f);
-    sizes.push_back(static_cast<int64_t>(part.size()));
-    examples->insert(examples->end(), part.begin(), part.end());
-  }
+  auto examples = std::make_shared<std::vector<Example>>(load_datasets(c.data.train_files, sizes));
   Sampler sampler(SamplerOptions{sizes, c.data.mixing_weights, static_cast<uint64_t>(c.train.seed),
                                  c.train.per_device_train_batch_size, {}, 0, 1});
   DataLoader loader(examples, make_processor(c), std::move(sampler),

@@ -315,13 +315,8 @@ TrainResult Trainer::train() {
   optimizer_ = std::make_unique<GroupedAdamW>(*model_, t);
   model_->train();
 
-  auto examples = std::make_shared<std::vector<Example>>();
   std::vector<int64_t> sizes;
-  for (const auto& f : config_.data.train_files) {
-    auto part = load_dataset(f);
-    sizes.push_back(static_cast<int64_t>(part.size()));
-    examples->insert(examples->end(), part.begin(), part.end());
-  }
+  auto examples = std::make_shared<std::vector<Example>>(load_datasets(config_.data.train_files, sizes));
   std::string resume_dir = config_.checkpoint.resume_from_checkpoint;
   if (resume_dir == "auto") resume_dir = find_latest_checkpoint(t.output_dir).value_or("");
   DataCursor start;

@@ -108,4 +108,14 @@ std::vector<Example> load_dataset(const std::string& path) {
   return out;
 }
 
+std::vector<Example> load_datasets(const std::vector<std::string>& paths, std::vector<int64_t>& sizes) {
+  std::vector<Example> all;
+  for (const auto& path : paths) {
+    auto part = load_dataset(path);
+    sizes.push_back(static_cast<int64_t>(part.size()));
+    all.insert(all.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+  }
+  return all;
+}
+
 }  // namespace modalign

@@ -33,4 +33,8 @@ struct Example {
 // as LLaVA does; added there when the sample has an image but no placeholder). Empty files are errors.
 std::vector<Example> load_dataset(const std::string& path);
 
+// Several dataset files concatenated in order (samples numbered file by file, as the sampler expects),
+// with each file's sample count appended to `sizes`.
+std::vector<Example> load_datasets(const std::vector<std::string>& paths, std::vector<int64_t>& sizes);
+
 }  // namespace modalign
