@@ -21,13 +21,19 @@ Reference reference(const torch::Tensor& q, const torch::Tensor& k, const torch:
   return {torch::matmul(p, vh).transpose(1, 2), torch::matmul(p, sets.unsqueeze(1))};
 }
 
+// Random float64 q (B, T, H, d) and k, v (B, T, G, d) that require gradients.
+std::vector<torch::Tensor> random_qkv(uint64_t seed, int64_t b, int64_t t, int64_t h, int64_t g, int64_t d) {
+  torch::manual_seed(seed);
+  return {torch::randn({b, t, h, d}, torch::kFloat64).requires_grad_(true),
+          torch::randn({b, t, g, d}, torch::kFloat64).requires_grad_(true),
+          torch::randn({b, t, g, d}, torch::kFloat64).requires_grad_(true)};
+}
+
 TEST(AttentionCore, EqualsReferenceWithGradientsForGroupedHeadsPaddingAndTaps) {
-  torch::manual_seed(21);
-  const int64_t b = 3, t = 7, h = 4, g = 2, d = 6;
+  const int64_t b = 3, t = 7;
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  torch::Tensor q = torch::randn({b, t, h, d}, f64).requires_grad_(true);
-  torch::Tensor k = torch::randn({b, t, g, d}, f64).requires_grad_(true);
-  torch::Tensor v = torch::randn({b, t, g, d}, f64).requires_grad_(true);
+  auto qkv = random_qkv(21, b, t, 4, 2, 6);
+  torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   // Sample 0 full, sample 1 padded after 4 tokens, sample 2 with its first key masked (so query 0 of
   // sample 2 has no allowed key and must attend uniformly, as the eager masked softmax does).
   torch::Tensor real = torch::ones({b, t}, torch::kBool);
@@ -57,12 +63,10 @@ TEST(AttentionCore, EqualsReferenceWithGradientsForGroupedHeadsPaddingAndTaps) {
 }
 
 TEST(AttentionCore, GradientMatchesFiniteDifferences) {
-  torch::manual_seed(4);
-  const int64_t b = 2, t = 5, h = 2, g = 1, d = 4;
+  const int64_t b = 2, t = 5;
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  torch::Tensor q = torch::randn({b, t, h, d}, f64).requires_grad_(true);
-  torch::Tensor k = torch::randn({b, t, g, d}, f64).requires_grad_(true);
-  torch::Tensor v = torch::randn({b, t, g, d}, f64).requires_grad_(true);
+  auto qkv = random_qkv(4, b, t, 2, 1, 4);
+  torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
   torch::Tensor allowed = torch::ones({t, t}, torch::kBool).tril().expand({b, 1, t, t}).contiguous();
   torch::Tensor sets = torch::zeros({b, t, 1}, f64);
   sets.slice(1, 1, 3).fill_(1);
