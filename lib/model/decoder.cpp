@@ -154,7 +154,10 @@ LlamaMlpImpl::LlamaMlpImpl(const TextShapes& s)
       down_proj(register_module("down_proj",
                                 Linear(s.intermediate_size, s.hidden_size, false))) {}
 
-torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) { return down_proj(torch::silu(gate_proj(x)) * up_proj(x)); }
+torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
+  torch::Tensor gate = gate_proj(x), up = up_proj(x);
+  return down_proj(fused_ops_supported(gate) ? fused_gated_silu(gate, up, 1.0) : torch::silu(gate) * up);
+}
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const TextShapes& s, bool aligner)
     : input_layernorm(register_module("input_layernorm", RmsNorm(s.hidden_size, s.rms_norm_eps))),

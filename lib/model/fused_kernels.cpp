@@ -60,11 +60,31 @@ void rope_backward(const T* dy, const T* cos, const T* sin, T* dx, int64_t rows,
   }
 }
 
+template <class T>
+void gated_silu_forward(const T* x, const T* s, const T* u, T* y, int64_t n) {
+  if (u)
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * s[i] * u[i];
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * s[i];
+}
+
+template <class T>
+void gated_silu_backward(const T* dy, const T* x, const T* s, const T* u, T alpha, T* dx, T* du, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = u ? dy[i] * u[i] : dy[i];
+    dx[i] = g * s[i] * (1 + alpha * x[i] * (1 - s[i]));
+  }
+  if (du)
+    for (int64_t i = 0; i < n; ++i) du[i] = dy[i] * x[i] * s[i];
+}
+
 #define MODALIGN_INSTANTIATE(T)                                                                                  \
   template void rms_norm_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, double);                      \
   template void rms_norm_backward<T>(const T*, const T*, const T*, const T*, T*, double*, int64_t, int64_t);    \
   template void rope_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t);                   \
-  template void rope_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t);
+  template void rope_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t);                 \
+  template void gated_silu_forward<T>(const T*, const T*, const T*, T*, int64_t);                               \
+  template void gated_silu_backward<T>(const T*, const T*, const T*, const T*, T, T*, T*, int64_t);
 MODALIGN_INSTANTIATE(float)
 MODALIGN_INSTANTIATE(double)
 #undef MODALIGN_INSTANTIATE

@@ -21,4 +21,11 @@ void rope_forward(const T* x, const T* cos, const T* sin, T* y, int64_t rows, in
 template <class T>
 void rope_backward(const T* dy, const T* cos, const T* sin, T* dx, int64_t rows, int64_t heads, int64_t d);
 
+// Gated sigmoid-weighted unit, s = sigmoid(alpha x) given: y = x s u (u null: y = x s). Backward: dx =
+// dy u s (1 + alpha x (1 - s)), du = dy x s (skipped when du is null).
+template <class T>
+void gated_silu_forward(const T* x, const T* s, const T* u, T* y, int64_t n);
+template <class T>
+void gated_silu_backward(const T* dy, const T* x, const T* s, const T* u, T alpha, T* dx, T* du, int64_t n);
+
 }  // namespace modalign::kernels

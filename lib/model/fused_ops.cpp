@@ -85,6 +85,43 @@ struct RopeFunction : torch::autograd::Function<RopeFunction> {
   }
 };
 
+struct GatedSiluFunction : torch::autograd::Function<GatedSiluFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& u, double alpha) {
+    torch::Tensor s = torch::sigmoid(alpha == 1.0 ? x : x * alpha), y = torch::empty_like(x);
+    const bool gated = u.numel() > 0;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_gated_silu", [&] {
+      const scalar_t *xp = x.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>();
+      const scalar_t* up = gated ? u.data_ptr<scalar_t>() : nullptr;
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+        kernels::gated_silu_forward(xp + begin, sp + begin, up ? up + begin : nullptr, yp + begin, end - begin);
+      });
+    });
+    ctx->save_for_backward({x, u, s});
+    ctx->saved_data["alpha"] = alpha;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &u = saved[1], &s = saved[2];
+    const torch::Tensor dy = grads[0].contiguous();
+    const bool gated = u.numel() > 0;
+    torch::Tensor dx = torch::empty_like(x), du = gated ? torch::empty_like(u) : torch::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_gated_silu_backward", [&] {
+      const scalar_t *dyp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>();
+      const scalar_t* up = gated ? u.data_ptr<scalar_t>() : nullptr;
+      scalar_t *dxp = dx.data_ptr<scalar_t>(), *dup = gated ? du.data_ptr<scalar_t>() : nullptr;
+      const auto alpha = static_cast<scalar_t>(ctx->saved_data["alpha"].toDouble());
+      at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+        kernels::gated_silu_backward(dyp + begin, xp + begin, sp + begin, up ? up + begin : nullptr, alpha, dxp + begin,
+                                     dup ? dup + begin : nullptr, end - begin);
+      });
+    });
+    return {dx, du, torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 bool fused_ops_supported(const torch::Tensor& x) {
@@ -106,6 +143,14 @@ torch::Tensor fused_rope(const torch::Tensor& x, const torch::Tensor& cos, const
   TORCH_CHECK(cos.sizes() == table && sin.sizes() == table, "fused_rope expects cos and sin ", table, ", got ",
               cos.sizes(), " and ", sin.sizes());
   return RopeFunction::apply(x.contiguous(), cos.to(x.scalar_type()).contiguous(), sin.to(x.scalar_type()).contiguous());
+}
+
+torch::Tensor fused_gated_silu(const torch::Tensor& x, const torch::Tensor& u, double alpha) {
+  TORCH_CHECK(fused_ops_supported(x) && (!u.defined() || (u.sizes() == x.sizes() && u.scalar_type() == x.scalar_type())),
+              "fused_gated_silu expects CPU float32/float64 x and u of its shape and dtype, got ", x.sizes(), " ",
+              x.scalar_type(), (u.defined() ? " and u " : ""), (u.defined() ? u.sizes() : x.sizes()));
+  // Custom functions take defined tensors only: an empty u means "no gate".
+  return GatedSiluFunction::apply(x.contiguous(), u.defined() ? u.contiguous() : torch::empty({0}, x.options()), alpha);
 }
 
 }  // namespace modalign

@@ -16,4 +16,9 @@ torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& weight
 // x (B, T, h, d), cos and sin (B, T, 1, d) of x's dtype -> x cos + rotate_half(x) sin. Differentiable in x.
 torch::Tensor fused_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
+// x * sigmoid(alpha x) * u, elementwise (u of x's shape, or undefined for x * sigmoid(alpha x)):
+// alpha 1 with u is SwiGLU's silu(gate) * up, alpha 1.702 without u is CLIP's quick_gelu. The sigmoid
+// comes from LibTorch's vectorised kernel, the rest is one pass each way. Differentiable in x and u.
+torch::Tensor fused_gated_silu(const torch::Tensor& x, const torch::Tensor& u, double alpha);
+
 }  // namespace modalign

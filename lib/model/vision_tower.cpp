@@ -1,6 +1,7 @@
 #include "lib/model/vision_tower.h"
 
 #include "lib/model/attention_core.h"
+#include "lib/model/fused_ops.h"
 
 namespace modalign {
 namespace nn = torch::nn;
@@ -30,7 +31,7 @@ ClipMlpImpl::ClipMlpImpl(const VisionShapes& s)
 
 torch::Tensor ClipMlpImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = fc1(x);
-  return fc2(h * torch::sigmoid(1.702 * h));  // quick_gelu
+  return fc2(fused_ops_supported(h) ? fused_gated_silu(h, {}, 1.702) : h * torch::sigmoid(1.702 * h));  // quick_gelu
 }
 
 ClipEncoderLayerImpl::ClipEncoderLayerImpl(const VisionShapes& s)

@@ -52,10 +52,26 @@ TEST(FusedOps, RopeEqualsTheOperatorFormulaWithGradients) {
   EXPECT_TRUE(torch::allclose(fused.norm(2, -1), x.norm(2, -1), 1e-12, 1e-12));
 }
 
+TEST(FusedOps, GatedSiluIsSwigluAndQuickGeluWithGradients) {
+  torch::manual_seed(8);
+  torch::Tensor x = (torch::randn({3, 4, 10}, torch::kFloat64) * 4).requires_grad_(true);
+  torch::Tensor u = torch::randn({3, 4, 10}, torch::kFloat64).requires_grad_(true);
+  torch::Tensor probe = torch::randn({3, 4, 10}, torch::kFloat64);
+  torch::Tensor fused = fused_gated_silu(x, u, 1.0), ref = torch::silu(x) * u;  // SwiGLU
+  EXPECT_TRUE(torch::allclose(fused, ref, 1e-13, 1e-13));
+  auto gf = grads(fused, probe, {x, u}), gr = grads(ref, probe, {x, u});
+  EXPECT_TRUE(torch::allclose(gf[0], gr[0], 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(gf[1], gr[1], 1e-12, 1e-12));
+  torch::Tensor quick = fused_gated_silu(x, {}, 1.702), quick_ref = x * torch::sigmoid(1.702 * x);  // CLIP
+  EXPECT_TRUE(torch::allclose(quick, quick_ref, 1e-13, 1e-13));
+  EXPECT_TRUE(torch::allclose(grads(quick, probe, {x})[0], grads(quick_ref, probe, {x})[0], 1e-12, 1e-12));
+}
+
 TEST(FusedOps, RejectWhatTheyCannotRun) {
   EXPECT_FALSE(fused_ops_supported(torch::zeros({2}, torch::kBFloat16)));
   EXPECT_THROW(fused_rms_norm(torch::zeros({2, 4}), torch::ones({3}), 1e-6), c10::Error);
   EXPECT_THROW(fused_rope(torch::zeros({1, 2, 1, 4}), torch::zeros({1, 2, 1, 2}), torch::zeros({1, 2, 1, 2})), c10::Error);
+  EXPECT_THROW(fused_gated_silu(torch::zeros({2, 3}), torch::zeros({3}), 1.0), c10::Error);
 }
 
 }  // namespace
