@@ -3,7 +3,7 @@
 
     /usr/bin/python3 bench/compare.py [--presets demo small] [--rounds 3] [--build build]
 
-Per preset (bench/configs/<preset>.yaml): `step_bench export` writes the initial weights, the batches the
+The GEMM rate is measured at the start and at the end; the higher counts. Per preset (bench/configs/<preset>.yaml): `step_bench export` writes the initial weights, the batches the
 trainer will draw and spec.json; then, for each round, CE only and CE + dual_channel run on both sides
 alternately (modalign, PyTorch, modalign, PyTorch, ...), each in a fresh process with untimed warm-up
 steps. First-step losses must agree (1e-4 relative). Prints a markdown table and writes it with the raw
@@ -73,9 +73,9 @@ def main():
     args = ap.parse_args()
     bench = os.path.join(args.build, "bench", "step_bench")
     out_dir = os.path.join(args.build, "bench")
-    gemm = run_json([bench, "gemm", "--threads", "2"])["gflops"]
-    print(f"fp32 GEMM rate (2048^3, 2 threads, median of 10): {gemm:.0f} GFLOP/s", flush=True)
-    results = {"gemm_gflops": gemm, "presets": {}}
+    gemm_start = run_json([bench, "gemm", "--threads", "2"])["gflops"]
+    print(f"fp32 GEMM rate (2048^3, 2 threads, median of 10): {gemm_start:.0f} GFLOP/s", flush=True)
+    results = {"presets": {}}
     for preset in args.presets:
         config = f"bench/configs/{preset}.yaml"
         warm, steps = SETTINGS[preset]["warmup"], SETTINGS[preset]["steps"]
@@ -104,6 +104,10 @@ def main():
         flops = statistics.mean(plain_flops(spec, *shape) for shape in timed)
         results["presets"][preset] = {"runs": {f"{k[0]}/{k[1]}": v for k, v in runs.items()}, "plain_flops": flops,
                                       "batches": timed}
+    # The limit is the best rate the machine shows: measured again at the end, the higher one counts.
+    gemm_end = run_json([bench, "gemm", "--threads", "2"])["gflops"]
+    gemm = results["gemm_gflops"] = max(gemm_start, gemm_end)
+    print(f"fp32 GEMM rate again at the end: {gemm_end:.0f} GFLOP/s; using {gemm:.0f}", flush=True)
     text = report(results)
     loader = run_json([bench, "loader", f"bench/configs/{args.presets[0]}.yaml"])
     first = results["presets"][args.presets[0]]
@@ -115,7 +119,7 @@ def main():
     print(text.split("\n")[-1])
     results["loader"] = loader
     with open(os.path.join(ROOT, out_dir, "compare.md"), "w") as f:
-        f.write(f"fp32 GEMM rate: {gemm:.0f} GFLOP/s\n{text}\n")
+        f.write(f"fp32 GEMM rate: {gemm:.0f} GFLOP/s (start {gemm_start:.0f}, end {gemm_end:.0f})\n{text}\n")
     with open(os.path.join(ROOT, out_dir, "compare.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"\nwritten: {out_dir}/compare.md, {out_dir}/compare.json")
@@ -149,9 +153,12 @@ def report(results):
             if abs(a - b) > 1e-4 * max(1.0, abs(b)):
                 notes.append(f"WARNING: {preset} {losses}: first-step losses differ: {a} vs {b}")
         ce, dc = runs["ce/modalign"], runs["config/modalign"]
-        dt = statistics.median(dc["step_ms"]) / statistics.median(ce["step_ms"]) - 1
+        # Paired by round too: each round's CE + dual_channel run against the CE run two runs before it.
+        dts = [d / c - 1 for c, d in zip(ce["round_ms"], dc["round_ms"])]
         dr = max(dc["rss"]) / max(ce["rss"]) - 1
-        notes.append(f"{preset}: dual_channel overhead in modalign: step time {100 * dt:+.1f}%, peak RSS {100 * dr:+.1f}%")
+        notes.append(f"{preset}: dual_channel overhead in modalign: step time {100 * statistics.median(dts):+.1f}% "
+                     f"(median of paired rounds; range {100 * min(dts):+.1f}% to {100 * max(dts):+.1f}%), "
+                     f"peak RSS {100 * dr:+.1f}%")
     text = "\n".join(lines + [""] + notes)
     print(text)
     return text
