@@ -112,13 +112,25 @@ void fused_adamw(T* p, const T* g, T* m, T* v, int64_t n, const torch::optim::Ad
 void GroupedAdamW::step(double multiplier, double grad_scale) {
   torch::NoGradGuard no_grad;
   auto& groups = adamw_->param_groups();
+  for (size_t i = 0; i < groups.size(); ++i) groups[i].options().set_lr(base_lrs_[i] * multiplier);
+  auto fusable = [](const torch::Tensor& p) {
+    return p.is_cpu() && p.is_contiguous() && (p.scalar_type() == torch::kFloat32 || p.scalar_type() == torch::kFloat64);
+  };
+  bool all_fusable = true;
+  for (const auto& [name, p] : params_) all_fusable = all_fusable && fusable(p);
+  if (!all_fusable) {  // other devices and dtypes: LibTorch's AdamW on gradients scaled beforehand
+    for (const auto& [name, p] : params_)
+      if (p.grad().defined() && grad_scale != 1.0) p.mutable_grad().mul_(grad_scale);
+    adamw_->step();
+    return;
+  }
   auto& states = adamw_->state();
-  for (size_t i = 0; i < groups.size(); ++i) {
-    auto& options = static_cast<torch::optim::AdamWOptions&>(groups[i].options());
-    options.set_lr(base_lrs_[i] * multiplier);
-    for (auto& p : groups[i].params()) {
+  for (auto& group : groups) {
+    const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       TORCH_CHECK(!p.grad().is_sparse(), "GroupedAdamW does not support sparse gradients");
+      // State kept in torch::optim::AdamW's map and layout, so state()/load_state() and its step() agree.
       const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
       if (!states.count(key)) {
         auto fresh = std::make_unique<torch::optim::AdamWParamState>();
@@ -127,24 +139,13 @@ void GroupedAdamW::step(double multiplier, double grad_scale) {
         states[key] = std::move(fresh);
       }
       auto& s = static_cast<torch::optim::AdamWParamState&>(*states[key]);
+      TORCH_CHECK(s.exp_avg().is_contiguous() && s.exp_avg_sq().is_contiguous(), "AdamW moments must be contiguous");
       s.step(s.step() + 1);
       torch::Tensor grad = p.grad().contiguous();
-      if (p.is_cpu() && p.is_contiguous() && s.exp_avg().is_contiguous() && s.exp_avg_sq().is_contiguous() &&
-          (p.scalar_type() == torch::kFloat32 || p.scalar_type() == torch::kFloat64)) {
-        AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "adamw_update", [&] {
-          fused_adamw<scalar_t>(p.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), s.exp_avg().data_ptr<scalar_t>(),
-                                 s.exp_avg_sq().data_ptr<scalar_t>(), p.numel(), options, s.step(), grad_scale);
-        });
-        continue;
-      }
-      // Other devices and dtypes: the same update with tensor operations.
-      const auto [beta1, beta2] = options.betas();
-      torch::Tensor g = grad * grad_scale;
-      p.mul_(1.0 - options.lr() * options.weight_decay());
-      s.exp_avg().mul_(beta1).add_(g, 1.0 - beta1);
-      s.exp_avg_sq().mul_(beta2).addcmul_(g, g, 1.0 - beta2);
-      torch::Tensor denom = (s.exp_avg_sq().sqrt() / std::sqrt(1.0 - std::pow(beta2, s.step()))).add_(options.eps());
-      p.addcdiv_(s.exp_avg(), denom, -options.lr() / (1.0 - std::pow(beta1, s.step())));
+      AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "adamw_update", [&] {
+        fused_adamw<scalar_t>(p.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), s.exp_avg().data_ptr<scalar_t>(),
+                              s.exp_avg_sq().data_ptr<scalar_t>(), p.numel(), options, s.step(), grad_scale);
+      });
     }
   }
 }

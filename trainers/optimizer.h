@@ -28,7 +28,7 @@ class GroupedAdamW {
   GroupedAdamW(torch::nn::Module& model, const TrainConfig& config);
   // Sets each group's lr to its base lr times `multiplier`, then steps every parameter that has a
   // gradient, with the gradient multiplied by `grad_scale` (the clipping coefficient). One fused pass per
-  // parameter on CPU float32/float64; state stays in torch::optim::AdamW's layout.
+  // parameter on CPU float32/float64, LibTorch's AdamW otherwise; state stays in its layout either way.
   void step(double multiplier, double grad_scale = 1.0);
   void zero_grad();  // drops the gradients (undefined, not zero)
   // The base learning rate of the first group (what progress lines show).
