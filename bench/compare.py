@@ -99,7 +99,6 @@ def main():
                     acc["rss"].append(res["peak_rss_mb"])
                     acc["first"].append(res["first_loss"])
                     acc["last"].append(res["last_loss"])
-                    acc["tokens"] = res["step_tokens"]
         timed = batch_shapes(os.path.join(ROOT, ref_dir, "batches.safetensors"))[warm:]
         flops = statistics.mean(plain_flops(spec, *shape) for shape in timed)
         results["presets"][preset] = {"runs": {f"{k[0]}/{k[1]}": v for k, v in runs.items()}, "plain_flops": flops,

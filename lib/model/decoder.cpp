@@ -4,7 +4,6 @@
 
 #include "lib/model/fused_ops.h"
 
-
 namespace modalign {
 namespace nn = torch::nn;
 
