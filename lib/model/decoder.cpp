@@ -8,27 +8,26 @@ namespace modalign {
 namespace nn = torch::nn;
 
 DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& attention_mask,
-                                    const torch::Tensor& visual_mask, torch::ScalarType dtype) {
+                                    const torch::Tensor& visual_mask, torch::ScalarType dtype,
+                                    const torch::Tensor& prompt_mask) {
   TORCH_CHECK(attention_mask.dim() == 2 && visual_mask.sizes() == attention_mask.sizes(),
               "attention_mask and visual_mask must both be (B, T), got ", attention_mask.sizes(), " and ",
               visual_mask.sizes());
-  const int64_t t = attention_mask.size(1), d = s.head_dim();
+  const int64_t t = attention_mask.size(1);
   const auto dev = attention_mask.device();
   DecoderContext ctx;
   torch::Tensor real = attention_mask.to(torch::kBool);
   ctx.visual_mask = visual_mask.to(torch::kBool) & real;
   ctx.text_mask = real & ~ctx.visual_mask;
+  if (prompt_mask.defined()) {
+    TORCH_CHECK(prompt_mask.sizes() == attention_mask.sizes(), "prompt_mask must be (B, T) like attention_mask, got ",
+                prompt_mask.sizes());
+    ctx.text_mask = ctx.text_mask & prompt_mask.to(torch::kBool);
+  }
 
-  // RoPE at positions cumsum(mask) - 1, so right padding changes nothing at real positions. Tables are
-  // computed in float64 and cast, so float32 and float64 models see the same angles to their precision.
-  torch::Tensor pos = (real.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).to(torch::kFloat64);  // (B, T)
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
-  torch::Tensor inv_freq = 1.0 / torch::pow(s.rope_theta, torch::arange(0, d, 2, f64) / static_cast<double>(d));
-  torch::Tensor freqs = pos.unsqueeze(-1) * inv_freq;  // (B, T, d/2)
-  torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);  // (B, T, 1, d)
-  torch::ScalarType table_type = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  ctx.cos = emb.cos().to(table_type);
-  ctx.sin = emb.sin().to(table_type);
+  // RoPE at positions cumsum(mask) - 1, so right padding changes nothing at real positions.
+  std::tie(ctx.cos, ctx.sin) = rope_tables(s, (real.to(torch::kInt64).cumsum(1) - 1).clamp_min(0), dtype);
+  torch::ScalarType table_type = ctx.cos.scalar_type();
 
   torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(dev)).tril();
   ctx.mask = make_attention_mask((causal.unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1), table_type);  // (B, 1, T, T)
@@ -42,6 +41,18 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
   torch::Tensor order = std::get<1>(torch::sort(ctx.visual_mask.to(torch::kInt32), /*stable=*/true, 1, true));
   ctx.visual_index = order.slice(1, 0, nv) * ctx.has_visual.unsqueeze(1).to(torch::kInt64);
   return ctx;
+}
+
+std::pair<torch::Tensor, torch::Tensor> rope_tables(const TextShapes& s, const torch::Tensor& positions,
+                                                    torch::ScalarType dtype) {
+  // float64 angles, cast: float32 and float64 models see the same angles to their precision.
+  const int64_t d = s.head_dim();
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(positions.device());
+  torch::Tensor inv_freq = 1.0 / torch::pow(s.rope_theta, torch::arange(0, d, 2, f64) / static_cast<double>(d));
+  torch::Tensor freqs = positions.to(torch::kFloat64).unsqueeze(-1) * inv_freq;  // (B, T, d/2)
+  torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);               // (B, T, 1, d)
+  torch::ScalarType table_type = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  return {emb.cos().to(table_type), emb.sin().to(table_type)};
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -66,7 +77,7 @@ torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
 
 DuplexAlignerImpl::DuplexAlignerImpl(int64_t head_dim)
     : gamma(register_parameter("gamma", torch::zeros({head_dim}))),
-      wf(register_module("wf", Linear(head_dim, head_dim, false, /*random_init=*/false))) {
+      wf(register_module("wf", Linear(head_dim, head_dim, false))) {
   torch::NoGradGuard no_grad;
   wf->weight.copy_(torch::eye(head_dim));
 }
@@ -95,7 +106,7 @@ LlamaAttentionImpl::LlamaAttentionImpl(const TextShapes& s, bool with_aligner)
 }
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap,
-                                          const TapRequest& request) {
+                                          const TapRequest& request, LayerCache* cache) {
   TORCH_CHECK(x.dim() == 3, "LlamaAttention expects (B, T, D), got ", x.sizes());
   const int64_t b = x.size(0), t = x.size(1);
   torch::Tensor q = apply_rope(q_proj(x).view({b, t, heads, head_dim}), ctx.cos, ctx.sin);     // (B, T, H, d)
@@ -117,6 +128,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
     if (request.key_masks.defined()) tap->key_mass = mass.slice(-1, 1);
   };
   if (aligner) k = aligner(k.transpose(1, 2), v.transpose(1, 2), ctx).transpose(1, 2);  // on (B, G, T, d)
+  if (cache) *cache = {k, v};
   if (!request.probs_to_visual && !request.full_probs && attention_core_supported(q)) {
     AttentionCoreOutput core = attention_core(q, k, v, ctx.mask, sets);
     if (tap) fill_tap(core.mass);
@@ -146,6 +158,27 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   return o_proj(out.transpose(1, 2).reshape({b, t, heads * head_dim}));  // (B, T, D)
 }
 
+torch::Tensor LlamaAttentionImpl::decode(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                         const torch::Tensor& valid, LayerCache& cache) {
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "LlamaAttention::decode expects (B, 1, D), got ", x.sizes());
+  const int64_t b = x.size(0), r = heads / kv_heads;
+  torch::Tensor q = apply_rope(q_proj(x).view({b, 1, heads, head_dim}), cos, sin);     // (B, 1, H, d)
+  torch::Tensor k = apply_rope(k_proj(x).view({b, 1, kv_heads, head_dim}), cos, sin);  // (B, 1, G, d)
+  torch::Tensor v = v_proj(x).view({b, 1, kv_heads, head_dim});
+  cache.k = torch::cat({cache.k, k}, 1);  // (B, L+1, G, d): a text token, which the aligner never changes
+  cache.v = torch::cat({cache.v, v}, 1);
+  TORCH_CHECK(valid.sizes() == torch::IntArrayRef({b, cache.k.size(1)}), "decode: valid must be (B, L+1) = (", b, ", ",
+              cache.k.size(1), "), got ", valid.sizes());
+  torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  // Query head h reads key/value head h / r: (B, G, r, d) x (B, G, d, L+1)
+  torch::Tensor scores = torch::matmul(q.view({b, kv_heads, r, head_dim}), cache.k.permute({0, 2, 3, 1})).to(wide) /
+                         std::sqrt(static_cast<double>(head_dim));
+  double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
+  torch::Tensor p = torch::softmax(scores.masked_fill(~valid.view({b, 1, 1, -1}), lowest), -1);  // (B, G, r, L+1)
+  torch::Tensor out = torch::matmul(p.to(v.scalar_type()), cache.v.transpose(1, 2));             // (B, G, r, d)
+  return o_proj(out.reshape({b, 1, heads * head_dim}));
+}
+
 LlamaMlpImpl::LlamaMlpImpl(const TextShapes& s)
     : gate_proj(register_module("gate_proj",
                                 Linear(s.hidden_size, s.intermediate_size, false))),
@@ -165,8 +198,14 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const TextShapes& s, bool aligner)
       mlp(register_module("mlp", LlamaMlp(s))) {}
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap,
-                                             const TapRequest& request) {
-  torch::Tensor h = x + self_attn(input_layernorm(x), ctx, tap, request);
+                                             const TapRequest& request, LayerCache* cache) {
+  torch::Tensor h = x + self_attn(input_layernorm(x), ctx, tap, request, cache);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+torch::Tensor LlamaDecoderLayerImpl::decode(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                            const torch::Tensor& valid, LayerCache& cache) {
+  torch::Tensor h = x + self_attn->decode(input_layernorm(x), cos, sin, valid, cache);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -181,20 +220,34 @@ LanguageModelImpl::LanguageModelImpl(const TextShapes& s, bool aligner) : shapes
 }
 
 torch::Tensor LanguageModelImpl::forward(const torch::Tensor& embeds, const DecoderContext& ctx,
-                                         const TapRequest& request, std::vector<LayerTap>& taps) {
+                                         const TapRequest& request, std::vector<LayerTap>& taps, KvCache* cache) {
   TORCH_CHECK(embeds.dim() == 3 && embeds.size(2) == shapes.hidden_size, "LanguageModel expects embeds (B, T, ",
               shapes.hidden_size, "), got ", embeds.sizes());
   for (int64_t l : request.layers)
     TORCH_CHECK(l >= 0 && l < shapes.num_hidden_layers, "tap layer ", l, " is outside the ", shapes.num_hidden_layers,
                 " decoder layers");
   torch::Tensor h = embeds;
+  if (cache) cache->layers.assign(static_cast<size_t>(shapes.num_hidden_layers), {});
   for (int64_t l = 0; l < shapes.num_hidden_layers; ++l) {
     bool tapped = std::find(request.layers.begin(), request.layers.end(), l) != request.layers.end();
     LayerTap tap;
     tap.layer = l;
-    h = layers[l]->as<LlamaDecoderLayerImpl>()->forward(h, ctx, tapped ? &tap : nullptr, request);
+    h = layers[l]->as<LlamaDecoderLayerImpl>()->forward(h, ctx, tapped ? &tap : nullptr, request,
+                                                        cache ? &cache->layers[static_cast<size_t>(l)] : nullptr);
     if (tapped) taps.push_back(std::move(tap));
   }
+  return norm(h);
+}
+
+torch::Tensor LanguageModelImpl::decode(const torch::Tensor& embeds, KvCache& cache) {
+  TORCH_CHECK(embeds.dim() == 3 && embeds.size(1) == 1, "LanguageModel::decode expects (B, 1, D), got ", embeds.sizes());
+  TORCH_CHECK(cache.layers.size() == static_cast<size_t>(shapes.num_hidden_layers), "decode needs a prefilled cache");
+  auto [cos, sin] = rope_tables(shapes, cache.next_position.view({-1, 1}), embeds.scalar_type());  // (B, 1, 1, d)
+  cache.valid = torch::cat({cache.valid, torch::ones({embeds.size(0), 1}, cache.valid.options())}, 1);
+  torch::Tensor h = embeds;
+  for (int64_t l = 0; l < shapes.num_hidden_layers; ++l)
+    h = layers[l]->as<LlamaDecoderLayerImpl>()->decode(h, cos, sin, cache.valid, cache.layers[static_cast<size_t>(l)]);
+  cache.next_position = cache.next_position + 1;
   return norm(h);
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <utility>
 #include <vector>
 
 #include "lib/model/attention_core.h"
@@ -22,6 +23,19 @@ struct TapRequest {
   torch::Tensor key_masks{};     // optional (B, T, K): also the mass on each of K other key sets
 };
 
+// Keys and values of what a generation has seen, for decoding one token at a time: prefill stores every
+// layer's keys (after RoPE and the aligner) and values of the prompt, each decode step appends one token
+// per sample. Prompts are right padded: `valid` masks the padding, so every sample's new token sits in
+// the same column while its RoPE position continues its own real tokens.
+struct LayerCache {
+  torch::Tensor k, v;  // (B, L, G, d)
+};
+struct KvCache {
+  std::vector<LayerCache> layers;
+  torch::Tensor valid;          // (B, L) bool: real prompt tokens and generated tokens
+  torch::Tensor next_position;  // (B) int64: RoPE position of each sample's next token
+};
+
 // One tapped layer. Probabilities are float32 (or float64 for a float64 model).
 struct LayerTap {
   int64_t layer = 0;
@@ -36,7 +50,7 @@ struct DecoderContext {
   torch::Tensor cos, sin;         // (B, T, 1, d) RoPE tables at positions cumsum(mask)-1
   AttentionMask mask;             // (B, 1, T, T): causal and key not padding
   torch::Tensor visual_mask;      // (B, T) bool
-  torch::Tensor text_mask;        // (B, T) bool: real, non-image tokens (the aligner's text keys)
+  torch::Tensor text_mask;        // (B, T) bool: the aligner's text keys: real, non-image prompt tokens
   torch::Tensor visual_index;     // (B, Nv) int64 positions of image tokens (0 where a sample has none)
   torch::Tensor has_visual;       // (B) bool
 };
@@ -52,6 +66,9 @@ TORCH_MODULE(RmsNorm);
 // MODA duplex aligner (arXiv 2507.04635; KwaiVGI/MODA), per sample and key/value head:
 //   Kn = K / max(||K||, 1e-6) (rows), G = rownorm(Kn_text^T V_text) (d x d),
 //   Kv' = Wf (Kv + gamma * (Kn_vis @ G)); gamma = 0 and Wf = I at init, so it starts as the identity.
+// Unlike MODA's code, whose text keys are every text token (answers included, so image keys carry the
+// answer in training and cannot at generation time), the text keys are the prompt only
+// (DecoderContext::text_mask): the model stays causal with respect to every supervised token.
 struct DuplexAlignerImpl : torch::nn::Module {
   explicit DuplexAlignerImpl(int64_t head_dim);
   // k, v (B, G, T, d) after RoPE -> keys with image rows replaced by Kv'
@@ -63,8 +80,13 @@ TORCH_MODULE(DuplexAligner);
 
 struct LlamaAttentionImpl : torch::nn::Module {
   LlamaAttentionImpl(const TextShapes& s, bool aligner);
-  // x (B, T, D) -> (B, T, D); fills `tap` when it is not null
-  torch::Tensor forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap, const TapRequest& request);
+  // x (B, T, D) -> (B, T, D); fills `tap` when it is not null, and `cache` with k, v when it is not null
+  torch::Tensor forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap, const TapRequest& request,
+                        LayerCache* cache = nullptr);
+  // One new token per sample: x (B, 1, D), RoPE tables (B, 1, 1, d), valid (B, L+1) keys including it ->
+  // (B, 1, D); its key and value are appended to `cache`.
+  torch::Tensor decode(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                       const torch::Tensor& valid, LayerCache& cache);
   int64_t heads, kv_heads, head_dim;
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   DuplexAligner aligner{nullptr};
@@ -80,7 +102,10 @@ TORCH_MODULE(LlamaMlp);
 
 struct LlamaDecoderLayerImpl : torch::nn::Module {
   LlamaDecoderLayerImpl(const TextShapes& s, bool aligner);
-  torch::Tensor forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap, const TapRequest& request);
+  torch::Tensor forward(const torch::Tensor& x, const DecoderContext& ctx, LayerTap* tap, const TapRequest& request,
+                        LayerCache* cache = nullptr);
+  torch::Tensor decode(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                       const torch::Tensor& valid, LayerCache& cache);  // (B, 1, D) -> (B, 1, D)
   RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
   LlamaMlp mlp{nullptr};
@@ -90,9 +115,12 @@ TORCH_MODULE(LlamaDecoderLayer);
 // `language_model`: `model.{embed_tokens, layers, norm}` and `lm_head` (absent when tied).
 struct LanguageModelImpl : torch::nn::Module {
   LanguageModelImpl(const TextShapes& s, bool aligner);
-  // embeds (B, T, D) -> final normalised hidden states (B, T, D); appends requested taps
+  // embeds (B, T, D) -> final normalised hidden states (B, T, D); appends requested taps; fills `cache`'s
+  // layers when it is not null (prefill)
   torch::Tensor forward(const torch::Tensor& embeds, const DecoderContext& ctx, const TapRequest& request,
-                        std::vector<LayerTap>& taps);
+                        std::vector<LayerTap>& taps, KvCache* cache = nullptr);
+  // One token per sample, embeds (B, 1, D) -> final hidden states (B, 1, D); extends `cache`.
+  torch::Tensor decode(const torch::Tensor& embeds, KvCache& cache);
   torch::Tensor logits(const torch::Tensor& hidden);  // (..., D) -> (..., V)
   const torch::Tensor& embedding_weight() const { return embed_tokens->weight; }
   TextShapes shapes;
@@ -103,9 +131,16 @@ struct LanguageModelImpl : torch::nn::Module {
 };
 TORCH_MODULE(LanguageModel);
 
-// Builds the masks and RoPE tables for one forward. attention_mask, visual_mask (B, T) bool.
+// Builds the masks and RoPE tables for one forward. attention_mask, visual_mask (B, T) bool; prompt_mask
+// (B, T) bool or undefined (= every real token is prompt).
 DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& attention_mask,
-                                    const torch::Tensor& visual_mask, torch::ScalarType dtype);
+                                    const torch::Tensor& visual_mask, torch::ScalarType dtype,
+                                    const torch::Tensor& prompt_mask = {});
+
+// RoPE tables cos, sin (B, T, 1, d) at integer positions (B, T), computed in float64 and cast to float32
+// (float64 for a float64 model).
+std::pair<torch::Tensor, torch::Tensor> rope_tables(const TextShapes& s, const torch::Tensor& positions,
+                                                    torch::ScalarType dtype);
 
 // Rotates x (B, T, h, d) by the RoPE tables (rotate_half convention of Hugging Face LLaMA).
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);

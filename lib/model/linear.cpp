@@ -5,17 +5,9 @@
 namespace modalign {
 namespace F = torch::nn::functional;
 
-LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias, bool random_init) {
-  // The initialisation of torch::nn::Linear: Kaiming-uniform(a = sqrt(5)) weights, uniform(+-1/sqrt(in)) bias.
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias) {
   weight = register_parameter("weight", torch::zeros({out_features, in_features}));
   if (with_bias) bias = register_parameter("bias", torch::zeros({out_features}));
-  if (!random_init) return;
-  torch::NoGradGuard no_grad;
-  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
-  if (with_bias) {
-    const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
-    bias.uniform_(-bound, bound);
-  }
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {

@@ -3,15 +3,15 @@
 // 2106.09685): y = x W^T + b + (alpha / r) * dropout(x) A^T B^T, A (r, in) Kaiming-uniform, B (out, r) zero,
 // so enabling LoRA leaves the output unchanged until B is trained. merge_lora() folds it into W and
 // zeroes B (LibTorch 1.13 cannot unregister parameters); exports leave the lora_* tensors out.
+// Weight and bias start at zero and draw nothing from the generator: the model initialises them
+// (initialize_weights in lib/model/vision_language_model.h, Hugging Face style).
 #pragma once
 #include <torch/torch.h>
 
 namespace modalign {
 
 struct LinearImpl : torch::nn::Module {
-  // `random_init` false leaves the weights at zero and draws nothing from the generator (layers that set
-  // their own start, like the duplex aligner, so adding them does not change any other layer's init).
-  LinearImpl(int64_t in_features, int64_t out_features, bool with_bias = true, bool random_init = true);
+  LinearImpl(int64_t in_features, int64_t out_features, bool with_bias = true);
   torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., out)
 
   void enable_lora(int64_t rank, double alpha, double dropout);

@@ -72,6 +72,8 @@ ModelShapes shapes_from_hf_config(const std::string& path) {
     read(t, "tie_word_embeddings", s.text.tie_word_embeddings);
     read(j, "vision_feature_layer", s.vision_feature_layer);
     read(j, "image_token_index", s.image_token_index);
+    read(t, "initializer_range", s.initializer_range);
+    read(j, "initializer_range", s.initializer_range);
     std::string act = j.value("projector_hidden_act", std::string("gelu"));
     if (act != "gelu") throw std::runtime_error("projector_hidden_act '" + act + "' is not supported (only gelu)");
     std::string select = j.value("vision_feature_select_strategy", std::string("default"));
@@ -101,6 +103,7 @@ void check_shapes(const ModelShapes& s) {
                       s.vision.num_hidden_layers));
   require(s.image_token_index >= 0 && s.image_token_index < s.text.vocab_size + 1024,
           "image_token_index out of range");
+  require(s.initializer_range > 0, "initializer_range must be positive");
 }
 
 int64_t count_parameters(const ModelShapes& s) {

@@ -40,6 +40,7 @@ struct ModelShapes {  // LlavaConfig
   int64_t vision_feature_layer = -2;  // hidden_states index: -2 = output of the second-to-last layer
   int64_t image_token_index = 3;
   bool moda_aligner = false;
+  double initializer_range = 0.02;  // std of the normal(0, std) initial weights (Hugging Face _init_weights)
 
   // Encoder layers that must run to reach vision_feature_layer (hidden_states[0] is the embeddings).
   int64_t vision_layers_used() const {
@@ -52,7 +53,8 @@ struct ModelShapes {  // LlavaConfig
 ModelShapes preset_shapes(const std::string& name);
 
 // Reads a Hugging Face LLaVA config.json (vision_config, text_config, projector_hidden_act,
-// vision_feature_layer, image_token_index); unset fields keep the Hugging Face defaults.
+// vision_feature_layer, image_token_index, initializer_range at the top level or in text_config); unset
+// fields keep the Hugging Face defaults.
 ModelShapes shapes_from_hf_config(const std::string& path);
 
 // Rejects inconsistent shapes (heads not dividing the width, odd head dim, feature layer out of range).

@@ -19,6 +19,7 @@ VisionLanguageModelImpl::VisionLanguageModelImpl(const ModelShapes& s) : shapes(
   multi_modal_projector =
       register_module("multi_modal_projector", Projector(s.projector, s.vision.hidden_size, s.text.hidden_size));
   language_model = register_module("language_model", LanguageModel(s.text, s.moda_aligner));
+  initialize_weights(*this, s.initializer_range);
 }
 
 torch::Tensor VisionLanguageModelImpl::embed(const torch::Tensor& input_ids, const torch::Tensor& visual_mask,
@@ -52,7 +53,7 @@ torch::Tensor VisionLanguageModelImpl::embed(const torch::Tensor& input_ids, con
 
 ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                              const torch::Tensor& pixel_values, const TapRequest& taps,
-                                             const torch::Tensor& logit_positions) {
+                                             const torch::Tensor& logit_positions, const torch::Tensor& prompt_mask) {
   TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
               "input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
               attention_mask.sizes());
@@ -60,10 +61,40 @@ ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, con
   torch::Tensor real = attention_mask.to(torch::kBool);
   out.visual_mask = (input_ids == shapes.image_token_index) & real;
   torch::Tensor embeds = embed(input_ids, out.visual_mask, pixel_values);
-  DecoderContext ctx = make_decoder_context(shapes.text, real, out.visual_mask, embeds.scalar_type());
+  DecoderContext ctx = make_decoder_context(shapes.text, real, out.visual_mask, embeds.scalar_type(), prompt_mask);
   torch::Tensor hidden = language_model(embeds, ctx, taps, out.taps);
   out.logits = language_model->logits(logit_positions.defined() ? hidden.index({logit_positions.to(torch::kBool)}) : hidden);
   return out;
+}
+
+torch::Tensor VisionLanguageModelImpl::prefill(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                               const torch::Tensor& pixel_values, KvCache& cache) {
+  TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
+              "prefill: input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
+              attention_mask.sizes());
+  torch::Tensor real = attention_mask.to(torch::kBool);
+  TORCH_CHECK(real.any(1).all().item<bool>(), "prefill: every prompt needs at least one real token");
+  torch::Tensor visual = (input_ids == shapes.image_token_index) & real;
+  torch::Tensor embeds = embed(input_ids, visual, pixel_values);
+  DecoderContext ctx = make_decoder_context(shapes.text, real, visual, embeds.scalar_type());
+  std::vector<LayerTap> taps;
+  torch::Tensor hidden = language_model->forward(embeds, ctx, {}, taps, &cache);  // (B, T, D)
+  cache.valid = real;
+  cache.next_position = real.sum(1);  // (B): positions are the running count of real tokens
+  torch::Tensor last = (cache.next_position - 1).view({-1, 1, 1}).expand({-1, 1, hidden.size(2)});
+  return language_model->logits(hidden.gather(1, last).squeeze(1));  // (B, V)
+}
+
+torch::Tensor VisionLanguageModelImpl::decode(const torch::Tensor& next_ids, KvCache& cache) {
+  TORCH_CHECK(next_ids.dim() == 1 && next_ids.size(0) == cache.valid.size(0), "decode: next_ids must be (B) = (",
+              cache.valid.size(0), "), got ", next_ids.sizes());
+  torch::Tensor embeds = language_model->embed_tokens(next_ids.view({-1, 1}));  // (B, 1, D)
+  return language_model->logits(language_model->decode(embeds, cache).squeeze(1));  // (B, V)
+}
+
+torch::Tensor prompt_mask_from_labels(const torch::Tensor& labels) {
+  TORCH_CHECK(labels.dim() == 2, "labels must be (B, T), got ", labels.sizes());
+  return (labels != -100).to(torch::kInt64).cumsum(1) == 0;
 }
 
 ExpandedInputs expand_image_tokens(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
@@ -112,6 +143,35 @@ ModelShapes shapes_from_config(const ModelConfig& config) {
   ModelShapes shapes = config.hf_config.empty() ? preset_shapes(config.preset) : shapes_from_hf_config(config.hf_config);
   shapes.moda_aligner = config.moda_aligner;
   return shapes;
+}
+
+void initialize_weights(torch::nn::Module& model, double std) {
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    torch::nn::Module* m = item.value().get();
+    if (dynamic_cast<DuplexAlignerImpl*>(m)) {  // gamma 0 and Wf = I: the identity
+      auto* a = static_cast<DuplexAlignerImpl*>(m);
+      a->gamma.zero_();
+      a->wf->weight.copy_(torch::eye(a->wf->weight.size(0)));
+    } else if (item.key().find(".aligner.") != std::string::npos) {
+      continue;  // the aligner's own layers (set above)
+    } else if (auto* l = dynamic_cast<LinearImpl*>(m)) {
+      l->weight.normal_(0, std);
+      if (l->bias.defined()) l->bias.zero_();
+    } else if (auto* c = dynamic_cast<nn::Conv2dImpl*>(m)) {
+      c->weight.normal_(0, std);
+      if (c->bias.defined()) c->bias.zero_();
+    } else if (auto* e = dynamic_cast<nn::EmbeddingImpl*>(m)) {
+      e->weight.normal_(0, std);
+    } else if (auto* ce = dynamic_cast<ClipEmbeddingsImpl*>(m)) {
+      ce->class_embedding.normal_(0, std);
+    } else if (auto* ln = dynamic_cast<nn::LayerNormImpl*>(m)) {
+      ln->weight.fill_(1);
+      ln->bias.zero_();
+    } else if (auto* rms = dynamic_cast<RmsNormImpl*>(m)) {
+      rms->weight.fill_(1);
+    }
+  }
 }
 
 VisionLanguageModel build_model(const ModelConfig& config) {

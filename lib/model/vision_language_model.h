@@ -31,15 +31,27 @@ struct ProjectorImpl : torch::nn::Module {
 TORCH_MODULE(Projector);
 
 struct VisionLanguageModelImpl : torch::nn::Module {
+  // Initialised as Hugging Face does (initialize_weights with shapes.initializer_range), from LibTorch's
+  // default generator.
   explicit VisionLanguageModelImpl(const ModelShapes& shapes);
 
   // input_ids, attention_mask (B, T) with expanded image spans; pixel_values (N, C, S, S): one image per
   // sample that holds image tokens, in batch order (N may be 0). logit_positions (B, T) bool, when given:
   // logits only at those positions, (N, V) in row-major order (training needs them only where a token
-  // is supervised: the LM head and its softmax then cost a few rows instead of B x T).
+  // is supervised: the LM head and its softmax then cost a few rows instead of B x T). prompt_mask (B, T)
+  // bool: the prompt, the only text the MODA aligner reads (prompt_mask_from_labels in training);
+  // undefined = every real token (generation, where all the model is given is prompt).
   ModelOutput forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                       const torch::Tensor& pixel_values, const TapRequest& taps = {},
-                      const torch::Tensor& logit_positions = {});
+                      const torch::Tensor& logit_positions = {}, const torch::Tensor& prompt_mask = {});
+
+  // Generation with a KV cache. prefill: prompts as forward() takes them (right padded; every real token
+  // is prompt) -> logits (B, V) at each sample's last real position, `cache` filled. decode: one token id
+  // per sample (B) -> logits (B, V) for the token after it, `cache` extended. Greedy decoding this way
+  // gives the tokens of full re-forwards whose prompt_mask is the original prompt.
+  torch::Tensor prefill(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                        const torch::Tensor& pixel_values, KvCache& cache);
+  torch::Tensor decode(const torch::Tensor& next_ids, KvCache& cache);
 
   // Token embeddings with image features written at image-token positions: (B, T, D)
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& visual_mask,
@@ -52,6 +64,10 @@ struct VisionLanguageModelImpl : torch::nn::Module {
 };
 TORCH_MODULE(VisionLanguageModel);
 
+// (B, T) bool: the positions before each sample's first supervised token (labels != -100, aligned with
+// input_ids): what the model has when it starts to answer. All true for a sample without labels.
+torch::Tensor prompt_mask_from_labels(const torch::Tensor& labels);
+
 // Hugging Face style inputs (one image token per image, right padded) -> expanded inputs (B, T') where
 // each sample's real tokens come first with its image token replaced by `num_patches` copies, then
 // right padding; T' is the longest expanded sample. Labels at image positions become -100.
@@ -61,6 +77,12 @@ struct ExpandedInputs {
 ExpandedInputs expand_image_tokens(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                    const torch::Tensor& labels, int64_t image_token_index, int64_t num_patches,
                                    int64_t pad_token_id = 0);
+
+// Hugging Face's _init_weights: every linear, convolution and embedding weight and CLIP's class embedding
+// drawn from normal(0, std), biases 0, norms weight 1 and bias 0; the MODA aligner keeps its identity
+// start and draws nothing (so a model with and without it starts from the same weights). Draws follow
+// the order of `model`'s submodules, so the same generator state gives the same weights.
+void initialize_weights(torch::nn::Module& model, double std);
 
 // The model a config asks for: preset or Hugging Face config.json, MODA aligner flag, dtype, device.
 ModelShapes shapes_from_config(const ModelConfig& config);

@@ -11,6 +11,12 @@ TEST(Linear, LoraFormulaInitAndMerge) {
   torch::manual_seed(0);
   Linear layer(6, 4);
   layer->to(torch::kFloat64);
+  EXPECT_EQ(layer->weight.abs().sum().item<double>(), 0.0);  // the model initialises weights, not the layer
+  {
+    torch::NoGradGuard no_grad;
+    layer->weight.normal_();
+    layer->bias.normal_();
+  }
   torch::Tensor x = torch::randn({3, 6}, torch::kFloat64);
   torch::Tensor base = layer(x);
   EXPECT_TRUE(torch::allclose(base, torch::matmul(x, layer->weight.t()) + layer->bias, 0, 1e-12));

@@ -202,6 +202,66 @@ TEST(Model, AlignerIsTheIdentityAtInitAndLearns) {
   EXPECT_GT(named["language_model.model.layers.0.self_attn.aligner.wf.weight"].grad().abs().sum().item<double>(), 1e-8);
 }
 
+TEST(Model, HuggingFaceInitialisation) {
+  ModelShapes s = preset_shapes("tiny");
+  s.moda_aligner = true;
+  s.initializer_range = 0.05;
+  torch::manual_seed(3);
+  VisionLanguageModel model(s);
+  for (const auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    const torch::Tensor& t = p.value();
+    auto ends = [&](const std::string& suffix) {
+      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (name.find(".aligner.") != std::string::npos) {
+      EXPECT_TRUE(torch::equal(t, ends("gamma") ? torch::zeros_like(t) : torch::eye(t.size(0)))) << name;
+    } else if (ends("bias")) {
+      EXPECT_EQ(t.abs().max().item<double>(), 0.0) << name;
+    } else if (name.find("norm") != std::string::npos) {  // LayerNorm / RMSNorm weights
+      EXPECT_TRUE(torch::equal(t, torch::ones_like(t))) << name;
+    } else {  // linear, convolution, embedding and class embedding weights: normal(0, 0.05)
+      ASSERT_GE(t.numel(), 32) << name;
+      EXPECT_NEAR(t.std().item<double>(), 0.05, 0.05 * (t.numel() >= 1000 ? 0.1 : 0.4)) << name;
+      EXPECT_LT(std::abs(t.mean().item<double>()), 0.05) << name;
+    }
+  }
+  torch::manual_seed(3);
+  VisionLanguageModel again(s);
+  auto a = model->named_parameters(), b = again->named_parameters();
+  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << "same seed, same weights: " << p.key();
+}
+
+TEST(Model, AlignerIsCausalInEverySupervisedToken) {
+  // Text keys of the aligner are the prompt only: changing a supervised token (or anything after the
+  // first one) leaves the logits at every earlier position bitwise equal.
+  VisionLanguageModel model = tiny_model(true, 12);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->named_parameters())
+      if (p.key().find(".aligner.") != std::string::npos) p.value().copy_(torch::randn_like(p.value()));
+  }
+  Batch b = make_batch({24, 22}, {true, true}, 24, 13);
+  torch::Tensor labels = torch::full({2, 24}, -100, torch::kInt64);
+  labels[0].slice(0, 20, 24) = b.ids[0].slice(0, 20, 24);  // sample 0 answers with tokens 20..23
+  labels[1].slice(0, 19, 22) = b.ids[1].slice(0, 19, 22);
+  torch::Tensor prompt = prompt_mask_from_labels(labels);
+  EXPECT_EQ(prompt[0].sum().item<int64_t>(), 20);
+  EXPECT_EQ(prompt[1].sum().item<int64_t>(), 19);
+  torch::Tensor before = model->forward(b.ids, b.mask, b.pixels, {}, {}, prompt).logits;
+  for (int64_t changed : {20L, 23L}) {  // the first and the last answer token of sample 0
+    torch::Tensor ids = b.ids.clone();
+    ids[0][changed] = (ids[0][changed].item<int64_t>() + 7) % 60 + 4;
+    torch::Tensor after = model->forward(ids, b.mask, b.pixels, {}, {}, prompt).logits;
+    EXPECT_TRUE(torch::equal(after[0].slice(0, 0, changed), before[0].slice(0, 0, changed))) << "token " << changed;
+    EXPECT_TRUE(torch::equal(after[1], before[1]));
+    // Reading every text token, as MODA's code does, leaks the answer into earlier positions.
+    torch::Tensor leaky_before = model->forward(b.ids, b.mask, b.pixels).logits;
+    torch::Tensor leaky_after = model->forward(ids, b.mask, b.pixels).logits;
+    EXPECT_GT((leaky_after[0].slice(0, 0, changed) - leaky_before[0].slice(0, 0, changed)).abs().max().item<double>(), 1e-6);
+  }
+}
+
 TEST(Model, AlignerMatchesTheFormulaPerSampleAndHead) {
   // Direct evaluation of Kv' = Wf (Kv + gamma * (Kn_vis @ rownorm(Kn_text^T V_text))) for one sample/head.
   torch::manual_seed(11);
@@ -237,8 +297,10 @@ TEST(Model, HuggingFaceConfigJson) {
     "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
     "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
                       "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
-    "text_config": {"vocab_size": 32064, "num_key_value_heads": 8, "rope_theta": 500000.0}})");
+    "text_config": {"vocab_size": 32064, "num_key_value_heads": 8, "rope_theta": 500000.0, "initializer_range": 0.01}})");
   ModelShapes s = shapes_from_hf_config(path);
+  EXPECT_DOUBLE_EQ(s.initializer_range, 0.01);
+  EXPECT_DOUBLE_EQ(preset_shapes("tiny").initializer_range, 0.02);
   EXPECT_EQ(s.vision.num_patches(), 576);
   EXPECT_EQ(s.text.hidden_size, 4096);  // LlamaConfig default
   EXPECT_EQ(s.text.num_key_value_heads, 8);
