@@ -281,16 +281,37 @@ std::vector<std::string> index_shards(const std::string& index_path, std::map<st
   return shards;
 }
 
-std::string resolve_model_path(const std::string& path) {
-  if (!fs::is_directory(path)) return path;
-  for (const char* name : {"model.safetensors", kIndexName})
-    if (fs::exists(fs::path(path) / name)) return (fs::path(path) / name).string();
-  throw SafetensorsError(path + ": folder holds neither model.safetensors nor " + kIndexName);
-}
-
 bool is_index(const std::string& path) { return path.size() >= 5 && path.substr(path.size() - 5) == ".json"; }
 
 }  // namespace
+
+std::string read_latest_pointer(const std::string& run_dir) {
+  const fs::path pointer = fs::path(run_dir) / "latest";
+  if (!fs::is_regular_file(pointer)) return "";
+  std::ifstream in(pointer);
+  std::string name;
+  std::getline(in, name);
+  name.erase(name.find_last_not_of(" \n\r\t") + 1);
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+    throw SafetensorsError(pointer.string() + ": names '" + name + "', not a checkpoint folder inside " + run_dir);
+  return (fs::path(run_dir) / name).string();
+}
+
+std::string resolve_model_path(const std::string& path) {
+  if (fs::path(path).filename() == "latest" && fs::is_regular_file(path))
+    return resolve_model_path(fs::path(path).parent_path().string());
+  if (!fs::is_directory(path)) return path;
+  for (const char* name : {"model.safetensors", kIndexName})
+    if (fs::exists(fs::path(path) / name)) return (fs::path(path) / name).string();
+  const std::string checkpoint = read_latest_pointer(path);
+  if (!checkpoint.empty()) {
+    if (!fs::is_directory(checkpoint))
+      throw SafetensorsError(path + "/latest: names " + checkpoint + ", which does not exist");
+    return resolve_model_path(checkpoint);
+  }
+  throw SafetensorsError(path + ": folder holds neither model.safetensors nor " + kIndexName +
+                         " nor a `latest` checkpoint pointer");
+}
 
 NamedTensors load_tensors(const std::string& path_in) {
   std::string path = resolve_model_path(path_in);

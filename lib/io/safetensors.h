@@ -65,8 +65,18 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
 // Every tensor of a safetensors file, a `*.safetensors.index.json`, or a folder holding either
-// `model.safetensors` or `model.safetensors.index.json`. Names are checked unique across shards.
+// `model.safetensors` or `model.safetensors.index.json`; a training run's folder or its `latest` pointer
+// file stand for the checkpoint `latest` names (resolve_model_path). Names are checked unique across shards.
 NamedTensors load_tensors(const std::string& path);
+
+// The file load_tensors reads for `path`: the path itself (a file), a folder's model.safetensors or
+// model.safetensors.index.json, or, for a run folder or its `latest` file, the same inside the checkpoint
+// folder `latest` names. Throws SafetensorsError naming the path when it is none of these.
+std::string resolve_model_path(const std::string& path);
+
+// The checkpoint folder a run folder's `latest` pointer names (a child folder of `run_dir`), or "" when
+// there is no pointer. Throws SafetensorsError when the pointer names something outside the run folder.
+std::string read_latest_pointer(const std::string& run_dir);
 
 // Splits into shards of at most `max_shard_bytes` (a larger tensor gets a shard of its own), named
 // model-00001-of-0000N.safetensors, plus model.safetensors.index.json, all inside `dir`.

@@ -30,6 +30,10 @@ std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::
 }
 
 LoadReport load_weights(torch::nn::Module& module, const std::string& path, bool strict) {
+  return load_weights(module, load_tensors(path), path, strict);
+}
+
+LoadReport load_weights(torch::nn::Module& module, const NamedTensors& tensors, const std::string& path, bool strict) {
   std::map<std::string, torch::Tensor> targets;
   for (const auto& [name, t] : named_state(module)) targets[name] = t;
   const bool tied = !targets.count("language_model.lm_head.weight") &&
@@ -37,7 +41,7 @@ LoadReport load_weights(torch::nn::Module& module, const std::string& path, bool
   LoadReport report;
   std::map<std::string, bool> seen;
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (target, source), applied once all is checked
-  for (const auto& [name, tensor] : load_tensors(path)) {
+  for (const auto& [name, tensor] : tensors) {
     if (never_stored(name) || (tied && name == "language_model.lm_head.weight")) continue;
     auto it = targets.find(name);
     if (it == targets.end()) {

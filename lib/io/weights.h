@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "lib/io/safetensors.h"
+
 namespace modalign {
 
 struct LoadReport {
@@ -22,6 +24,9 @@ struct LoadReport {
 // strict: any missing, unexpected or mismatched name is an error listing all three lists, and nothing is
 // copied; otherwise the matching tensors are copied and the lists are logged as a warning and returned.
 LoadReport load_weights(torch::nn::Module& module, const std::string& path, bool strict = true);
+// The same from tensors already read; `source` names them in messages.
+LoadReport load_weights(torch::nn::Module& module, const NamedTensors& tensors, const std::string& source,
+                        bool strict = true);
 
 // Every parameter and buffer of `module` (CPU, contiguous) under its name.
 std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& module);
