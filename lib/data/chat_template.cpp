@@ -43,12 +43,9 @@ std::vector<int64_t> encode_with_specials(const std::string& text, const Tokeniz
 
 std::vector<Segment> render(const Example& e, ChatTemplate chat_template, bool prompt_only) {
   std::vector<Segment> out;
-  size_t last_reply = e.turns.size();
-  for (size_t i = e.turns.size(); i-- > 0;)
-    if (!e.turns[i].from_human) {
-      last_reply = i;
-      break;
-    }
+  // The reply a prompt leaves out: the last turn when it is the assistant's (a conversation that ends with
+  // a human turn is all prompt).
+  const size_t last_reply = !e.turns.empty() && !e.turns.back().from_human ? e.turns.size() - 1 : e.turns.size();
   if (chat_template == ChatTemplate::Plain) {  // LLaVA stage 1: the image, then the first reply
     out.push_back({e.image.empty() ? "" : kImagePlaceholder, false});
     if (!prompt_only) out.push_back({e.turns.at(1).value + kEos, true});

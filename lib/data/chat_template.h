@@ -26,7 +26,8 @@ struct Segment {
 };
 
 // The conversation as the template renders it (concatenating the texts gives LLaVA's prompt string).
-// With `prompt_only`, the final assistant reply is left out (what a model sees when asked to answer).
+// With `prompt_only`, the final assistant reply (if the conversation ends with one) is left out: what a
+// model sees when asked to answer.
 std::vector<Segment> render(const Example& example, ChatTemplate chat_template, bool prompt_only = false);
 
 struct TokenizeOptions {

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -33,9 +34,25 @@ Example parse_record(const nlohmann::json& j, const std::string& where) {
     if (!j["hint"].is_string()) throw fail("\"hint\" must be a string");
     e.hint = j["hint"].get<std::string>();
   }
+  if (j.contains("type") && !j["type"].is_null()) {
+    if (!j["type"].is_string()) throw fail("\"type\" must be a string");
+    e.type = j["type"].get<std::string>();
+  }
   if (j.contains("image") && !j["image"].is_null()) {
     if (!j["image"].is_string()) throw fail("\"image\" must be a path string");
     e.image = j["image"].get<std::string>();
+  }
+  if (j.contains("regions") && !j["regions"].is_null()) {
+    if (e.image.empty()) throw fail("\"regions\" given but the sample has no \"image\"");
+    if (!j["regions"].is_array()) throw fail("\"regions\" must be a list of [x0, y0, x1, y1] boxes");
+    for (const auto& box : j["regions"]) {
+      if (!box.is_array() || box.size() != 4 || !std::all_of(box.begin(), box.end(), [](const auto& v) { return v.is_number(); }))
+        throw fail("each region must be [x0, y0, x1, y1] (numbers, image pixels), got " + box.dump());
+      std::array<double, 4> b{box[0].get<double>(), box[1].get<double>(), box[2].get<double>(), box[3].get<double>()};
+      if (!std::all_of(b.begin(), b.end(), [](double v) { return std::isfinite(v); }) || b[0] >= b[2] || b[1] >= b[3])
+        throw fail("region " + box.dump() + " is empty or not finite (need x0 < x1 and y0 < y1)");
+      e.regions.push_back(b);
+    }
   }
   if (!j.contains("conversations") || !j["conversations"].is_array()) throw fail("missing \"conversations\" list");
   bool any_gpt = false;

@@ -1,7 +1,10 @@
 // LLaVA-format datasets: a JSON array or JSONL of {"id", "image" (optional, relative to the image
 // folder), "conversations": [{"from": "human"|"gpt", "value": ...}, ...]}, checked on load so that a
-// bad record is reported with its file, line and id before training starts.
+// bad record is reported with its file, line and id before training starts. Optional fields: "regions"
+// (boxes [x0, y0, x1, y1] in the image's pixels: where the answer is, for attention_kl), "hint" (the
+// answer the prompt's text suggests) and "type" (question type, for accuracy per type).
 #pragma once
+#include <array>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -26,6 +29,8 @@ struct Example {
   std::vector<Turn> turns;  // human, gpt, human, gpt, ...; `<image>` starts the first human turn
   std::string where;        // "file:line" (JSONL) or "file[record]" (JSON array), for messages
   std::string hint;         // optional "hint": the answer the prompt's text suggests (modalign synth)
+  std::string type;         // optional "type": the question type (eval reports accuracy per type)
+  std::vector<std::array<double, 4>> regions;  // optional "regions": boxes x0, y0, x1, y1 in image pixels
 };
 
 // Reads and checks one dataset file. Alternating human/gpt turns starting with human, at least one gpt

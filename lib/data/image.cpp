@@ -3,7 +3,9 @@
 #include <stb_image.h>
 #include <stb_image_write.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <filesystem>
 
 #include "lib/data/dataset.h"
@@ -41,12 +43,27 @@ torch::Tensor resize(const torch::Tensor& x, int64_t h, int64_t w) {
 
 }  // namespace
 
+ImageGeometry image_geometry(int width, int height, const ImageOptions& o) {
+  const int64_t h = height, w = width, s = o.size;
+  if (o.aspect == AspectMode::Pad) {  // pasted centred on a square of side max(h, w), resized to s
+    const int64_t side = std::max(h, w);
+    const double k = static_cast<double>(s) / static_cast<double>(side);
+    return {k, k, -static_cast<double>((side - w) / 2) * k, -static_cast<double>((side - h) / 2) * k};
+  }
+  // shortest side to s, then a centred crop of s x s
+  const int64_t nh = h <= w ? s : static_cast<int64_t>(std::lround(static_cast<double>(s) * h / w));
+  const int64_t nw = w <= h ? s : static_cast<int64_t>(std::lround(static_cast<double>(s) * w / h));
+  return {static_cast<double>(nw) / w, static_cast<double>(nh) / h, static_cast<double>(std::lround((nw - s) / 2.0)),
+          static_cast<double>(std::lround((nh - s) / 2.0))};
+}
+
 torch::Tensor preprocess_image(const RgbImage& image, const ImageOptions& o) {
   TORCH_CHECK(image.width > 0 && image.height > 0, "empty image");
   torch::Tensor x = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, 3}, torch::kUInt8)
                         .permute({2, 0, 1})
                         .to(torch::kFloat32);  // (3, H, W) in [0, 255]
   const int64_t h = image.height, w = image.width, s = o.size;
+  const ImageGeometry g = image_geometry(image.width, image.height, o);
   if (o.aspect == AspectMode::Pad) {  // LLaVA expand2square: paste centred on a mean-colour square
     const int64_t side = std::max(h, w);
     torch::Tensor square = torch::empty({3, side, side});
@@ -55,15 +72,67 @@ torch::Tensor preprocess_image(const RgbImage& image, const ImageOptions& o) {
     square.slice(1, top, top + h).slice(2, left, left + w).copy_(x);
     x = resize(square, s, s);
   } else {  // CLIP: shortest side to s, then centre crop
-    const int64_t nh = h <= w ? s : static_cast<int64_t>(std::lround(static_cast<double>(s) * h / w));
-    const int64_t nw = w <= h ? s : static_cast<int64_t>(std::lround(static_cast<double>(s) * w / h));
+    const int64_t nh = std::lround(g.scale_y * h), nw = std::lround(g.scale_x * w);
     x = resize(x, nh, nw);
-    const int64_t top = static_cast<int64_t>(std::lround((nh - s) / 2.0)), left = static_cast<int64_t>(std::lround((nw - s) / 2.0));
+    const int64_t top = static_cast<int64_t>(g.offset_y), left = static_cast<int64_t>(g.offset_x);
     x = x.slice(1, top, top + s).slice(2, left, left + s);
   }
   torch::Tensor mean = torch::tensor(o.mean, torch::kFloat64).to(torch::kFloat32).view({3, 1, 1});
   torch::Tensor stdev = torch::tensor(o.std, torch::kFloat64).to(torch::kFloat32).view({3, 1, 1});
   return ((x / 255.0 - mean) / stdev).contiguous();  // (3, s, s)
+}
+
+namespace {
+
+// Area of the union of `boxes` inside the cell [x0, x1) x [y0, y1): strips between box edges, in each
+// the merged length of the y-intervals of the boxes spanning it.
+double covered_area(const std::vector<std::array<double, 4>>& boxes, double x0, double y0, double x1, double y1) {
+  std::vector<std::array<double, 4>> clipped;
+  std::vector<double> xs{x0, x1};
+  for (const auto& b : boxes) {
+    std::array<double, 4> c{std::max(b[0], x0), std::max(b[1], y0), std::min(b[2], x1), std::min(b[3], y1)};
+    if (c[0] >= c[2] || c[1] >= c[3]) continue;
+    clipped.push_back(c);
+    xs.push_back(c[0]), xs.push_back(c[2]);
+  }
+  std::sort(xs.begin(), xs.end());
+  double area = 0;
+  for (size_t i = 0; i + 1 < xs.size(); ++i) {
+    const double a = xs[i], b = xs[i + 1];
+    if (b <= a) continue;
+    std::vector<std::pair<double, double>> spans;
+    for (const auto& c : clipped)
+      if (c[0] <= a && c[2] >= b) spans.emplace_back(c[1], c[3]);
+    std::sort(spans.begin(), spans.end());
+    double length = 0, end = -std::numeric_limits<double>::infinity();
+    for (const auto& [lo, hi] : spans) {
+      length += std::max(0.0, hi - std::max(lo, end));
+      end = std::max(end, hi);
+    }
+    area += length * (b - a);
+  }
+  return area;
+}
+
+}  // namespace
+
+torch::Tensor region_target(const std::vector<std::array<double, 4>>& boxes, int width, int height,
+                            const ImageOptions& o, int64_t grid) {
+  TORCH_CHECK(grid > 0 && o.size % grid == 0, "region_target: image size ", o.size, " is not a multiple of the ", grid,
+              " patch grid");
+  const ImageGeometry g = image_geometry(width, height, o);
+  std::vector<std::array<double, 4>> moved;
+  for (const auto& b : boxes)
+    moved.push_back({b[0] * g.scale_x - g.offset_x, b[1] * g.scale_y - g.offset_y, b[2] * g.scale_x - g.offset_x,
+                     b[3] * g.scale_y - g.offset_y});
+  const double patch = static_cast<double>(o.size / grid);
+  torch::Tensor target = torch::zeros({grid * grid}, torch::kFloat64);
+  auto t = target.accessor<double, 1>();
+  for (int64_t r = 0; r < grid; ++r)
+    for (int64_t c = 0; c < grid; ++c)
+      t[r * grid + c] = covered_area(moved, c * patch, r * patch, (c + 1) * patch, (r + 1) * patch) / (patch * patch);
+  const double total = target.sum().item<double>();
+  return (total > 0 ? target / total : target).to(torch::kFloat32);
 }
 
 }  // namespace modalign

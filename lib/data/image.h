@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,6 +30,19 @@ struct ImageOptions {
 
 // -> (3, size, size) float32, normalised.
 torch::Tensor preprocess_image(const RgbImage& image, const ImageOptions& options);
+
+// Where preprocess_image moves a point of a width x height image: out = in * scale - offset, per axis.
+struct ImageGeometry {
+  double scale_x = 1, scale_y = 1, offset_x = 0, offset_y = 0;
+};
+ImageGeometry image_geometry(int width, int height, const ImageOptions& options);
+
+// Boxes (x0, y0, x1, y1 in the original image's pixels) -> (grid * grid) float32 target over the image
+// tokens, row-major like the patches: the share of each patch's area that the union of the boxes covers
+// after preprocessing (pad/crop/resize move them with the pixels), normalised to sum 1. All zeros when no
+// box reaches the preprocessed image.
+torch::Tensor region_target(const std::vector<std::array<double, 4>>& boxes, int width, int height,
+                            const ImageOptions& options, int64_t grid);
 
 // Writes an RGB image as PNG (synthetic data and tests); throws DataError on failure.
 void save_png(const std::string& path, const RgbImage& image);

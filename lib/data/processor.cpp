@@ -2,13 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 
 namespace modalign {
 
 Batch Batch::to(torch::Device device) const {
   Batch b = *this;
-  for (torch::Tensor* t : {&b.input_ids, &b.labels, &b.attention_mask, &b.visual_mask, &b.pixel_values})
+  for (torch::Tensor* t : {&b.input_ids, &b.labels, &b.attention_mask, &b.visual_mask, &b.pixel_values, &b.region_target})
     if (t->defined()) *t = t->to(device);
   return b;
 }
@@ -30,29 +31,48 @@ Processor::Processor(const DataConfig& config, const ModelInterface& model)
 Sample Processor::process(const Example& example) const {
   TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, false};
   TokenizedExample t = tokenize_example(example, *tokenizer_, options);
-  Sample s{std::move(t.input_ids), std::move(t.labels), {}, example.id};
-  if (!example.image.empty()) {
-    std::string path = (std::filesystem::path(config_.image_folder) / example.image).string();
-    try {
-      s.pixel_values = preprocess_image(load_image(path), image_options_);
-    } catch (const DataError& e) {
-      throw DataError(fmt::format("{}{}: {}", example.where, example.id.empty() ? "" : " (id " + example.id + ")", e.what()));
-    }
-  }
+  Sample s{std::move(t.input_ids), std::move(t.labels), {}, example.id, {}};
+  if (!example.image.empty()) s.pixel_values = load_pixels(example, s.region_target);
   return s;
 }
 
-Sample Processor::prompt(const Example& example, const Sample& full) const {
+int64_t Processor::length(const Example& example) const {
+  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, false};
+  return static_cast<int64_t>(tokenize_example(example, *tokenizer_, options).input_ids.size());
+}
+
+torch::Tensor Processor::load_pixels(const Example& example, torch::Tensor& target) const {
+  std::string path = (std::filesystem::path(config_.image_folder) / example.image).string();
+  try {
+    const RgbImage image = load_image(path);
+    if (!example.regions.empty()) {
+      const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(model_.num_patches))));
+      target = region_target(example.regions, image.width, image.height, image_options_, grid);
+      if (target.sum().item<double>() <= 0)
+        throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
+    }
+    return preprocess_image(image, image_options_);
+  } catch (const DataError& e) {
+    throw DataError(fmt::format("{}{}: {}", example.where, example.id.empty() ? "" : " (id " + example.id + ")", e.what()));
+  }
+}
+
+Sample Processor::prompt(const Example& example, const Sample* full) const {
   TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, true};
   TokenizedExample t = tokenize_example(example, *tokenizer_, options);
-  return Sample{std::move(t.input_ids), std::move(t.labels), full.pixel_values, example.id};
+  Sample s{std::move(t.input_ids), std::move(t.labels), {}, example.id, {}};
+  if (full) s.pixel_values = full->pixel_values, s.region_target = full->region_target;
+  else if (!example.image.empty()) s.pixel_values = load_pixels(example, s.region_target);
+  return s;
 }
 
 Batch Processor::collate(const std::vector<Sample>& samples) const {
-  return modalign::collate(samples, std::max<int64_t>(tokenizer_->pad_id(), 0), model_.image_token_index, model_.image_size);
+  return modalign::collate(samples, std::max<int64_t>(tokenizer_->pad_id(), 0), model_.image_token_index, model_.image_size,
+                           model_.num_patches);
 }
 
-Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size) {
+Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size,
+              int64_t num_patches) {
   Batch b;
   const int64_t n = static_cast<int64_t>(samples.size());
   int64_t t = 0;
@@ -60,6 +80,7 @@ Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_
   b.input_ids = torch::full({n, t}, pad_id, torch::kInt64);
   b.labels = torch::full({n, t}, -100, torch::kInt64);
   b.attention_mask = torch::zeros({n, t}, torch::kBool);
+  b.region_target = torch::zeros({n, num_patches}, torch::kFloat32);
   std::vector<torch::Tensor> images;
   for (int64_t i = 0; i < n; ++i) {
     const Sample& s = samples[i];
@@ -71,6 +92,7 @@ Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_
     TORCH_CHECK(has_image_tokens == s.pixel_values.defined(), "sample ", s.id,
                 has_image_tokens ? " holds image tokens but no image" : " has an image but no image tokens");
     if (s.pixel_values.defined()) images.push_back(s.pixel_values);
+    if (s.region_target.defined()) b.region_target[i].copy_(s.region_target);
     b.ids.push_back(s.id);
   }
   b.visual_mask = (b.input_ids == image_token_index) & b.attention_mask;

@@ -1,9 +1,10 @@
 // Processor: one dataset Example -> one model-ready Sample (token ids and labels through the chat
 // template, the image decoded and preprocessed), and Collator: Samples -> a right-padded Batch.
 //
-// Batch layout (B batch, T tokens, N samples holding an image, S image side): input_ids, labels,
-// attention_mask, visual_mask (B, T); pixel_values (N, 3, S, S), one per sample with image tokens,
-// in batch order (text-only samples have none).
+// Batch layout (B batch, T tokens, N samples holding an image, S image side, Nv image tokens): input_ids,
+// labels, attention_mask, visual_mask (B, T); pixel_values (N, 3, S, S), one per sample with image tokens,
+// in batch order (text-only samples have none); region_target (B, Nv), a sample's "regions" as a
+// distribution over its image tokens (a zero row when it has none).
 #pragma once
 #include <torch/torch.h>
 
@@ -23,11 +24,13 @@ struct Sample {
   std::vector<int64_t> input_ids, labels;
   torch::Tensor pixel_values;  // (3, S, S), undefined for a text-only sample
   std::string id;
+  torch::Tensor region_target;  // (Nv) float32 summing to 1, undefined without "regions"
 };
 
 struct Batch {
   torch::Tensor input_ids, labels, attention_mask, visual_mask;  // (B, T)
   torch::Tensor pixel_values;                                     // (N, 3, S, S)
+  torch::Tensor region_target;                                    // (B, Nv) float32, zero rows = none
   std::vector<std::string> ids;
   int64_t skipped = 0;  // bad samples dropped from this batch (on_bad_sample: skip)
   int64_t size() const { return input_ids.defined() ? input_ids.size(0) : 0; }
@@ -50,8 +53,12 @@ class Processor {
 
   // Throws DataError naming the sample (and the image file) when it cannot be used.
   Sample process(const Example& example) const;
-  // The prompt of `example` (everything before its final reply), reusing `full`'s preprocessed image.
-  Sample prompt(const Example& example, const Sample& full) const;
+  // The prompt of `example` (everything before its final reply, if it ends with one), reusing `full`'s
+  // preprocessed image when given (else the image is loaded here).
+  Sample prompt(const Example& example, const Sample* full = nullptr) const;
+  // The tokenised length of `example` (image span included) without decoding its image: what
+  // data.group_by_length sorts by.
+  int64_t length(const Example& example) const;
   // Right-pads samples into a Batch with this tokenizer's pad id and the model's image token.
   Batch collate(const std::vector<Sample>& samples) const;
 
@@ -59,12 +66,15 @@ class Processor {
   const ModelInterface& model() const { return model_; }
 
  private:
+  // The example's image, preprocessed (3, S, S); its regions' target into `target` when it has regions.
+  torch::Tensor load_pixels(const Example& example, torch::Tensor& target) const;
   DataConfig config_;
   ModelInterface model_;
   std::shared_ptr<Tokenizer> tokenizer_;
   ImageOptions image_options_;
 };
 
-Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size);
+Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size,
+              int64_t num_patches);
 
 }  // namespace modalign

@@ -112,6 +112,7 @@ std::vector<Placed> place(const Level& lv, int size, Rng& rng) {
 struct Question {
   std::string text, answer, type;
   std::vector<std::string> options;  // every answer of this type, for wrong hints
+  std::vector<const Placed*> about;  // the shapes whose pixels hold the answer
 };
 
 Question ask(const std::vector<Placed>& shapes, Rng& rng) {
@@ -119,16 +120,41 @@ Question ask(const std::vector<Placed>& shapes, Rng& rng) {
   const Placed& target = shapes[rng.below(static_cast<int>(shapes.size()))];
   Question q;
   if (kind < 5) {
-    q = {fmt::format("What colour is the {}?", kShapes[target.shape]), kColours[target.colour].name, "colour", {}};
+    q = {fmt::format("What colour is the {}?", kShapes[target.shape]), kColours[target.colour].name, "colour", {}, {&target}};
     for (const auto& c : kColours) q.options.push_back(c.name);
   } else if (kind < 8) {
-    q = {fmt::format("Which shape is {}?", kColours[target.colour].name), kShapes[target.shape], "shape", {}};
+    q = {fmt::format("Which shape is {}?", kColours[target.colour].name), kShapes[target.shape], "shape", {}, {&target}};
     q.options.assign(std::begin(kShapes), std::end(kShapes));
   } else {
-    q = {"How many shapes are there?", kCounts[shapes.size()], "count", {}};
+    q = {"How many shapes are there?", kCounts[shapes.size()], "count", {}, {}};
     q.options.assign(kCounts + 1, kCounts + 5);
+    for (const auto& s : shapes) q.about.push_back(&s);
   }
   return q;
+}
+
+// The bounding box of a placed shape, clipped to the image: [x0, y0, x1, y1] in pixels.
+nlohmann::ordered_json box(const Placed& p, int size) {
+  auto clip = [size](double v) { return std::clamp(std::round(v * 100) / 100, 0.0, double(size)); };
+  return {clip(p.cx - p.radius), clip(p.cy - p.radius), clip(p.cx + p.radius), clip(p.cy + p.radius)};
+}
+
+// Every text the benchmark can produce (the template's words, each question with each hint, each
+// answer), so that the tokenizer depends on nothing but the vocabulary size: two benchmarks made with
+// other seeds or hint settings share it, and a model trained on one reads the other.
+std::string tokenizer_corpus() {
+  std::string corpus = std::string(kVicunaSystem) + "\nUSER: ASSISTANT:\n";
+  std::vector<std::pair<std::string, std::vector<std::string>>> questions;  // text, options
+  std::vector<std::string> colours, shapes(std::begin(kShapes), std::end(kShapes)), counts(kCounts + 1, kCounts + 5);
+  for (const auto& c : kColours) colours.push_back(c.name);
+  for (const char* shape : kShapes) questions.push_back({fmt::format("What colour is the {}?", shape), colours});
+  for (const auto& c : kColours) questions.push_back({fmt::format("Which shape is {}?", c.name), shapes});
+  questions.push_back({"How many shapes are there?", counts});
+  for (const auto& [text, options] : questions) {
+    corpus += "<image>\n" + text + "\n";
+    for (const auto& option : options) corpus += "<image>\n" + text + " Hint: it is probably " + option + ".\n" + option + "\n";
+  }
+  return corpus;
 }
 
 enum class HintMode { Train, Aligned, Conflict, None };
@@ -140,11 +166,15 @@ nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const Sy
   std::string image = fmt::format("images/{}_{:05d}.png", split, i);
   save_png((fs::path(o.out_dir) / image).string(), img);
   Question q = ask(shapes, rng);
-  bool agree = mode == HintMode::Aligned || (mode == HintMode::Train && rng.uniform() < o.hint_agreement);
   std::string hint;
-  if (mode != HintMode::None) {
+  auto any_option = [&] { return q.options[static_cast<size_t>(rng.below(static_cast<int>(q.options.size())))]; };
+  if (mode == HintMode::Train && o.chance_hints) {  // no information: an option drawn uniformly, or none as often
+    const int pick = rng.below(static_cast<int>(q.options.size()) + 1);
+    if (pick < static_cast<int>(q.options.size())) hint = q.options[static_cast<size_t>(pick)];
+  } else if (mode != HintMode::None) {
+    bool agree = mode == HintMode::Aligned || (mode == HintMode::Train && rng.uniform() < o.hint_agreement);
     hint = q.answer;
-    while (!agree && hint == q.answer) hint = q.options[static_cast<size_t>(rng.below(static_cast<int>(q.options.size())))];
+    while (!agree && hint == q.answer) hint = any_option();
   }
   std::string human = "<image>\n" + q.text + (hint.empty() ? "" : " Hint: it is probably " + hint + ".");
   nlohmann::ordered_json j;
@@ -153,7 +183,9 @@ nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const Sy
   j["conversations"] = {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", q.answer}}};
   j["answer"] = q.answer;
   j["hint"] = hint;
-  j["question_type"] = q.type;
+  j["type"] = q.type;
+  j["regions"] = nlohmann::json::array();
+  for (const Placed* p : q.about) j["regions"].push_back(box(*p, static_cast<int>(o.image_size)));
   return j;
 }
 
@@ -164,7 +196,6 @@ std::string synthesize(const SynthOptions& o) {
   if (o.train < 1 || o.eval < 1 || o.image_size < 16 || o.hint_agreement < 0 || o.hint_agreement > 1)
     throw std::invalid_argument("synth: need train >= 1, eval >= 1, image size >= 16 and hint agreement in [0, 1]");
   fs::create_directories(fs::path(o.out_dir) / "images");
-  std::string corpus = std::string(kVicunaSystem) + "\nUSER: ASSISTANT:\n";
   struct Split {
     const char* name;
     int64_t count;
@@ -179,28 +210,23 @@ std::string synthesize(const SynthOptions& o) {
     nlohmann::ordered_json samples = nlohmann::ordered_json::array();
     for (int64_t i = 0; i < splits[s].count; ++i) {
       samples.push_back(make_sample(splits[s].name, i, o, splits[s].mode, rng));
-      if (splits[s].mode == HintMode::Train)
-        for (const auto& turn : samples.back()["conversations"]) corpus += turn["value"].get<std::string>() + "\n";
     }
     write_file_atomic((fs::path(o.out_dir) / (std::string(splits[s].name) + ".json")).string(), samples.dump(1) + "\n");
   }
-  for (const auto& c : kColours) corpus += std::string("It is probably ") + c.name + ". " + c.name + "\n";
-  for (const char* shape : kShapes) corpus += std::string(shape) + "\n";
-  for (const char* count : kCounts) corpus += std::string(count) + "\n";
   std::string corpus_path = (fs::path(o.out_dir) / "tokenizer_corpus.txt").string();
-  write_file_atomic(corpus_path, corpus);
+  write_file_atomic(corpus_path, tokenizer_corpus());
   Tokenizer::TrainOptions topt;
   topt.vocab_size = o.vocab_size;
   Tokenizer::train(corpus_path, (fs::path(o.out_dir) / "tokenizer.model").string(), topt);
   fs::remove(corpus_path);
   static constexpr const char* kDifficulty[] = {"easy", "medium", "hard"};
   nlohmann::ordered_json meta = {{"train", o.train}, {"eval", o.eval}, {"image_size", o.image_size}, {"seed", o.seed},
-                                 {"hint_agreement", o.hint_agreement},
+                                 {"hint_agreement", o.hint_agreement}, {"chance_hints", o.chance_hints},
                                  {"difficulty", kDifficulty[static_cast<int>(o.difficulty)]}, {"vocab_size", o.vocab_size}};
   write_file_atomic((fs::path(o.out_dir) / "synth.json").string(), meta.dump(2) + "\n");
-  return fmt::format("synth: wrote {} train and 3 x {} eval samples ({}, {}x{} images, hint agreement {}) and a tokenizer to {}",
+  return fmt::format("synth: wrote {} train and 3 x {} eval samples ({}, {}x{} images, training hints {}) and a tokenizer to {}",
                      o.train, o.eval, kDifficulty[static_cast<int>(o.difficulty)], o.image_size, o.image_size,
-                     o.hint_agreement, o.out_dir);
+                     o.chance_hints ? std::string("at chance") : fmt::format("right {:g}", o.hint_agreement), o.out_dir);
 }
 
 }  // namespace modalign

@@ -17,13 +17,15 @@ struct SynthOptions {
   int64_t image_size = 64;
   uint64_t seed = 0;
   double hint_agreement = 0.98;    // probability that a training hint names the right answer
+  bool chance_hints = false;       // training hints carry no information: a uniform option, or none as often
   SynthDifficulty difficulty = SynthDifficulty::Medium;
   int64_t vocab_size = 256;        // tokenizer pieces (at most)
 };
 
 // Writes out_dir/{train,eval_aligned,eval_conflict,eval_nohint}.json, out_dir/images/*.png,
-// out_dir/tokenizer.model and out_dir/synth.json (the options). Each sample also carries "answer" and
-// "hint" fields for evaluation. Returns a one-line summary.
+// out_dir/tokenizer.model and out_dir/synth.json (the options). Each sample also carries "answer",
+// "hint", "type" (colour, shape or count) and "regions" (the boxes of the shapes the question is about:
+// the asked-about shape, or every shape for a count). Returns a one-line summary.
 std::string synthesize(const SynthOptions& options);
 
 }  // namespace modalign

@@ -6,6 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
+#include <set>
+
 #include "lib/data/chat_template.h"
 #include "lib/data/dataset.h"
 #include "lib/data/image.h"
@@ -113,6 +116,39 @@ TEST_F(Data, CenterCropKeepsTheMiddle) {
   // Resizing a constant image keeps it constant.
   ImageOptions big{8, AspectMode::Pad, {0, 0, 0}, {1, 1, 1}};
   EXPECT_TRUE(torch::allclose(preprocess_image(solid(3, 3, 51, 102, 204), big)[2], torch::full({8, 8}, 0.8), 0, 1e-6));
+}
+
+TEST_F(Data, RegionsBecomeTargetsMovedLikeThePixels) {
+  // An 8x4 image, boxes A = [0, 0, 4, 2] and B = [2, 0, 8, 4], a 4x4 model image of 2x2 patches (2 px).
+  const std::vector<std::array<double, 4>> boxes{{0, 0, 4, 2}, {2, 0, 8, 4}};
+  ImageOptions pad{4, AspectMode::Pad, {0, 0, 0}, {1, 1, 1}};
+  // Pad: pasted at rows 2-5 of an 8x8 square, halved: A -> [0, 1, 2, 2], B -> [1, 1, 4, 3]. Covered area
+  // per patch (union; A and B overlap on [1, 2] x [1, 2]): top-left 2, top-right 2, bottom-left 1,
+  // bottom-right 2, of 1.75 x 4 in all.
+  torch::Tensor t = region_target(boxes, 8, 4, pad, 2);
+  EXPECT_TRUE(torch::allclose(t, torch::tensor({2.0, 2.0, 1.0, 2.0}) / 7.0, 0, 1e-6)) << t;
+  // Crop: the short side stays 4, columns 2-5 are kept: A -> [-2, 0, 2, 2] (top-left patch, whole),
+  // B -> [0, 0, 6, 4] (everything). Union per patch: 4, 4, 4, 4.
+  ImageOptions crop{4, AspectMode::Crop, {0, 0, 0}, {1, 1, 1}};
+  EXPECT_TRUE(torch::allclose(region_target(boxes, 8, 4, crop, 2), torch::full({4}, 0.25), 0, 1e-6));
+  EXPECT_TRUE(torch::allclose(region_target({{0, 0, 4, 2}}, 8, 4, crop, 2), torch::tensor({1.0, 0.0, 0.0, 0.0}), 0, 1e-6));
+  // A box the crop cuts away gives no target.
+  EXPECT_EQ(region_target({{6, 2, 8, 4}}, 8, 4, crop, 2).sum().item<double>(), 0.0);
+
+  // Through the processor and collator: the synth image is 16x16 (no move), 4x4 patches of 4 px.
+  Processor processor(config(), ModelInterface{16, 16, 3, 512});
+  Example e = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}});
+  e.regions = {{4, 4, 8, 12}};  // patches (1, 1) and (2, 1)
+  Sample with = processor.process(e);
+  Sample without = processor.process(example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}}));
+  EXPECT_FALSE(without.region_target.defined());
+  Batch b = processor.collate({without, with});
+  torch::Tensor expected = torch::zeros({16});
+  expected[5] = 0.5, expected[9] = 0.5;
+  EXPECT_TRUE(torch::allclose(b.region_target[1], expected, 0, 1e-6));
+  EXPECT_EQ(b.region_target[0].sum().item<double>(), 0.0);
+  e.regions = {{20, 20, 30, 30}};
+  test::expect_error<DataError>([&] { processor.process(e); }, {"(id ex)", "no region lies inside the 16x16 image"});
 }
 
 // ---------------------------------------------------------------- templates and labels
@@ -223,6 +259,13 @@ TEST_F(BadData, Messages) {
   expect_bad("k.json", "[{\"id\": \"s7\", \"hint\": 3, \"conversations\": [{\"from\": \"human\", \"value\": \"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]}]",
              {"(id s7): \"hint\" must be a string"});
   expect_bad("j.json", "  \n", {"j.json: empty dataset file"});
+  const std::string turns = "\"conversations\": [{\"from\": \"human\", \"value\": \"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]";
+  expect_bad("l.json", "[{\"id\": \"s8\", \"regions\": [[0, 0, 1, 1]], " + turns + "}]",
+             {"(id s8): \"regions\" given but the sample has no \"image\""});
+  expect_bad("m.json", "[{\"id\": \"s9\", \"image\": \"a.png\", \"regions\": [[0, 0, 1]], " + turns + "}]",
+             {"(id s9): each region must be [x0, y0, x1, y1]", "[0,0,1]"});
+  expect_bad("n.json", "[{\"id\": \"s10\", \"image\": \"a.png\", \"regions\": [[5, 0, 2, 1]], " + turns + "}]",
+             {"(id s10): region [5,0,2,1] is empty"});
   test::expect_error<DataError>([&] { load_dataset((dir_.path() / "none.json").string()); }, {"none.json: cannot open"});
 }
 
@@ -260,7 +303,7 @@ TEST_F(Data, CollatorPadsRightAndMarksImages) {
   Processor processor(config(), ModelInterface{16, 16, 3, 512});
   Sample with = processor.process(example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}}));
   Sample without = processor.process(example({{true, "Say hi"}, {false, "hi"}}, ""));
-  Batch b = collate({without, with}, 0, 3, 16);
+  Batch b = collate({without, with}, 0, 3, 16, 16);
   const int64_t t = static_cast<int64_t>(std::max(with.input_ids.size(), without.input_ids.size()));
   EXPECT_EQ(b.input_ids.sizes(), (std::vector<int64_t>{2, t}));
   EXPECT_EQ(b.pixel_values.sizes(), (std::vector<int64_t>{1, 3, 16, 16}));
@@ -383,6 +426,39 @@ TEST_F(Data, SynthIsDeterministicAndConflictHintsDisagree) {
   std::set<std::string> answers;
   for (const auto& s : load_dataset((a.path() / "s/train.json").string())) answers.insert(s.turns[1].value);
   EXPECT_GE(answers.size(), 6u);
+}
+
+TEST_F(Data, SynthWritesTypesRegionsChanceHintsAndOneTokenizer) {
+  test::TempDir dir;
+  SynthOptions o;
+  o.out_dir = (dir.path() / "chance").string();
+  o.train = 400, o.eval = 4, o.image_size = 32, o.seed = 5, o.chance_hints = true;
+  synthesize(o);
+  int right = 0, none = 0;
+  std::map<std::string, int> types;
+  for (const auto& e : load_dataset(o.out_dir + "/train.json")) {
+    ++types[e.type];
+    right += e.hint == e.turns[1].value;
+    none += e.hint.empty();
+    EXPECT_EQ(e.turns[0].value.find("Hint") == std::string::npos, e.hint.empty()) << e.id;
+    // Medium images hold two shapes: a count asks about both, the other questions about one.
+    ASSERT_EQ(e.regions.size(), e.type == "count" ? 2u : 1u) << e.id;
+    for (const auto& box : e.regions) EXPECT_TRUE(box[0] >= 0 && box[1] >= 0 && box[2] <= 32 && box[3] <= 32) << e.id;
+  }
+  EXPECT_EQ(types.size(), 3u);
+  EXPECT_TRUE(types.count("colour") && types.count("shape") && types.count("count"));
+  // Right as often as absent, at chance: 1/9 for colours, 1/5 for shapes and counts, about 0.15 in all
+  // (0.98 without the flag).
+  EXPECT_GT(right, 30);
+  EXPECT_LT(right, 95);
+  EXPECT_GT(none, 30);
+  EXPECT_LT(none, 95);
+  // The tokenizer depends on nothing but the vocabulary size, so stage-1 and stage-2 data share it.
+  o.out_dir = (dir.path() / "other").string();
+  o.seed = 9, o.chance_hints = false, o.train = 10;
+  synthesize(o);
+  EXPECT_EQ(test::read_text((dir.path() / "chance/tokenizer.model").string()),
+            test::read_text((dir.path() / "other/tokenizer.model").string()));
 }
 
 }  // namespace
