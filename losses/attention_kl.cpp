@@ -25,7 +25,7 @@ LossTerm AttentionKlLoss::compute(const AttentionStats& stats) const {
                 " patches but the batch has ", p.size(-1), " image tokens per sample");
     torch::Tensor target = stats.region_target.to(p.scalar_type());
     target = (target / target.sum(1, true).clamp_min(options_.eps)).view({p.size(0), 1, 1, -1});  // (B, 1, 1, Nv)
-    torch::Tensor q = p / p.sum(-1, true).clamp_min(options_.eps);
+    torch::Tensor q = options_.renormalise ? p / p.sum(-1, true).clamp_min(options_.eps) : p;
     torch::Tensor kl = (torch::xlogy(target, target) - target * torch::log(q.clamp_min(options_.eps))).sum(-1);  // (B, H, T)
     torch::Tensor term = query_mean(kl, rq);
     per_sample = per_sample.defined() ? per_sample + term : term;

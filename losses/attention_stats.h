@@ -19,6 +19,7 @@ struct AttentionStats {
   std::vector<int64_t> layers;               // tapped decoder layer indices, ascending
   std::vector<torch::Tensor> visual_mass;    // per layer (B, H, T): sum of P over image keys
   std::vector<torch::Tensor> sink_mass;      // optional, per layer (B, H, T): sum of P over sink keys
+  std::vector<torch::Tensor> key_mass;       // optional, per layer (B, H, T, K): LossComposer::key_masks' sets
   std::vector<torch::Tensor> probs_to_visual;  // optional, per layer (B, H, T, Nv)
   torch::Tensor labels;          // (B, T) int64, -100 = not supervised
   torch::Tensor attention_mask;  // (B, T) bool, false = padding

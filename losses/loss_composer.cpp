@@ -62,25 +62,43 @@ LossComposer::LossComposer(const std::vector<LossEntry>& entries, int64_t num_la
   }
 }
 
-std::vector<int64_t> LossComposer::tap_layers() const {
-  std::vector<int64_t> layers;
-  for (const auto& loss : losses_) layers.insert(layers.end(), loss->layers().begin(), loss->layers().end());
-  std::sort(layers.begin(), layers.end());
-  layers.erase(std::unique(layers.begin(), layers.end()), layers.end());
-  return layers;
+LossNeeds LossComposer::needs() const {
+  LossNeeds all;
+  for (const auto& loss : losses_) {
+    LossNeeds n = loss->needs();
+    all.layers.insert(all.layers.end(), n.layers.begin(), n.layers.end());
+    all.probs_to_visual |= n.probs_to_visual;
+    all.region_target |= n.region_target;
+    all.sink_mass |= n.sink_mass;
+  }
+  std::sort(all.layers.begin(), all.layers.end());
+  all.layers.erase(std::unique(all.layers.begin(), all.layers.end()), all.layers.end());
+  return all;
 }
 
-bool LossComposer::needs_sink_mass() const {
-  return std::any_of(losses_.begin(), losses_.end(), [](const auto& l) { return l->needs_sink_mass(); });
-}
-
-bool LossComposer::needs_probs_to_visual() const {
-  return std::any_of(losses_.begin(), losses_.end(), [](const auto& l) { return l->needs_probs_to_visual(); });
+torch::Tensor LossComposer::key_masks(const AttentionStats& masks) const {
+  std::vector<torch::Tensor> sets;
+  for (const auto& loss : losses_)
+    if (loss->needs().sink_mass) sets.push_back(loss->sink_keys(masks));
+  return sets.empty() ? torch::Tensor() : torch::stack(sets, -1);  // (B, T, K)
 }
 
 std::vector<WeightedTerm> LossComposer::compute(const torch::Tensor& logits, const AttentionStats& stats) const {
   std::vector<WeightedTerm> terms{{"text_ce", 1.0, text_ce(logits, stats.labels)}};
-  for (size_t i = 0; i < losses_.size(); ++i) terms.push_back({losses_[i]->name(), weights_[i], losses_[i]->compute(stats)});
+  int64_t key_set = 0;
+  for (size_t i = 0; i < losses_.size(); ++i) {
+    if (!losses_[i]->needs().sink_mass) {
+      terms.push_back({losses_[i]->name(), weights_[i], losses_[i]->compute(stats)});
+      continue;
+    }
+    AttentionStats own = stats;  // tensor handles only
+    if (!stats.key_mass.empty()) {
+      own.sink_mass.clear();
+      for (const auto& mass : stats.key_mass) own.sink_mass.push_back(mass.select(-1, key_set));
+    }
+    ++key_set;
+    terms.push_back({losses_[i]->name(), weights_[i], losses_[i]->compute(own)});
+  }
   return terms;
 }
 

@@ -31,13 +31,16 @@ class LossComposer {
  public:
   LossComposer(const std::vector<LossEntry>& entries, int64_t num_layers);
 
-  std::vector<int64_t> tap_layers() const;  // union of the layers the losses read, ascending
-  bool needs_sink_mass() const;
-  bool needs_probs_to_visual() const;
+  // What all losses together read: the union of their layers, any flag one of them sets.
+  LossNeeds needs() const;
+  // (B, T, K) bool: one key set per loss that reads sink_mass (in loss order), from the batch masks;
+  // undefined when none does. A trainer returns the attention mass on each as AttentionStats::key_mass.
+  torch::Tensor key_masks(const AttentionStats& masks) const;
   const std::vector<std::unique_ptr<AlignmentLoss>>& losses() const { return losses_; }
   const std::vector<double>& weights() const { return weights_; }
 
-  // text_ce first, then each alignment loss in config order.
+  // text_ce first, then each alignment loss in config order. stats.key_mass (per layer (B, H, T, K), for
+  // key_masks()) becomes each sink-reading loss's sink_mass.
   std::vector<WeightedTerm> compute(const torch::Tensor& logits, const AttentionStats& stats) const;
   // The counts compute() would return, from the batch masks alone (text_ce first).
   std::vector<torch::Tensor> counts(const AttentionStats& masks) const;

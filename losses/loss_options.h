@@ -92,11 +92,15 @@ struct SinkSuppressionOptions {
 // KLAL-style (arXiv 2511.12738): KL(target || attention over image tokens) at response queries.
 struct AttentionKlOptions {
   LayerSpec layers;
+  bool renormalise = true;  // false: the target is over all keys, so attention off the region costs too
   double eps = 1e-8;
 
   template <class V>
   void visit(V& v) {
     v.field("layers", layers, "decoder layers whose attention over image tokens is matched");
+    v.field("renormalise", renormalise,
+            "true: match the attention renormalised over image tokens (KLAL); false: match the attention over all "
+            "keys (adds -log of the image mass: text keys, the hint included, cost too)");
     v.field("eps", eps, "floor inside the logarithms", Range::positive());
   }
 };

@@ -7,13 +7,13 @@ SinkSuppressionLoss::SinkSuppressionLoss(const SinkSuppressionOptions& options, 
   layers_ = resolve_layers(options.layers, num_layers);
 }
 
-torch::Tensor SinkSuppressionLoss::sink_keys(const torch::Tensor& attention_mask, const torch::Tensor& system_mask) const {
+torch::Tensor SinkSuppressionLoss::sink_keys(const AttentionStats& masks) const {
+  torch::Tensor real = masks.attention_mask.to(torch::kBool);
   if (options_.sink == SinkTokens::System) {
-    TORCH_CHECK(system_mask.defined() && system_mask.sizes() == attention_mask.sizes(),
-                "sink_suppression with sink: system needs a (B, T) system-prompt mask from the batch");
-    return system_mask.to(torch::kBool) & attention_mask.to(torch::kBool);
+    TORCH_CHECK(masks.visual_mask.defined() && masks.visual_mask.sizes() == real.sizes(),
+                "sink_suppression with sink: system needs the (B, T) visual_mask");
+    return real & (masks.visual_mask.to(torch::kBool).to(torch::kInt64).cumsum(1) == 0);  // before the image span
   }
-  torch::Tensor real = attention_mask.to(torch::kBool);
   return real & (real.to(torch::kInt64).cumsum(1) == 1);  // first real token of each sample
 }
 

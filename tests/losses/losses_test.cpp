@@ -165,13 +165,16 @@ TEST(SinkSuppression, HandComputedAndSinkKeys) {
   EXPECT_NEAR(value(t.sum), (std::log(0.2 + 1e-6) + std::log(0.4 + 1e-6)) / 2, 1e-12);
   EXPECT_EQ(value(t.count), 1);
   SinkSuppressionLoss bos(o, 2);
-  torch::Tensor mask = torch::tensor({{0, 1, 1}, {1, 1, 0}}).to(torch::kBool);
-  EXPECT_TRUE(torch::equal(bos.sink_keys(mask, {}), torch::tensor({{0, 1, 0}, {1, 0, 0}}).to(torch::kBool)));
-  o.sink = SinkTokens::System;
+  AttentionStats masks;
+  masks.attention_mask = torch::tensor({{0, 1, 1, 1, 1}, {1, 1, 1, 1, 0}}).to(torch::kBool);
+  masks.visual_mask = torch::tensor({{0, 0, 0, 1, 1}, {0, 1, 1, 0, 0}}).to(torch::kBool);
+  EXPECT_TRUE(torch::equal(bos.sink_keys(masks), torch::tensor({{0, 1, 0, 0, 0}, {1, 0, 0, 0, 0}}).to(torch::kBool)));
+  o.sink = SinkTokens::System;  // every real token before the image span
   SinkSuppressionLoss sys(o, 2);
-  torch::Tensor system = torch::tensor({{1, 1, 0}, {1, 1, 1}});
-  EXPECT_TRUE(torch::equal(sys.sink_keys(mask, system), torch::tensor({{0, 1, 0}, {1, 1, 0}}).to(torch::kBool)));
-  test::expect_error<c10::Error>([&] { sys.sink_keys(mask, {}); }, {"needs a (B, T) system-prompt mask"});
+  EXPECT_TRUE(torch::equal(sys.sink_keys(masks), torch::tensor({{0, 1, 1, 0, 0}, {1, 0, 0, 0, 0}}).to(torch::kBool)));
+  masks.visual_mask = torch::Tensor();
+  test::expect_error<c10::Error>([&] { sys.sink_keys(masks); }, {"sink: system needs the (B, T) visual_mask"});
+  EXPECT_TRUE(sys.needs().sink_mass && !sys.needs().probs_to_visual && !sys.needs().region_target);
 }
 
 TEST(AttentionKl, HandComputed) {
@@ -188,6 +191,12 @@ TEST(AttentionKl, HandComputed) {
   LossTerm t = AttentionKlLoss(o, 2).compute(s);
   EXPECT_NEAR(value(t.sum), expected, 1e-9);
   EXPECT_EQ(value(t.count), 1);
+  // Not renormalised: the target against P itself, = the above - log(image mass) per query.
+  o.renormalise = false;
+  double unnormalised = (kl(0.25, 0.75, 0.3, 0.1) + kl(0.25, 0.75, 0.1, 0.1)) / 2;
+  EXPECT_NEAR(value(AttentionKlLoss(o, 2).compute(s).sum), unnormalised, 1e-9);
+  EXPECT_NEAR(unnormalised, expected - (std::log(0.4) + std::log(0.2)) / 2, 1e-12);
+  o.renormalise = true;
   s.region_target = torch::zeros({2, 2}, torch::kFloat64);  // no targets: nothing to sum, no NaN
   LossTerm none = AttentionKlLoss(o, 2).compute(s);
   EXPECT_EQ(value(none.count), 0);
@@ -307,8 +316,8 @@ TEST(LossComposer, WeightsTermsCountsAndTotal) {
   entries[1].name = "layer_decay";
   entries[1].weight = 2.0;
   LossComposer composer(entries, 4);
-  EXPECT_EQ(composer.tap_layers(), (std::vector<int64_t>{0, 1, 2, 3}));
-  EXPECT_FALSE(composer.needs_sink_mass());
+  EXPECT_EQ(composer.needs().layers, (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_FALSE(composer.needs().sink_mass || composer.needs().probs_to_visual || composer.needs().region_target);
   AttentionStats s = hand_stats();
   s.layers = {0, 1, 2, 3};
   s.visual_mass = {s.visual_mass[0], s.visual_mass[1], s.visual_mass[1], s.visual_mass[0]};

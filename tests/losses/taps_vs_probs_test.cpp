@@ -31,10 +31,14 @@ TEST(TapsVsProbs, LossValuesAgree) {
   entries[1].name = "layer_decay";
   entries[2].name = "sink_suppression";
   LossComposer composer(entries, 2);
-  SinkSuppressionLoss sink(entries[2].sink_suppression, 2);
-  torch::Tensor sink_keys = sink.sink_keys(mask, {});
+  AttentionStats masks;
+  masks.labels = labels;
+  masks.attention_mask = mask.to(torch::kBool);
+  masks.visual_mask = (ids == 3) & masks.attention_mask;
+  torch::Tensor key_masks = composer.key_masks(masks);  // (B, T, 1): sink_suppression's keys
+  ASSERT_EQ(key_masks.size(-1), 1);
 
-  TapRequest request{composer.tap_layers(), false, true, sink_keys.unsqueeze(-1)};
+  TapRequest request{composer.needs().layers, false, true, key_masks};
   ModelOutput out = model->forward(ids, mask, pixels, request);
 
   AttentionStats from_taps;
@@ -45,10 +49,10 @@ TEST(TapsVsProbs, LossValuesAgree) {
   std::vector<torch::Tensor> probs;
   for (const auto& tap : out.taps) {
     from_taps.visual_mass.push_back(tap.visual_mass);
-    from_taps.sink_mass.push_back(tap.key_mass.select(-1, 0));
+    from_taps.key_mass.push_back(tap.key_mass);  // the composer hands each sink loss its set
     probs.push_back(tap.probs);
   }
-  AttentionStats from_probs = stats_from_probs(request.layers, probs, labels, mask, out.visual_mask, sink_keys);
+  AttentionStats from_probs = stats_from_probs(request.layers, probs, labels, mask, out.visual_mask, key_masks.select(-1, 0));
   auto a = composer.compute(out.logits, from_taps);
   auto c = composer.compute(out.logits, from_probs);
   for (size_t i = 0; i < a.size(); ++i) {
