@@ -22,6 +22,7 @@
 #include "lib/io/weights.h"
 #include "lib/util/logging.h"
 #include "losses/loss_composer.h"
+#include "trainers/components.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -102,9 +103,7 @@ json spec_json(const RunConfig& c, const ModelShapes& shapes, int64_t steps) {
 }
 
 std::shared_ptr<Processor> make_processor(const RunConfig& config) {
-  ModelShapes s = shapes_from_config(config.model);
-  return std::make_shared<Processor>(
-      config.data, ModelInterface{s.vision.image_size, s.vision.num_patches(), s.image_token_index, s.text.vocab_size});
+  return build_processor(config, shapes_from_config(config.model));
 }
 
 // The first `steps` batches the Trainer will draw: the same sampler, seed and processor.

@@ -6,6 +6,9 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <memory>
+
+#include <nlohmann/json.hpp>
 
 #include "lib/config/config_loader.h"
 #include "lib/data/dataset.h"
@@ -13,6 +16,7 @@
 #include "lib/data/tokenizer.h"
 #include "lib/io/safetensors.h"
 #include "lib/util/logging.h"
+#include "trainers/components.h"
 #include "trainers/launcher.h"
 #include "trainers/lora.h"
 #include "trainers/probe.h"
@@ -49,6 +53,12 @@ void print_evals(const std::vector<modalign::EvalResult>& evals) {
     std::printf("%-20s %10.4f %10.3f %10s %8lld\n", e.split.c_str(), e.loss, e.accuracy, hint.c_str(),
                 static_cast<long long>(e.samples));
   }
+  for (const auto& e : evals) {
+    if (e.accuracy_by_type.empty()) continue;
+    std::string line = "  " + e.split + " accuracy by type:";
+    for (const auto& [type, accuracy] : e.accuracy_by_type) line += " " + type + " " + std::to_string(accuracy).substr(0, 5);
+    std::printf("%s\n", line.c_str());
+  }
 }
 
 int run_config(const ConfigArgs& args, bool defaults) {
@@ -81,13 +91,31 @@ int run_train(const ConfigArgs& args, int64_t nproc, const std::vector<std::stri
   return 0;
 }
 
-int run_eval(const ConfigArgs& args, const std::string& checkpoint) {
+// The model of a config with a checkpoint's weights, and its processor: what eval, probe and generate use.
+struct LoadedModel {
+  modalign::VisionLanguageModel model{nullptr};
+  std::shared_ptr<modalign::Processor> processor;
+};
+LoadedModel load_model(const modalign::RunConfig& config, const std::string& checkpoint) {
+  modalign::setup_runtime(config.train);
+  LoadedModel m{modalign::build_model(config), nullptr};
+  modalign::load_checkpoint_weights(m.model, checkpoint);
+  m.processor = modalign::build_processor(config, m.model->shapes);
+  return m;
+}
+
+int run_eval(const ConfigArgs& args, const std::string& checkpoint, const std::string& out) {
   modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
   modalign::setup_logging(config.logging.level);
   if (config.data.eval_files.empty()) throw modalign::ConfigError("data.eval_files is empty: nothing to evaluate");
-  modalign::Trainer trainer(config);
-  trainer.load_weights_from(checkpoint);
-  print_evals(trainer.evaluate());
+  LoadedModel m = load_model(config, checkpoint);
+  const std::vector<modalign::EvalResult> evals =
+      modalign::build_evaluator(config, m.model, m.processor)->evaluate(config.data.eval_files);
+  print_evals(evals);
+  if (!out.empty()) {
+    modalign::write_file_atomic(out, modalign::eval_json(evals).dump(1) + "\n");
+    std::printf("results: %s\n", out.c_str());
+  }
   return 0;
 }
 
@@ -115,13 +143,13 @@ int run_probe(const ConfigArgs& args, ProbeArgs p) {
   modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
   modalign::setup_logging(config.logging.level);
   if (p.out.empty()) p.out = config.train.output_dir + "/probe";
-  modalign::Trainer trainer(config);
+  LoadedModel m = load_model(config, p.checkpoint);
   const std::vector<modalign::Example> examples = modalign::load_dataset(p.data);
   std::vector<modalign::ProbeReport> reports;
   for (const std::string& dir : {p.checkpoint, p.compare}) {
     if (dir.empty()) continue;
-    trainer.load_weights_from(dir);
-    reports.push_back(modalign::probe(trainer.model(), trainer.processor(), examples, p.batch_size));
+    modalign::load_checkpoint_weights(m.model, dir);
+    reports.push_back(modalign::probe(m.model, *m.processor, examples, p.batch_size));
     reports.back().checkpoint = dir;
     reports.back().split = std::filesystem::path(p.data).stem().string();
     std::cout << modalign::format_probe(reports.back()) << "\n";
@@ -129,6 +157,35 @@ int run_probe(const ConfigArgs& args, ProbeArgs p) {
   modalign::write_probe(reports, p.out);
   std::printf("results: %s/probe.json, %s/probe.csv\n", p.out.c_str(), p.out.c_str());
   plot_probe(p.out);
+  return 0;
+}
+
+struct GenerateArgs {
+  std::string checkpoint, image, prompt, data, out;
+};
+
+// One answer to --prompt (with --image), or every sample of --data written to --out as JSON lines.
+int run_generate(const ConfigArgs& args, const GenerateArgs& g) {
+  modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
+  modalign::setup_logging(config.logging.level);
+  if (g.data.empty() == g.prompt.empty()) throw modalign::ConfigError("generate: give either --prompt or --data");
+  if (!g.data.empty() && g.out.empty()) throw modalign::ConfigError("generate: --data needs --out answers.jsonl");
+  LoadedModel m = load_model(config, g.checkpoint);
+  auto evaluator = modalign::build_evaluator(config, m.model, m.processor);
+  if (!g.prompt.empty()) {
+    modalign::Example e;
+    e.id = "prompt";
+    e.where = "--prompt";
+    e.image = g.image.empty() ? "" : std::filesystem::absolute(g.image).string();
+    e.turns = {{true, (e.image.empty() ? "" : std::string(modalign::kImagePlaceholder) + "\n") + g.prompt}};
+    std::printf("%s\n", evaluator->answer({e}).front().answer.c_str());
+    return 0;
+  }
+  std::string lines;
+  for (const auto& a : evaluator->answer(modalign::load_dataset(g.data)))
+    lines += nlohmann::json{{"id", a.id}, {"prompt", a.prompt}, {"answer", a.answer}, {"reference", a.reference}}.dump() + "\n";
+  modalign::write_file_atomic(g.out, lines);
+  std::printf("answers: %s\n", g.out.c_str());
   return 0;
 }
 
@@ -144,7 +201,7 @@ int main(int argc, char** argv) {
   ProbeArgs probe_opts;
   CLI::App* probe = app.add_subcommand("probe", "per-layer visual attention share and modality dominance of a checkpoint");
   probe_args.add_to(probe);
-  probe->add_option("--checkpoint", probe_opts.checkpoint, "checkpoint folder (step-N)")->required();
+  probe->add_option("--checkpoint", probe_opts.checkpoint, "checkpoint folder (step-N), run folder or its `latest` file")->required();
   probe->add_option("--data", probe_opts.data, "LLaVA JSON/JSONL split whose samples are measured")->required();
   probe->add_option("--compare", probe_opts.compare, "a second checkpoint, measured on the same split and plotted beside");
   probe->add_option("--out", probe_opts.out, "output folder (default: train.output_dir/probe)");
@@ -169,11 +226,24 @@ int main(int argc, char** argv) {
   train->callback([&] { code = run_train(train_args, nproc, argv_all); });
 
   ConfigArgs eval_args;
-  std::string eval_checkpoint;
+  std::string eval_checkpoint, eval_out;
   CLI::App* eval = app.add_subcommand("eval", "evaluate a checkpoint on the configured eval splits");
   eval_args.add_to(eval);
-  eval->add_option("--checkpoint", eval_checkpoint, "checkpoint folder (step-N)")->required();
-  eval->callback([&] { code = run_eval(eval_args, eval_checkpoint); });
+  eval->add_option("--checkpoint", eval_checkpoint, "checkpoint folder (step-N), run folder or its `latest` file")->required();
+  eval->add_option("--out", eval_out, "also write the results as JSON to this file");
+  eval->callback([&] { code = run_eval(eval_args, eval_checkpoint, eval_out); });
+
+  ConfigArgs generate_args;
+  GenerateArgs generate_opts;
+  CLI::App* generate = app.add_subcommand("generate", "answer a prompt about an image, or every sample of a split");
+  generate_args.add_to(generate);
+  generate->add_option("--checkpoint", generate_opts.checkpoint, "checkpoint folder (step-N), run folder or its `latest` file")
+      ->required();
+  generate->add_option("--prompt", generate_opts.prompt, "the question (the chat template wraps it)");
+  generate->add_option("--image", generate_opts.image, "image file the prompt is about");
+  generate->add_option("--data", generate_opts.data, "LLaVA JSON/JSONL split to answer (data.image_folder holds its images)");
+  generate->add_option("--out", generate_opts.out, "with --data: answers as JSON lines {id, prompt, answer, reference}");
+  generate->callback([&] { code = run_generate(generate_args, generate_opts); });
 
   ConfigArgs convert_args;
   std::string convert_checkpoint, convert_out;
@@ -200,6 +270,9 @@ int main(int argc, char** argv) {
   synth_cmd->add_option("--hint-agreement", synth.hint_agreement, "share of training hints that are right")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
+  synth_cmd->add_flag("--chance-hints", synth.chance_hints,
+                      "training hints carry no information: each is an answer option drawn uniformly, or absent as often as "
+                      "any one option (overrides --hint-agreement)");
   synth_cmd->add_option("--difficulty", synth.difficulty, "easy, medium or hard")
       ->transform(CLI::CheckedTransformer(std::map<std::string, modalign::SynthDifficulty>{
           {"easy", modalign::SynthDifficulty::Easy},

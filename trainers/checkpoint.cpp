@@ -43,6 +43,52 @@ int64_t step_of(const fs::path& p) {
 
 }  // namespace
 
+std::vector<uint8_t> cpu_rng_state() {
+  torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
+  return std::vector<uint8_t>(state.data_ptr<uint8_t>(), state.data_ptr<uint8_t>() + state.numel());
+}
+
+void set_cpu_rng_state(const std::vector<uint8_t>& bytes) {
+  torch::Tensor state = torch::tensor(std::vector<int64_t>(bytes.begin(), bytes.end())).to(torch::kUInt8);
+  at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the shared generator
+  generator.set_state(state);
+}
+
+nlohmann::json TrainerState::to_json() const {
+  return {{"step", step},
+          {"epoch", cursor.epoch},
+          {"data_cursor", {{"epoch", cursor.epoch}, {"batch", cursor.batch}}},
+          {"skipped_samples", skipped_samples},
+          {"nonfinite_total", nonfinite_total},
+          {"nonfinite_streak", nonfinite_streak},
+          {"losses", losses},
+          {"seed", seed},
+          {"global_batch", global_batch},
+          {"cpu_rng_state", cpu_rng_state}};
+}
+
+TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string& where) {
+  TrainerState s;
+  auto read = [&](const char* key, auto& out) {
+    try {
+      out = j.at(nlohmann::json::json_pointer(key)).get<std::decay_t<decltype(out)>>();
+    } catch (const nlohmann::json::exception&) {
+      throw std::runtime_error(fmt::format("{}: '{}' is missing or malformed", where, std::string(key).substr(1)));
+    }
+  };
+  read("/step", s.step);
+  read("/data_cursor/epoch", s.cursor.epoch);
+  read("/data_cursor/batch", s.cursor.batch);
+  read("/skipped_samples", s.skipped_samples);
+  read("/nonfinite_total", s.nonfinite_total);
+  read("/nonfinite_streak", s.nonfinite_streak);
+  read("/losses", s.losses);
+  read("/seed", s.seed);
+  read("/global_batch", s.global_batch);
+  read("/cpu_rng_state", s.cpu_rng_state);
+  return s;
+}
+
 std::string save_checkpoint(const std::string& output_dir, int64_t step, const CheckpointContents& c, int64_t keep) {
   fs::create_directories(output_dir);
   const fs::path final_dir = fs::path(output_dir) / fmt::format("step-{:06d}", step);
@@ -51,7 +97,7 @@ std::string save_checkpoint(const std::string& output_dir, int64_t step, const C
   fs::create_directories(tmp);
   save_safetensors((tmp / "model.safetensors").string(), c.model, {{"format", "pt"}});
   save_safetensors((tmp / "optimizer.safetensors").string(), c.optimizer);
-  write_file_atomic((tmp / "trainer_state.json").string(), c.trainer_state.dump(2) + "\n");
+  write_file_atomic((tmp / "trainer_state.json").string(), c.trainer_state.to_json().dump(2) + "\n");
   write_file_atomic((tmp / "config.yaml").string(), c.config_yaml);
   fsync_path(tmp, true);
   fs::remove_all(final_dir);  // a re-save of the same step replaces it
@@ -83,13 +129,12 @@ bool checkpoint_complete(const std::string& dir) {
 
 std::optional<std::string> find_latest_checkpoint(const std::string& output_dir) {
   if (!fs::is_directory(output_dir)) return std::nullopt;
-  fs::path pointer = fs::path(output_dir) / "latest";
-  if (fs::exists(pointer)) {
-    std::string name = read_all(pointer);
-    name.erase(name.find_last_not_of(" \n\r\t") + 1);
-    fs::path dir = fs::path(output_dir) / name;
-    if (!name.empty() && step_of(dir) >= 0 && checkpoint_complete(dir.string())) return dir.string();
+  std::string pointed;
+  try {
+    pointed = read_latest_pointer(output_dir);
+  } catch (const SafetensorsError&) {  // a broken pointer: fall back to the newest complete folder
   }
+  if (!pointed.empty() && step_of(pointed) >= 0 && checkpoint_complete(pointed)) return pointed;
   std::vector<std::pair<int64_t, fs::path>> all;
   for (const auto& e : fs::directory_iterator(output_dir))
     if (e.is_directory() && step_of(e.path()) >= 0) all.emplace_back(step_of(e.path()), e.path());
@@ -99,17 +144,32 @@ std::optional<std::string> find_latest_checkpoint(const std::string& output_dir)
   return std::nullopt;
 }
 
+std::string resolve_checkpoint(const std::string& path) {
+  std::string dir = path;
+  if (fs::path(path).filename() == "latest" && fs::is_regular_file(path)) dir = fs::path(path).parent_path().string();
+  if (!fs::is_regular_file(fs::path(dir) / "trainer_state.json")) {
+    const std::string pointed = read_latest_pointer(dir);
+    if (!pointed.empty()) dir = pointed;
+  }
+  if (!checkpoint_complete(dir))
+    throw std::runtime_error(path + ": not a complete checkpoint (nor a run folder whose `latest` names one)");
+  return dir;
+}
+
 CheckpointContents load_checkpoint(const std::string& dir) {
   for (const char* f : kFiles)
     if (!fs::is_regular_file(fs::path(dir) / f)) throw std::runtime_error(dir + ": checkpoint lacks " + f);
   CheckpointContents c;
   c.model = load_tensors((fs::path(dir) / "model.safetensors").string());
   c.optimizer = load_tensors((fs::path(dir) / "optimizer.safetensors").string());
+  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
+  nlohmann::json state;
   try {
-    c.trainer_state = nlohmann::json::parse(read_all(fs::path(dir) / "trainer_state.json"));
+    state = nlohmann::json::parse(read_all(state_path));
   } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(dir + "/trainer_state.json: " + e.what());
+    throw std::runtime_error(state_path + ": not valid JSON: " + e.what());
   }
+  c.trainer_state = TrainerState::from_json(state, state_path);
   c.config_yaml = read_all(fs::path(dir) / "config.yaml");
   return c;
 }

@@ -4,18 +4,39 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "lib/data/sampler.h"
 #include "lib/io/safetensors.h"
 
 namespace modalign {
 
+// Where a run is, besides its weights and optimizer: what trainer_state.json holds.
+struct TrainerState {
+  int64_t step = 0;
+  DataCursor cursor;  // the next batch
+  int64_t skipped_samples = 0, nonfinite_total = 0, nonfinite_streak = 0;
+  std::vector<double> losses;  // total loss per optimizer step so far
+  int64_t seed = 0;
+  int64_t global_batch = 0;  // samples per optimizer step, all processes (a resume must keep it)
+  std::vector<uint8_t> cpu_rng_state;  // LibTorch's default CPU generator (dropout)
+
+  nlohmann::json to_json() const;
+  // Throws std::runtime_error naming `where` (the file) and the missing or malformed key.
+  static TrainerState from_json(const nlohmann::json& j, const std::string& where);
+};
+
+// LibTorch's default CPU generator (dropout, LoRA dropout), saved with checkpoints so resume is exact.
+std::vector<uint8_t> cpu_rng_state();
+void set_cpu_rng_state(const std::vector<uint8_t>& bytes);
+
 struct CheckpointContents {
   NamedTensors model;
   NamedTensors optimizer;
-  nlohmann::json trainer_state;
+  TrainerState trainer_state;
   std::string config_yaml;
 };
 
@@ -29,6 +50,10 @@ bool checkpoint_complete(const std::string& dir);
 // The newest complete checkpoint in output_dir: the one `latest` names if complete, else the complete
 // step-* folder with the highest step. nullopt when there is none.
 std::optional<std::string> find_latest_checkpoint(const std::string& output_dir);
+
+// A checkpoint folder named directly, or through a run folder or its `latest` pointer file: the folder
+// `latest` names. Throws std::runtime_error naming `path` when it is none of these or is incomplete.
+std::string resolve_checkpoint(const std::string& path);
 
 // Reads a checkpoint folder; throws std::runtime_error naming the folder and the broken file.
 CheckpointContents load_checkpoint(const std::string& dir);

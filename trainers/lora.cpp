@@ -5,7 +5,7 @@
 #include "lib/io/safetensors.h"
 #include "lib/io/weights.h"
 #include "lib/model/linear.h"
-#include "trainers/trainer.h"
+#include "trainers/components.h"
 
 namespace modalign {
 
@@ -40,14 +40,14 @@ std::vector<std::pair<std::string, torch::Tensor>> exported_state(const torch::n
 }
 
 void convert_checkpoint(const RunConfig& config, const std::string& checkpoint, const std::string& out, bool merge) {
-  Trainer trainer(config);
-  trainer.load_weights_from(checkpoint);
+  VisionLanguageModel model = build_model(config);  // the model section (and train.lora_*) only
+  load_checkpoint_weights(model, checkpoint);
   bool has_lora = false;
-  for (const auto& [name, t] : named_state(*trainer.model())) has_lora |= name.find(".lora_") != std::string::npos;
+  for (const auto& [name, t] : named_state(*model)) has_lora |= name.find(".lora_") != std::string::npos;
   if (has_lora && !merge)
     throw std::invalid_argument(checkpoint + " holds LoRA adapters: pass --merge-lora to fold them into the weights");
-  merge_lora(*trainer.model());
-  save_safetensors(out, exported_state(*trainer.model()), {{"format", "pt"}, {"source", checkpoint}});
+  merge_lora(*model);
+  save_safetensors(out, exported_state(*model), {{"format", "pt"}, {"source", checkpoint}});
 }
 
 }  // namespace modalign

@@ -1,9 +1,11 @@
 // Trainer: fine-tunes a VisionLanguageModel from a RunConfig. One obvious path:
 //   train() -> train_step() -> forward_backward() -> optimizer step -> metrics, eval, checkpoint.
-// Losses are divided once by the global count of the accumulation window (LossTerm), a non-finite
+// The parts (model, processor, losses, evaluator) come from trainers/components. Losses are divided
+// once by the global count of the accumulation window (LossTerm); each loss gets exactly what it
+// declares it needs (LossNeeds: taps, per-key probabilities, sink keys, region targets). A non-finite
 // loss or gradient skips the update (too many in a row abort with a checkpoint), SIGINT/SIGTERM finish
-// the step and save, and resuming restores weights, optimizer, data cursor and counters, so a resumed
-// run is bitwise the run that never stopped (CPU, fixed thread count).
+// the step and save, and resuming restores weights, optimizer and TrainerState (data cursor, counters,
+// RNG), so a resumed run is bitwise the run that never stopped (CPU, fixed thread count).
 #pragma once
 #include <memory>
 #include <set>
@@ -13,21 +15,15 @@
 #include "lib/config/run_config.h"
 #include "lib/data/loader.h"
 #include "lib/model/vision_language_model.h"
+#include "lib/util/metrics_sink.h"
 #include "losses/loss_composer.h"
 #include "trainers/checkpoint.h"
 #include "trainers/distributed.h"
+#include "trainers/evaluator.h"
 #include "trainers/optimizer.h"
+#include "trainers/step_stats.h"
 
 namespace modalign {
-
-struct EvalResult {
-  std::string split;  // eval file stem, e.g. eval_conflict
-  double loss = 0;    // text CE per supervised token
-  double accuracy = 0;  // greedy answer == reference after normalisation
-  int64_t samples = 0;
-  // Among samples whose "hint" names a wrong answer: the share answered with the hint (-1 when none).
-  double hint_rate = -1;
-};
 
 struct TrainResult {
   int64_t steps = 0;
@@ -49,9 +45,7 @@ class Trainer {
   ~Trainer();
 
   TrainResult train();
-  std::vector<EvalResult> evaluate();
-  // Loads the weights of a checkpoint folder (for `modalign eval`).
-  void load_weights_from(const std::string& checkpoint_dir);
+  std::vector<EvalResult> evaluate();  // data.eval_files
 
   // Test seam: optimizer steps (0-based) whose loss is replaced by NaN.
   void inject_nonfinite(std::set<int64_t> steps) { inject_ = std::move(steps); }
@@ -59,13 +53,13 @@ class Trainer {
   const Processor& processor() const { return *processor_; }
 
  private:
-  struct StepStats;
+  void prepare();  // optimizer, data, resume, rank-0 weights: everything train() needs before step 1
   StepStats train_step();
   StepStats forward_backward(const std::vector<Batch>& micro_batches);
   std::string save();
   void resume(const CheckpointContents& checkpoint, const std::string& dir);
+  void log_step(const StepStats& s, double seconds, double elapsed, int64_t first_step, bool bar);
   int64_t total_steps() const;
-  TapRequest tap_request(const Batch& batch, bool log_step) const;
   bool leader() const { return !dp_ || dp_->rank() == 0; }
   int64_t global_batch() const;
 
@@ -73,12 +67,14 @@ class Trainer {
   VisionLanguageModel model_{nullptr};
   torch::Device device_{torch::kCPU};
   std::shared_ptr<Processor> processor_;
-  std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<LossComposer> composer_;
-  std::unique_ptr<GroupedAdamW> optimizer_;
+  std::unique_ptr<Evaluator> evaluator_;
   std::unique_ptr<DataParallel> dp_;  // null in a single process
-  int64_t step_ = 0, nonfinite_total_ = 0, nonfinite_streak_ = 0, skipped_before_ = 0;
-  std::vector<double> losses_;
+  std::unique_ptr<GroupedAdamW> optimizer_;
+  std::unique_ptr<DataLoader> loader_;
+  std::unique_ptr<MetricsSink> metrics_;
+  TrainerState state_;
+  int64_t skipped_before_ = 0;  // bad samples skipped before this process started (resume)
   std::set<int64_t> inject_;
 };
 

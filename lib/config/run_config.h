@@ -215,6 +215,27 @@ struct LoggingConfig {
   }
 };
 
+// How answers are generated (eval, `modalign generate`).
+struct GenerationConfig {
+  int64_t max_new_tokens = 8;
+  bool do_sample = false;  // false = greedy
+  double temperature = 1.0;
+  double top_p = 1.0;
+  int64_t seed = 0;
+  std::vector<int64_t> stop_token_ids;  // besides the tokenizer's EOS
+
+  template <class V>
+  void visit(V& v) {
+    v.field("max_new_tokens", max_new_tokens, "longest answer in tokens", Range::at_least(1));
+    v.field("do_sample", do_sample, "sample the next token (temperature, top_p, seed) instead of the argmax");
+    v.field("temperature", temperature, "divides the logits before sampling", Range::positive());
+    v.field("top_p", top_p, "sample from the smallest set of tokens whose probability reaches top_p",
+            Range::unit_open_lo());
+    v.field("seed", seed, "seed of the sampling generator (the same seed gives the same answers)");
+    v.field("stop_token_ids", stop_token_ids, "token ids that end an answer, besides EOS");
+  }
+};
+
 struct DistributedConfig {
   Backend backend = Backend::Gloo;
   int64_t nproc = 1;
@@ -239,6 +260,7 @@ struct RunConfig {
   std::vector<LossEntry> losses;  // alignment terms added to text CE
   CheckpointConfig checkpoint;
   LoggingConfig logging;
+  GenerationConfig generation;
   DistributedConfig distributed;
 
   template <class V>
@@ -249,6 +271,7 @@ struct RunConfig {
     v.list("losses", losses, "alignment losses added to text cross-entropy: [{name, weight, ...}]");
     v.section("checkpoint", checkpoint, "saving and resuming");
     v.section("logging", logging, "console, train.log and metrics.jsonl");
+    v.section("generation", generation, "answer generation in eval and `modalign generate`");
     v.section("distributed", distributed, "data-parallel training");
   }
 };

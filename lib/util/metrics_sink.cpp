@@ -17,10 +17,11 @@ MetricsSink::MetricsSink(const std::string& path) : path_(path) {
   if (!out_) throw std::runtime_error(path + ": cannot open metrics file for writing (" + std::strerror(errno) + ")");
 }
 
-void MetricsSink::write(const std::string& kind, const std::vector<std::pair<std::string, double>>& values) {
+void MetricsSink::write(const std::string& kind, int64_t step, const std::vector<std::pair<std::string, double>>& values) {
   if (path_.empty()) return;
   nlohmann::ordered_json record;
   record["kind"] = kind;
+  record["step"] = step;
   for (const auto& [name, value] : values) {
     if (std::isfinite(value)) record[name] = value;
     else record[name] = nullptr;

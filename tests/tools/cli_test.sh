@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The modalign command line: help lists every subcommand, config prints and errors, probe end to end.
+# The modalign command line: help lists every subcommand, config prints and errors; probe, eval --out,
+# generate and convert end to end on a tiny run (weights named by a step folder, the run folder or `latest`).
 set -u
 source "$(dirname "$0")/lib.sh"
 bin=$1; src=$2
@@ -11,7 +12,7 @@ check() {  # name, expected exit code, regex the output must match, command...
   else bad "$name: exit $code (want $want), output:"; echo "$out" | head -20; fi
 }
 check help 0 'train.*fine-tune' "$bin" --help
-for sub in train eval probe synth inspect convert config; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
+for sub in train eval probe generate synth inspect convert config; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
 check version 0 'modalign 0\.1\.0' "$bin" --version
 check defaults 0 'learning_rate: 2e-05  # peak learning rate' "$bin" config --defaults
 printf 'train:\n  learning_rate: 1e-4\n' > "$tmp/a.yaml"
@@ -47,4 +48,21 @@ check probe-missing 1 'not a complete checkpoint' "$bin" probe -c "$tmp/probe.ya
   --data "$tmp/data/eval_conflict.json" --out "$tmp/probe2"
 check probe-bad-data 2 'data error: .*nothing.json' "$bin" probe -c "$tmp/probe.yaml" --checkpoint "$tmp/run/step-000001" \
   --data "$tmp/nothing.json" --out "$tmp/probe2"
+
+# eval --out: the printed table and a JSON file with per-type accuracy; the run folder stands for `latest`.
+check eval 0 'eval_conflict +[0-9.]+ +[0-9.]+ +[0-9.]+ +6' "$bin" eval -c "$tmp/probe.yaml" --checkpoint "$tmp/run" \
+  --set "data.eval_files=[$tmp/data/eval_conflict.json]" --out "$tmp/eval.json"
+check eval-json 0 '"accuracy_by_type"' cat "$tmp/eval.json"
+# generate: one prompt about one image, and a whole split as JSON lines (the same answers as eval would give).
+check generate-prompt 0 '.' "$bin" generate -c "$tmp/probe.yaml" --checkpoint "$tmp/run/latest" \
+  --image "$tmp/data/images/eval_conflict_00000.png" --prompt "What colour is the circle?"
+check generate-data 0 "answers: $tmp/answers.jsonl" "$bin" generate -c "$tmp/probe.yaml" --checkpoint "$tmp/run" \
+  --data "$tmp/data/eval_conflict.json" --out "$tmp/answers.jsonl"
+[ "$(wc -l < "$tmp/answers.jsonl")" = 6 ] && grep -q '"reference":' "$tmp/answers.jsonl" && ok || bad "answers.jsonl: 6 lines with references"
+check generate-usage 2 'give either --prompt or --data' "$bin" generate -c "$tmp/probe.yaml" --checkpoint "$tmp/run"
+# convert needs the model section only: no tokenizer, no data, a losses list it never reads.
+printf 'model: {hf_config: %s/config.json}\nlosses: [{name: attention_kl}]\n' "$tmp" > "$tmp/model_only.yaml"
+check convert 0 "wrote $tmp/export.safetensors" "$bin" convert -c "$tmp/model_only.yaml" --checkpoint "$tmp/run" \
+  --out "$tmp/export.safetensors" --merge-lora
+check convert-inspect 0 'language_model.model.norm.weight' "$bin" inspect "$tmp/export.safetensors"
 finish

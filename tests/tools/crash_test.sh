@@ -37,7 +37,10 @@ for i in $(seq 1 10); do
   if "$bin" inspect "$tmp/out/$name" >/dev/null 2>&1 && [ -f "$tmp/out/$name/trainer_state.json" ]; then ok
   else bad "run $i: latest checkpoint $name is not readable"; fi
   if [ $step -ge $prev ]; then ok; else bad "run $i: latest went back from $prev to $step"; fi
-  if [ $i -gt 1 ] && ! grep -q "resumed from" "$tmp/kill$i.log" && [ $prev -ge 0 ]; then bad "run $i did not resume"; tail -3 "$tmp/kill$i.log"; fi
+  # A run that wrote a newer checkpoint must have resumed (one killed before it got that far proves nothing).
+  if [ $i -gt 1 ] && [ $prev -ge 0 ] && [ $step -gt $prev ] && ! grep -q "resumed from" "$tmp/kill$i.log"; then
+    bad "run $i did not resume"; tail -3 "$tmp/kill$i.log"
+  fi
   prev=$step
 done
 finish

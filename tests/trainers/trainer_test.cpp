@@ -14,6 +14,9 @@
 #include "trainers/lora.h"
 #include "trainers/optimizer.h"
 #include "trainers/trainer.h"
+#include "losses/text_ce.h"
+#include "lib/data/dataset.h"
+#include "lib/data/synth.h"
 
 namespace modalign {
 namespace {
@@ -57,6 +60,136 @@ class TrainerTest : public ::testing::Test {
   static test::TempDir* dir_;
 };
 test::TempDir* TrainerTest::dir_ = nullptr;
+
+// Runs `c` to step 6, then again from its step-3 checkpoint in `name`_resumed: both end bitwise equal.
+void expect_bitwise_resume(const RunConfig& c, const fs::path& root, const std::string& name) {
+  TrainResult straight = Trainer(c).train();
+  ASSERT_EQ(straight.steps, 6);
+  for (double l : straight.losses) EXPECT_TRUE(std::isfinite(l));
+  fs::create_directories(root / (name + "_resumed"));
+  fs::copy(root / name / "step-000003", root / (name + "_resumed") / "step-000003", fs::copy_options::recursive);
+  RunConfig r = c;
+  r.train.output_dir = (root / (name + "_resumed")).string();
+  r.checkpoint.resume_from_checkpoint = "auto";
+  TrainResult resumed = Trainer(r).train();
+  ASSERT_EQ(resumed.losses.size(), straight.losses.size());
+  for (size_t i = 0; i < straight.losses.size(); ++i) EXPECT_EQ(resumed.losses[i], straight.losses[i]) << "step " << i + 1;
+  NamedTensors a = load_tensors((root / name / "step-000006/model.safetensors").string());
+  NamedTensors b = load_tensors((root / (name + "_resumed") / "step-000006/model.safetensors").string());
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+}
+
+// The values of one metric of metrics.jsonl's train records, in step order.
+std::vector<double> train_metric(const std::string& output_dir, const std::string& key) {
+  std::vector<double> out;
+  std::istringstream lines(test::read_text(output_dir + "/metrics.jsonl"));
+  for (std::string line; std::getline(lines, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j["kind"] == "train" && j.contains(key)) out.push_back(j[key].get<double>());
+  }
+  return out;
+}
+
+double mean_of(const std::vector<double>& v, size_t from, size_t to) {
+  double sum = 0;
+  for (size_t i = from; i < to; ++i) sum += v[i];
+  return sum / static_cast<double>(to - from);
+}
+
+TEST_F(TrainerTest, ResumeIsBitwiseEqualWithAttentionKlOn) {
+  RunConfig c = config("kl_resume");
+  LossEntry kl;
+  kl.name = "attention_kl";
+  c.losses.push_back(kl);
+  expect_bitwise_resume(c, dir_->path(), "kl_resume");
+}
+
+TEST_F(TrainerTest, RegionAndSinkLossesTrainEndToEndAndFall) {
+  // Each loss alone, 40 steps on synth data: its own value falls.
+  struct Case {
+    std::string name;
+    SinkTokens sink;
+  };
+  for (const Case& k : {Case{"attention_kl", SinkTokens::Bos}, Case{"sink_suppression", SinkTokens::Bos},
+                        Case{"sink_suppression", SinkTokens::System}}) {
+    const std::string out = k.name + (k.sink == SinkTokens::System ? "_system" : "_bos");
+    RunConfig c = config(out);
+    c.train.max_steps = 40;
+    c.train.gradient_accumulation_steps = 1;
+    c.data.eval_files.clear();
+    c.train.per_device_train_batch_size = 8;
+    c.checkpoint.save_steps = 0;
+    c.checkpoint.save_final = false;
+    c.data.chat_template = ChatTemplate::VicunaV1;  // a system prompt before the image
+    LossEntry e;
+    e.name = k.name;
+    e.weight = 1.0;
+    e.sink_suppression.sink = k.sink;
+    c.losses = {e};
+    Trainer(c).train();
+    std::vector<double> v = train_metric(c.train.output_dir, k.name);
+    ASSERT_EQ(v.size(), 40u) << out;
+    EXPECT_LT(mean_of(v, 30, 40), mean_of(v, 0, 10) - 0.05 * std::abs(mean_of(v, 0, 10))) << out;
+  }
+}
+
+TEST_F(TrainerTest, AttentionKlOnDataWithoutRegionsIsAConfigError) {
+  nlohmann::json j = nlohmann::json::parse(test::read_text((dir_->path() / "data/train.json").string()));
+  for (auto& sample : j) sample.erase("regions");
+  RunConfig c = config("no_regions");
+  c.data.train_files = {dir_->write("data/no_regions.json", j.dump())};
+  LossEntry kl;
+  kl.name = "attention_kl";
+  c.losses = {kl};
+  test::expect_error<ConfigError>([&] { Trainer(c).train(); },
+                                  {"losses.0 (attention_kl) needs region targets", "no_regions.json", "\"regions\""});
+}
+
+TEST_F(TrainerTest, ModelWeightsTakeACheckpointARunFolderOrItsLatestPointer) {
+  RunConfig c = config("weights_source");
+  c.train.max_steps = 2;
+  c.checkpoint.save_steps = 1;
+  Trainer(c).train();
+  const fs::path run = dir_->path() / "weights_source";
+  ASSERT_EQ(test::read_text((run / "latest").string()), "step-000002\n");
+  NamedTensors saved = load_tensors((run / "step-000002/model.safetensors").string());
+  for (const fs::path& source : {run / "step-000002", run, run / "latest"}) {
+    RunConfig next = config("weights_target");
+    next.model.weights = source.string();
+    Trainer trainer(next);
+    auto params = named_state(*trainer.model());
+    ASSERT_EQ(params.size(), saved.size());
+    for (size_t i = 0; i < saved.size(); ++i) EXPECT_TRUE(torch::equal(params[i].second, saved[i].second)) << source;
+  }
+  RunConfig bad = config("weights_target");
+  bad.model.weights = (dir_->path() / "data").string();
+  test::expect_error<SafetensorsError>([&] { Trainer t(bad); }, {"data: folder holds neither model.safetensors", "latest"});
+}
+
+TEST_F(TrainerTest, DemoPresetStartsNearAUniformPrediction) {
+  // Hugging Face initialisation: normal(0, 0.02) weights give a first loss within 10% of ln V.
+  test::TempDir data;
+  SynthOptions o;
+  o.out_dir = data.path().string();
+  o.train = 8, o.eval = 1, o.image_size = 64;
+  synthesize(o);
+  RunConfig c;
+  c.model.preset = "demo";
+  c.data.tokenizer = o.out_dir + "/tokenizer.model";
+  c.data.image_folder = o.out_dir;
+  c.data.model_max_length = 256;
+  torch::manual_seed(0);
+  VisionLanguageModel model = build_model(c.model);
+  Processor processor(c.data, ModelInterface{64, 64, model->shapes.image_token_index, model->shapes.text.vocab_size});
+  std::vector<Sample> samples;
+  for (const auto& e : load_dataset(o.out_dir + "/train.json")) samples.push_back(processor.process(e));
+  Batch b = processor.collate(samples);
+  torch::NoGradGuard no_grad;
+  LossTerm ce = text_ce(model->forward(b.input_ids, b.attention_mask, b.pixel_values).logits, b.labels);
+  const double loss = ce.sum.item<double>() / ce.count.item<double>(), uniform = std::log(512.0);
+  EXPECT_NEAR(loss, uniform, 0.1 * uniform);
+}
 
 TEST_F(TrainerTest, ResumeIsBitwiseEqualToAnUninterruptedRun) {
   TrainResult straight = Trainer(config("straight")).train();
@@ -205,6 +338,13 @@ TEST_F(TrainerTest, EvaluateReportsEverySplit) {
   EXPECT_GE(results[0].hint_rate, 0.0);  // every conflict hint names a wrong answer
   EXPECT_LE(results[0].accuracy + results[0].hint_rate, 1.0 + 1e-12);
   EXPECT_EQ(results[1].hint_rate, -1.0);  // aligned hints name the answer: no misleading hint to follow
+  // Accuracy per question type: the types of the split, and their weighted mean is the accuracy.
+  std::map<std::string, double> count;
+  for (const auto& e : load_dataset((dir_->path() / "data/eval_conflict.json").string())) count[e.type] += 1;
+  ASSERT_EQ(results[0].accuracy_by_type.size(), count.size());
+  double weighted = 0;
+  for (const auto& [type, accuracy] : results[0].accuracy_by_type) weighted += accuracy * count.at(type);
+  EXPECT_NEAR(weighted / 6.0, results[0].accuracy, 1e-12);
 }
 
 TEST_F(TrainerTest, HintRateCountsAnswersThatRepeatAMisleadingHint) {
@@ -231,7 +371,12 @@ TEST_F(TrainerTest, HintRateCountsAnswersThatRepeatAMisleadingHint) {
 TEST(Checkpoint, HalfWrittenCheckpointsAreNeverPickedUp) {
   test::TempDir dir;
   std::string out = dir.path().string();
-  CheckpointContents c{{{"w", torch::ones(2)}}, {{"w.exp_avg", torch::zeros(2)}}, {{"step", 1}}, "train: {}\n"};
+  TrainerState state;
+  state.step = 1;
+  state.cursor = {2, 5};
+  state.losses = {0.5, 0.25};
+  state.cpu_rng_state = {1, 2, 255};
+  CheckpointContents c{{{"w", torch::ones(2)}}, {{"w.exp_avg", torch::zeros(2)}}, state, "train: {}\n"};
   save_checkpoint(out, 1, c, 0);
   save_checkpoint(out, 2, c, 0);
   EXPECT_EQ(find_latest_checkpoint(out), (dir.path() / "step-000002").string());
@@ -247,9 +392,17 @@ TEST(Checkpoint, HalfWrittenCheckpointsAreNeverPickedUp) {
   EXPECT_FALSE(fs::exists(dir.path() / "step-000001"));
   EXPECT_FALSE(fs::exists(dir.path() / "step-000002"));
   EXPECT_TRUE(fs::exists(dir.path() / "step-000004"));
-  EXPECT_EQ(load_checkpoint((dir.path() / "step-000004").string()).trainer_state["step"], 1);
+  TrainerState back = load_checkpoint((dir.path() / "step-000004").string()).trainer_state;
+  EXPECT_EQ(back.to_json(), state.to_json());  // every field round-trips
+  EXPECT_EQ(back.cursor, (DataCursor{2, 5}));
   test::expect_error<std::runtime_error>([&] { load_checkpoint((dir.path() / "step-000007").string()); },
                                          {"step-000007: checkpoint lacks optimizer.safetensors"});
+  // A trainer_state.json without a key names the file and the key.
+  nlohmann::json partial = state.to_json();
+  partial["data_cursor"].erase("batch");
+  dir.write("step-000004/trainer_state.json", partial.dump());
+  test::expect_error<std::runtime_error>([&] { load_checkpoint((dir.path() / "step-000004").string()); },
+                                         {"step-000004/trainer_state.json: 'data_cursor/batch' is missing or malformed"});
 }
 
 TEST(Optimizer, ScheduleValues) {

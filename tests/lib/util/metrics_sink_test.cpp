@@ -24,19 +24,20 @@ TEST(MetricsSink, WritesOneFlushedObjectPerLineAndAppends) {
   std::string path = (dir.path() / "run/metrics.jsonl").string();
   {
     MetricsSink sink(path);
-    sink.write("train", {{"step", 1}, {"loss", 2.5}});
+    sink.write("train", 1, {{"loss", 2.5}});
     auto lines = read_lines(path);  // flushed before the sink is closed
     ASSERT_EQ(lines.size(), 1u);
     EXPECT_EQ(lines[0]["kind"], "train");
     EXPECT_DOUBLE_EQ(lines[0]["loss"].get<double>(), 2.5);
   }
   MetricsSink again(path);
-  again.write("eval", {{"step", 2}, {"loss", std::nan("")}, {"acc", INFINITY}});
+  again.write("eval", 2, {{"loss", std::nan("")}, {"acc", INFINITY}});
   auto lines = read_lines(path);
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[1]["kind"], "eval");
   EXPECT_TRUE(lines[1]["loss"].is_null());
   EXPECT_TRUE(lines[1]["acc"].is_null());
+  EXPECT_TRUE(lines[1]["step"].is_number_integer());  // "step": 2, not 2.0
   EXPECT_EQ(lines[1]["step"].get<int>(), 2);
 }
 
