@@ -1,23 +1,32 @@
 #!/usr/bin/env python3
-"""The modality-conflict study: does an alignment loss make the `demo` model answer from the image when the
-text hint lies? Trains every setting with paired seeds (same seed = same initial weights and data order),
-evaluates at a third, two thirds and the end, probes the final checkpoint, and writes the table and plots.
+"""The modality-conflict study: does an alignment loss keep the `demo` model answering from the image when
+the text hint lies? Two regimes, each setting with paired seeds (same seed = same initial weights and data
+order), evaluated at a third, two thirds and the end, the final checkpoint probed on eval_conflict.
 
-    /usr/bin/python3 bench/efficacy.py                 # the whole plan (skips runs whose results exist)
-    /usr/bin/python3 bench/efficacy.py --only ce,dc_log --seeds 8-9 [--difficulty easy]   # a piece by hand
-    /usr/bin/python3 bench/efficacy.py --report        # table + plots from the results there are
+    /usr/bin/python3 bench/efficacy.py                  # the whole plan (finished runs are skipped)
+    /usr/bin/python3 bench/efficacy.py --regime sees_first --only ce,kl_true --seeds 0-2   # a piece by hand
+    /usr/bin/python3 bench/efficacy.py --report         # docs/efficacy.md and the plots from the runs there are
 
-The plan: every setting with seeds 0-2 on `medium`; CE and the two settings with the best paired conflict gain
-then get seeds 3-7; finally `easy` (the control) with CE and the best setting, seeds 0-2.
+Regimes (both on `medium` images, stage-2 / training data with hints right 98% of the time):
+  scratch     the demo model trained from scratch on the hint-heavy split (configs/demo.yaml, 300 steps).
+  sees_first  the situation of a real pretrained VLM. Stage 1 (once, CE only): the model learns to read the
+              images from QA whose hints are right at chance (`synth --chance-hints`, 4,000 samples, vision
+              tower frozen). Stage 2 (per setting and seed): fine-tuning from that checkpoint on the
+              hint-heavy split, vision tower frozen as in LLaVA's stage 2. CE alone drifts to the hint; the
+              question is how much each setting keeps the model reading the image.
+attention_kl's targets are the boxes `synth` writes for the shapes each question is about (`kl_true`), or
+boxes of the same size at random places (`kl_random`, the ablation of Shrestha et al., ACL 2020).
 
-Runs go to --work (default build/efficacy); the report to docs/efficacy.md and docs/efficacy_*.png. Each run
-is one `modalign train` with one thread; --jobs of them run side by side (2 on 2 cores: ~1.5x the
-throughput of one run with 2 threads).
+The plan: sees_first with the main settings (seeds 0-2) and the search (weights, layers, unrenormalised
+KL, uncapped log; seed 0, its best two then seeds 1-2); CE and the two best settings by paired conflict gain
+then get seeds 3-7; finally scratch with the settings of SCRATCH_SETTINGS (seeds 0-2). Runs go to --work
+(default build/efficacy); each is one `modalign train` with one thread, --jobs side by side (2 on 2 cores).
 """
 import argparse
 import concurrent.futures as cf
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -25,29 +34,41 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# name -> (description, --set overrides on top of configs/demo.yaml)
-DC = "name: dual_channel, weight: {w}, form: {form}, target: {target}"
-SETTINGS = {
-    "ce": ("CE only", ["losses=[]"]),
-    "dc_balanced": ("CE + dual_channel capped_log, target balanced",
-                    ["losses=[{%s}]" % DC.format(w=0.5, form="capped_log", target="balanced")]),
-    "dc_capped08": ("CE + dual_channel capped_log, target 0.8",
-                    ["losses=[{%s}]" % DC.format(w=0.5, form="capped_log", target=0.8)]),
-    "dc_hinge": ("CE + dual_channel hinge, target 0.8",
-                 ["losses=[{%s}]" % DC.format(w=0.5, form="hinge", target=0.8)]),
-    "dc_log": ("CE + dual_channel log (uncapped)",
-               ["losses=[{%s}]" % DC.format(w=0.5, form="log", target=0.8)]),
-    "dc_decay": ("CE + dual_channel capped_log 0.8 + layer_decay",
-                 ["losses=[{%s}, {name: layer_decay, weight: 0.5}]" % DC.format(w=0.5, form="capped_log", target=0.8)]),
-    "aligner": ("CE + MODA duplex aligner", ["losses=[]", "model.moda_aligner=true"]),
-    "aligner_dc": ("CE + aligner + dual_channel capped_log 0.8",
-                   ["losses=[{%s}]" % DC.format(w=0.5, form="capped_log", target=0.8), "model.moda_aligner=true"]),
-}
-# The plan (the issue's minimum): every setting with 3 seeds on `medium`; then CE and the two settings with
-# the best paired conflict gain extended to 8 seeds; then `easy` as a control with CE and the best one.
-FIRST_SEEDS, MORE_SEEDS, EASY_SEEDS = range(3), range(3, 8), range(3)
+DEMO = os.path.join(ROOT, "configs", "demo.yaml")
 SPLITS = ("eval_aligned", "eval_conflict", "eval_nohint")
+TYPES = ("colour", "shape", "count")
+
+DC = "{name: dual_channel, weight: %s, form: %s, target: %s}"
+KL = "{name: attention_kl, weight: %s, layers: %s, renormalise: %s}"
+# name -> (description, losses, extra overrides, train file of the stage-2 / scratch data)
+SETTINGS = {
+    "ce": ("CE only", [], [], "train.json"),
+    "dc_balanced": ("dual_channel capped_log, target balanced", [DC % (0.5, "capped_log", "balanced")], [], "train.json"),
+    "dc_capped08": ("dual_channel capped_log, target 0.8", [DC % (0.5, "capped_log", 0.8)], [], "train.json"),
+    "dc_hinge": ("dual_channel hinge, target 0.8", [DC % (0.5, "hinge", 0.8)], [], "train.json"),
+    "kl_true": ("attention_kl, true regions", [KL % (1.0, "all", "true")], [], "train.json"),
+    "kl_random": ("attention_kl, random regions (ablation)", [KL % (1.0, "all", "true")], [], "train_random_regions.json"),
+    "aligner": ("causal MODA aligner", [], ["model.moda_aligner=true"], "train.json"),
+    "kl_true_dc": ("attention_kl true + dual_channel capped_log 0.8",
+                   [KL % (1.0, "all", "true"), DC % (0.5, "capped_log", 0.8)], [], "train.json"),
+    # The search (seed 0 first; a setting that wins it gets the full plan): weight, layers, the
+    # unrenormalised KL (attention off the region, the hint included, costs too), uncapped log mass.
+    "kl_true_w5": ("attention_kl true, weight 5", [KL % (5.0, "all", "true")], [], "train.json"),
+    "kl_mass": ("attention_kl true, not renormalised", [KL % (1.0, "all", "false")], [], "train.json"),
+    "kl_mass_late": ("attention_kl true, not renormalised, second half of the layers",
+                     [KL % (1.0, "second_half", "false")], [], "train.json"),
+    "kl_mass_random": ("attention_kl random regions, not renormalised (ablation)", [KL % (1.0, "all", "false")], [],
+                       "train_random_regions.json"),
+    "dc_log": ("dual_channel log (uncapped)", [DC % (0.5, "log", 0.8)], [], "train.json"),
+}
+MAIN = ["ce", "dc_balanced", "dc_capped08", "dc_hinge", "kl_true", "kl_random", "aligner", "kl_true_dc"]
+SEARCH = ["kl_true_w5", "kl_mass", "kl_mass_late", "kl_mass_random", "dc_log"]
+SCRATCH_SETTINGS = ["ce", "dc_capped08", "kl_true", "kl_random", "kl_mass", "kl_mass_random", "aligner"]
+FIRST_SEEDS, MORE_SEEDS = range(3), range(3, 8)
+REGIMES = ("sees_first", "scratch")
+STAGE1 = {"steps": 2000, "lr": 1e-3}
+STAGE2 = {"steps": 300, "lr": 3e-4}
+SCRATCH = {"steps": 300, "lr": 1e-3}
 
 
 def sh(cmd, log=None):
@@ -57,79 +78,140 @@ def sh(cmd, log=None):
         raise RuntimeError(f"failed ({r.returncode}): {' '.join(cmd)}" + (f"; see {log}" if log else ""))
 
 
-def make_data(args, difficulty):
-    data = os.path.join(args.work, f"data-{difficulty}")
+def random_regions(data):
+    """train_random_regions.json: every box moved to a uniformly random place of the image, same size."""
+    out = os.path.join(data, "train_random_regions.json")
+    if os.path.exists(out):
+        return
+    size = json.load(open(os.path.join(data, "synth.json")))["image_size"]
+    rng = random.Random(12345)
+    samples = json.load(open(os.path.join(data, "train.json")))
+    for s in samples:
+        moved = []
+        for x0, y0, x1, y1 in s["regions"]:
+            w, h = x1 - x0, y1 - y0
+            nx, ny = rng.uniform(0, size - w), rng.uniform(0, size - h)
+            moved.append([round(nx, 2), round(ny, 2), round(nx + w, 2), round(ny + h, 2)])
+        s["regions"] = moved
+    with open(out + ".tmp", "w") as f:
+        json.dump(samples, f, indent=1)
+    os.replace(out + ".tmp", out)
+
+
+def make_data(args):
+    """data (hints right 98%: stage 2 and scratch, and every eval split) and data-chance (stage 1)."""
+    data, chance = os.path.join(args.work, "data"), os.path.join(args.work, "data-chance")
     if not os.path.exists(os.path.join(data, "train.json")):
-        sh([args.bin, "synth", "--out", data, "--train", "2000", "--eval", "100", "--difficulty", difficulty,
-            "--hint-agreement", "0.98"])
-    return data
+        sh([args.bin, "synth", "--out", data, "--train", "2000", "--eval", "100", "--hint-agreement", "0.98"])
+    random_regions(data)
+    if not os.path.exists(os.path.join(chance, "train.json")):
+        sh([args.bin, "synth", "--out", chance, "--train", "4000", "--eval", "10", "--seed", "1", "--chance-hints"])
+    return data, chance
 
 
-def run_one(args, difficulty, name, seed):
-    """Trains, reads the evals, probes the final checkpoint; writes result.json last (its presence = done)."""
-    out = os.path.join(args.work, "runs", difficulty, name, f"seed{seed}")
-    result_path = os.path.join(out, "result.json")
-    if os.path.exists(result_path):
-        return result_path, False
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
-    data = os.path.join(args.work, f"data-{difficulty}")
-    steps = args.steps
-    common = [
-        f"data.train_files=[{data}/train.json]",
-        "data.eval_files=[%s]" % ", ".join(f"{data}/{s}.json" for s in SPLITS),
+def overrides(args, data, train_file, out, seed, steps, lr):
+    return [
+        f"data.train_files=[{data}/{train_file}]",
+        "data.eval_files=[%s]" % ", ".join(f"{os.path.join(args.work, 'data')}/{s}.json" for s in SPLITS),
         f"data.image_folder={data}", f"data.tokenizer={data}/tokenizer.model",
         f"train.output_dir={out}", f"train.seed={seed}", f"train.num_threads={args.threads}",
-        f"train.max_steps={steps}", f"train.eval_steps={steps // 3}", "checkpoint.save_steps=0",
-        "checkpoint.save_total_limit=1", "logging.progress=plain",
+        f"train.max_steps={steps}", f"train.eval_steps={steps // 3}", f"train.learning_rate={lr}",
+        "checkpoint.save_steps=0", "checkpoint.save_total_limit=1", "logging.progress=plain",
     ]
-    cmd = [args.bin, "train", "-c", os.path.join(ROOT, "configs", "demo.yaml")]
-    for s in common + SETTINGS[name][1]:
-        cmd += ["--set", s]
-    t0 = time.time()
-    sh(cmd, os.path.join(out, "stdout.log"))
-    seconds = time.time() - t0
+
+
+def read_evals(out):
     evals = {}
     with open(os.path.join(out, "metrics.jsonl")) as f:
         for line in f:
             rec = json.loads(line)
             if rec.get("kind") != "eval":
                 continue
-            row = evals.setdefault(int(rec["step"]), {})
-            for s in SPLITS:
-                if f"{s}.accuracy" in rec:
-                    row[s] = rec[f"{s}.accuracy"]
-                if f"{s}.hint_rate" in rec:
-                    row[s + ".hint_rate"] = rec[f"{s}.hint_rate"]
-    latest = open(os.path.join(out, "latest")).read().strip()
-    ckpt = os.path.join(out, latest)
+            row = evals.setdefault(str(int(rec["step"])), {})
+            for key, value in rec.items():
+                if key.split(".")[0] in SPLITS:
+                    row[key] = value
+    return evals
+
+
+def stage1(args):
+    """The sees-first regime's pretrained model: trained once, CE only, on chance-hint QA."""
+    data, chance = make_data(args)
+    out = os.path.join(args.work, "stage1")
+    if os.path.exists(os.path.join(out, "result.json")):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    cmd = [args.bin, "train", "-c", DEMO]
+    for s in overrides(args, chance, "train.json", out, 0, STAGE1["steps"], STAGE1["lr"]) + [
+            "losses=[]", "train.freeze_vision_tower=true", f"train.num_threads={2 * args.threads}",
+            "data.eval_files=[]", "train.eval_steps=0"]:
+        cmd += ["--set", s]
+    t0 = time.time()
+    sh(cmd, os.path.join(out, "stdout.log"))
+    seconds = time.time() - t0
+    # Evaluated on the eval splits of `data` (their images live there, not in data-chance).
+    sets = overrides(args, data, "train.json", out, 0, 1, STAGE1["lr"])
+    sh([args.bin, "eval", "-c", DEMO] + sum([["--set", s] for s in sets], []) +
+       ["--checkpoint", out, "--out", os.path.join(out, "eval.json")], os.path.join(out, "eval.log"))
+    last = {}
+    for e in json.load(open(os.path.join(out, "eval.json"))):
+        last[e["split"]] = e["accuracy"]
+        if e.get("hint_rate", -1) >= 0:
+            last[e["split"] + ".hint_rate"] = e["hint_rate"]
+        for t, a in e.get("accuracy_by_type", {}).items():
+            last[f"{e['split']}.accuracy.{t}"] = a
+    result = {"steps": STAGE1["steps"], "seconds": seconds, "evals": {str(STAGE1["steps"]): last}}
+    with open(os.path.join(out, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return out
+
+
+def run_one(args, regime, name, seed):
+    """Trains, reads the evals, probes the final checkpoint; writes result.json last (its presence = done)."""
+    out = os.path.join(args.work, "runs", regime, name, f"seed{seed}")
+    result_path = os.path.join(out, "result.json")
+    if os.path.exists(result_path):
+        return result_path, False
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    data = os.path.join(args.work, "data")
+    desc, losses, extra, train_file = SETTINGS[name]
+    plan = STAGE2 if regime == "sees_first" else SCRATCH
+    sets = overrides(args, data, train_file, out, seed, plan["steps"], plan["lr"]) + [f"losses=[{', '.join(losses)}]"] + extra
+    if regime == "sees_first":
+        sets += [f"model.weights={os.path.join(args.work, 'stage1')}", "train.freeze_vision_tower=true", "train.warmup_steps=0"]
+    cmd = [args.bin, "train", "-c", DEMO] + sum([["--set", s] for s in sets], [])
+    t0 = time.time()
+    sh(cmd, os.path.join(out, "stdout.log"))
+    seconds = time.time() - t0
     probe_dir = os.path.join(out, "probe")
-    sh([args.bin, "probe", "-c", os.path.join(ROOT, "configs", "demo.yaml")] +
-       sum([["--set", s] for s in common + SETTINGS[name][1]], []) +
-       ["--checkpoint", ckpt, "--data", f"{data}/eval_conflict.json", "--out", probe_dir],
-       os.path.join(out, "probe.log"))
+    sh([args.bin, "probe", "-c", DEMO] + sum([["--set", s] for s in sets], []) +
+       ["--checkpoint", out, "--data", f"{data}/eval_conflict.json", "--out", probe_dir], os.path.join(out, "probe.log"))
     with open(os.path.join(probe_dir, "probe.json")) as f:
         probe = json.load(f)[0]
-    result = {"difficulty": difficulty, "setting": name, "seed": seed, "steps": steps, "seconds": seconds,
-              "evals": {str(k): v for k, v in sorted(evals.items())},
+    result = {"regime": regime, "setting": name, "seed": seed, "steps": plan["steps"], "seconds": seconds,
+              "evals": read_evals(out),
               "vr_response": [l["response"]["image"] for l in probe["layers"]],
               "vr_last_prompt": [l["last_prompt"]["image"] for l in probe["layers"]],
               "mdi_response": [l["response"]["mdi"] for l in probe["layers"]]}
     if seed != 0:  # keep seed 0's checkpoint for probe plots; the rest only cost disk
-        shutil.rmtree(ckpt)
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as f:
+        for entry in os.listdir(out):
+            if entry.startswith("step-"):
+                shutil.rmtree(os.path.join(out, entry))
+    with open(result_path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    os.replace(tmp, result_path)
+    os.replace(result_path + ".tmp", result_path)
     return result_path, True
 
 
 def run_all(args, jobs):
-    """Runs the (difficulty, setting, seed) jobs, --jobs at a time; finished runs are skipped."""
-    for difficulty in sorted({j[0] for j in jobs}):
-        make_data(args, difficulty)
+    """Runs the (regime, setting, seed) jobs, --jobs at a time; finished runs are skipped."""
+    make_data(args)
+    if any(j[0] == "sees_first" for j in jobs):
+        stage1(args)
     # Seeds outer, settings inner: a stopped study has every setting at the same depth.
-    jobs = sorted(jobs, key=lambda j: (j[2], j[0], list(SETTINGS).index(j[1])))
+    jobs = sorted(jobs, key=lambda j: (j[2], REGIMES.index(j[0]), list(SETTINGS).index(j[1])))
     t0 = time.time()
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(run_one, args, *j): j for j in jobs}
@@ -139,12 +221,21 @@ def run_all(args, jobs):
                   f"{'/'.join(map(str, futures[fut]))}", flush=True)
 
 
-def best_settings(res, n):
-    """The n settings with the largest mean paired conflict gain over CE on medium (first seeds)."""
+def final(r, key="eval_conflict"):
+    return r["evals"][str(r["steps"])].get(key, float("nan"))
+
+
+def paired_gains(res, regime, name, key="eval_conflict"):
+    ce = {k[2]: r for k, r in res.items() if k[0] == regime and k[1] == "ce"}
+    return [final(r, key) - final(ce[k[2]], key) for k, r in sorted(res.items())
+            if k[0] == regime and k[1] == name and k[2] in ce]
+
+
+def best_settings(res, regime, n):
+    """The n settings with the largest mean paired conflict gain over CE among those with 3 seeds or more."""
     def gain(name):
-        d = [r["evals"][str(r["steps"])]["eval_conflict"] - res[("medium", "ce", k[2])]["evals"][str(r["steps"])]["eval_conflict"]
-             for k, r in res.items() if k[0] == "medium" and k[1] == name and ("medium", "ce", k[2]) in res]
-        return statistics.mean(d) if d else float("-inf")
+        d = paired_gains(res, regime, name)
+        return statistics.mean(d) if len(d) >= 3 else float("-inf")
     return sorted((s for s in SETTINGS if s != "ce"), key=gain, reverse=True)[:n]
 
 
@@ -157,21 +248,69 @@ def parse_seeds(text):
 
 def load_results(work):
     out = {}
-    base = os.path.join(work, "runs")
-    for root, _, files in os.walk(base):
+    for root, _, files in os.walk(os.path.join(work, "runs")):
         if "result.json" in files:
             with open(os.path.join(root, "result.json")) as f:
                 r = json.load(f)
-            out[(r["difficulty"], r["setting"], r["seed"])] = r
+            out[(r["regime"], r["setting"], r["seed"])] = r
     return out
 
 
-def mean_std(xs):
+def mean_std(xs, signed=False):
+    fmt = "{:+.3f}" if signed else "{:.3f}"
     if not xs:
         return "-"
     if len(xs) == 1:
-        return f"{xs[0]:.3f}"
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+        return fmt.format(xs[0])
+    return (fmt + " ± {:.3f}").format(statistics.mean(xs), statistics.stdev(xs))
+
+
+def table(res, regime):
+    names = [n for n in SETTINGS if any(k[0] == regime and k[1] == n for k in res)]
+    lines = ["| setting | seeds | aligned | conflict | nohint | Δ conflict (paired) | worst Δ | Δ aligned | hint rate | "
+             "conflict colour / shape / count | conflict at 1/3, 2/3 | VR per layer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        runs = sorted((r for k, r in res.items() if k[0] == regime and k[1] == name), key=lambda r: r["seed"])
+        acc = {s: [final(r, s) for r in runs] for s in SPLITS}
+        gains = paired_gains(res, regime, name) if name != "ce" else []
+        aligned_gains = paired_gains(res, regime, name, "eval_aligned") if name != "ce" else []
+        per_type = " / ".join("%.2f" % statistics.mean(final(r, f"eval_conflict.accuracy.{t}") for r in runs) for t in TYPES)
+        early = []
+        for frac in (1, 2):
+            step = str(runs[0]["steps"] // 3 * frac)
+            vals = [r["evals"][step]["eval_conflict"] for r in runs if step in r["evals"]]
+            early.append(statistics.mean(vals) if vals else float("nan"))
+        vr = [statistics.mean(r["vr_response"][l] for r in runs) for l in range(len(runs[0]["vr_response"]))]
+        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %.3f, %.3f | %s |" % (
+            SETTINGS[name][0], len(runs), mean_std(acc["eval_aligned"]), mean_std(acc["eval_conflict"]),
+            mean_std(acc["eval_nohint"]), mean_std(gains, True) if gains else "-",
+            f"{min(gains):+.3f}" if gains else "-", mean_std(aligned_gains, True) if aligned_gains else "-",
+            mean_std([final(r, "eval_conflict.hint_rate") for r in runs]), per_type, early[0], early[1],
+            " ".join(f"{v:.2f}" for v in vr)))
+    return lines
+
+
+def target_lines(res, regime):
+    """The issue's target, setting by setting: +30 points conflict, aligned within 2, no seed worse by > 5,
+    and true regions at least 15 points above random ones."""
+    out = []
+    kl_true, kl_random = paired_gains(res, regime, "kl_true"), paired_gains(res, regime, "kl_random")
+    for name in SETTINGS:
+        gains = paired_gains(res, regime, name)
+        if name == "ce" or not gains:
+            continue
+        aligned = paired_gains(res, regime, name, "eval_aligned")
+        ok = (statistics.mean(gains) >= 0.30, abs(statistics.mean(aligned)) <= 0.02, min(gains) >= -0.05)
+        out.append(f"- {name}: conflict {statistics.mean(gains):+.3f} ({'met' if ok[0] else 'not met'}), aligned "
+                   f"{statistics.mean(aligned):+.3f} ({'met' if ok[1] else 'not met'}), worst seed {min(gains):+.3f} "
+                   f"({'met' if ok[2] else 'not met'})")
+    if kl_true and kl_random:
+        n = min(len(kl_true), len(kl_random))
+        diff = statistics.mean(kl_true[:n]) - statistics.mean(kl_random[:n])
+        out.append(f"- true regions vs random regions (seeds both have): {diff:+.3f} "
+                   f"({'met' if diff >= 0.15 else 'not met'}; target +0.150)")
+    return out
 
 
 def report(args):
@@ -180,109 +319,113 @@ def report(args):
         sys.exit(f"no results under {args.work}/runs")
     lines = ["# The modality-conflict study", "",
              "Generated by `/usr/bin/python3 bench/efficacy.py --report` from the runs under "
-             f"`{os.path.relpath(args.work, ROOT)}`. `demo` preset, `configs/demo.yaml` training settings "
-             "(batch 16, lr 1e-3 cosine, %d steps), built-in benchmark with hint agreement 0.98. Accuracy at the "
-             "final step; Δ conflict = paired per-seed difference to CE only (same seed = same initial weights and "
-             "data order); hint rate = share of conflict answers that repeat the misleading hint; VR = image share "
-             "of the response queries' attention per decoder layer (probe on eval_conflict)." % args.steps, ""]
-    for difficulty in ("medium", "easy"):
-        names = [n for n in SETTINGS if any(k[0] == difficulty and k[1] == n for k in res)]
-        if not names:
+             f"`{os.path.relpath(args.work, ROOT)}`. `demo` preset and `configs/demo.yaml` (batch 16, cosine "
+             "schedule); `medium` images; training hints right 98% of the time. Accuracy at the final step; "
+             "Δ = paired per-seed difference to CE only (same seed = same initial weights and data order); hint "
+             "rate = share of conflict answers that repeat the misleading hint; VR = image share of the response "
+             "queries' attention per decoder layer (probe on eval_conflict).", ""]
+    stage1_result = os.path.join(args.work, "stage1", "result.json")
+    for regime in REGIMES:
+        if not any(k[0] == regime for k in res):
             continue
-        lines += [f"## {difficulty}", "",
-                  "| setting | seeds | aligned | conflict | nohint | Δ conflict (paired) | worst Δ | hint rate | "
-                  "conflict at 1/3, 2/3 | VR per layer |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        ce = {k[2]: r for k, r in res.items() if k[0] == difficulty and k[1] == "ce"}
-        for name in names:
-            runs = sorted((r for k, r in res.items() if k[0] == difficulty and k[1] == name), key=lambda r: r["seed"])
-            final = [r["evals"][str(r["steps"])] for r in runs]
-            acc = {s: [f[s] for f in final] for s in SPLITS}
-            deltas = [r["evals"][str(r["steps"])]["eval_conflict"] - ce[r["seed"]]["evals"][str(r["steps"])]["eval_conflict"]
-                      for r in runs if r["seed"] in ce and name != "ce"]
-            early = []
-            for frac in (1, 2):
-                step = str(runs[0]["steps"] * frac // 3)
-                early.append(statistics.mean(r["evals"][step]["eval_conflict"] for r in runs if step in r["evals"]))
-            vr = [statistics.mean(r["vr_response"][l] for r in runs) for l in range(len(runs[0]["vr_response"]))]
-            hint = [f.get("eval_conflict.hint_rate", float("nan")) for f in final]
-            lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %.3f, %.3f | %s |" % (
-                SETTINGS[name][0], len(runs), mean_std(acc["eval_aligned"]), mean_std(acc["eval_conflict"]),
-                mean_std(acc["eval_nohint"]), mean_std(deltas) if deltas else "-",
-                f"{min(deltas):+.3f}" if deltas else "-", mean_std(hint), early[0], early[1],
-                " ".join(f"{v:.2f}" for v in vr)))
-        lines.append("")
+        if regime == "sees_first":
+            s1 = json.load(open(stage1_result)) if os.path.exists(stage1_result) else None
+            start = ""
+            if s1:
+                last = s1["evals"][str(s1["steps"])]
+                start = (f" The stage-1 model (the start of every run) scores aligned {last['eval_aligned']:.3f}, "
+                         f"conflict {last['eval_conflict']:.3f} (colour / shape / count "
+                         + " / ".join("%.2f" % last.get(f"eval_conflict.accuracy.{t}", float("nan")) for t in TYPES)
+                         + f"), nohint {last['eval_nohint']:.3f}, hint rate {last.get('eval_conflict.hint_rate', float('nan')):.3f}.")
+            lines += ["## Sees first, then a shortcut", "",
+                      f"Stage 1: {STAGE1['steps']} steps, lr {STAGE1['lr']:g}, CE only, chance hints, vision tower frozen. "
+                      f"Stage 2: {STAGE2['steps']} steps from the stage-1 weights, lr {STAGE2['lr']:g}, no warm-up, tower "
+                      f"frozen, hints right 98%.{start}", ""]
+        else:
+            lines += ["## From scratch", "", f"{SCRATCH['steps']} steps, lr {SCRATCH['lr']:g}, everything trains "
+                      "(configs/demo.yaml).", ""]
+        lines += table(res, regime) + ["", "Against the target (paired means over the seeds each setting has):", ""]
+        lines += target_lines(res, regime) + [""]
     lines += ["Per-seed conflict accuracy (final step):", ""]
-    for difficulty in ("medium", "easy"):
+    for regime in REGIMES:
         for name in SETTINGS:
-            runs = sorted((r for k, r in res.items() if k[0] == difficulty and k[1] == name), key=lambda r: r["seed"])
+            runs = sorted((r for k, r in res.items() if k[0] == regime and k[1] == name), key=lambda r: r["seed"])
             if runs:
-                lines.append(f"- {difficulty} / {name}: " + ", ".join(
-                    f"s{r['seed']} {r['evals'][str(r['steps'])]['eval_conflict']:.2f}" for r in runs))
+                lines.append(f"- {regime} / {name}: " + ", ".join(f"s{r['seed']} {final(r):.2f}" for r in runs))
     lines.append("")
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
     with open(os.path.join(ROOT, "docs", "efficacy.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    plot(res, args)
+    plot(res)
     print(os.path.join(ROOT, "docs", "efficacy.md"))
 
 
-def plot(res, args):
+def plot(res):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = [n for n in SETTINGS if any(k[0] == "medium" and k[1] == n for k in res)]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    ax = axes[0]
-    for i, name in enumerate(names):
-        runs = [r for k, r in res.items() if k[0] == "medium" and k[1] == name]
-        ys = [r["evals"][str(r["steps"])]["eval_conflict"] for r in runs]
-        ax.scatter([i] * len(ys), ys, s=18, alpha=0.7)
-        ax.plot([i - 0.25, i + 0.25], [statistics.mean(ys)] * 2, color="black")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("eval_conflict accuracy (final)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("medium: conflict accuracy per seed (bar = mean)", fontsize=9)
-    ax = axes[1]
-    for name in names:
-        runs = [r for k, r in res.items() if k[0] == "medium" and k[1] == name]
-        layers = range(len(runs[0]["vr_response"]))
-        ax.plot(layers, [statistics.mean(r["vr_response"][l] for r in runs) for l in layers], "-o", ms=3, label=name)
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("VR: image share of response attention")
-    ax.set_ylim(0, 1)
-    ax.set_title("medium: per-layer visual attention ratio (probe, eval_conflict)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    regimes = [g for g in REGIMES if any(k[0] == g for k in res)]
+    fig, axes = plt.subplots(len(regimes), 2, figsize=(13, 4.2 * len(regimes)), squeeze=False)
+    for row, regime in enumerate(regimes):
+        names = [n for n in SETTINGS if any(k[0] == regime and k[1] == n for k in res)]
+        ax = axes[row][0]
+        for i, name in enumerate(names):
+            ys = [final(r) for k, r in res.items() if k[0] == regime and k[1] == name]
+            ax.scatter([i] * len(ys), ys, s=18, alpha=0.7)
+            ax.plot([i - 0.25, i + 0.25], [statistics.mean(ys)] * 2, color="black")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("eval_conflict accuracy (final)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{regime}: conflict accuracy per seed (bar = mean)", fontsize=9)
+        ax = axes[row][1]
+        for name in names:
+            runs = [r for k, r in res.items() if k[0] == regime and k[1] == name]
+            layers = range(len(runs[0]["vr_response"]))
+            ax.plot(layers, [statistics.mean(r["vr_response"][l] for r in runs) for l in layers], "-o", ms=3, label=name)
+        ax.set_xlabel("decoder layer")
+        ax.set_ylabel("VR: image share of response attention")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{regime}: per-layer visual attention ratio (probe, eval_conflict)", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(ROOT, "docs", "efficacy_medium.png"), dpi=110)
+    fig.savefig(os.path.join(ROOT, "docs", "efficacy.png"), dpi=110)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "modalign"))
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "efficacy"))
-    ap.add_argument("--difficulty", default=None, help="medium or easy (default: the plan's)")
+    ap.add_argument("--regime", choices=REGIMES, default=None, help="one regime (default: the plan's)")
     ap.add_argument("--only", default=None, help="comma-separated settings (default: the plan's)")
-    ap.add_argument("--seeds", default=None, help="e.g. 0-7 or 0,3 (default: the plan's count)")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", default=None, help="e.g. 0-7 or 0,3 (default: 0-2)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="only write the report from existing results")
     args = ap.parse_args()
     args.work = os.path.abspath(args.work)
     if not args.report:
-        if args.only or args.seeds or args.difficulty:  # a hand-picked piece of the study
-            difficulty = args.difficulty or "medium"
+        if args.only or args.seeds or args.regime:  # a hand-picked piece of the study
+            regimes = [args.regime] if args.regime else list(REGIMES)
             names = args.only.split(",") if args.only else list(SETTINGS)
-            run_all(args, [(difficulty, n, seed) for n in names
-                           for seed in (parse_seeds(args.seeds) if args.seeds else FIRST_SEEDS)])
+            seeds = parse_seeds(args.seeds) if args.seeds else FIRST_SEEDS
+            run_all(args, [(g, n, s) for g in regimes for n in names for s in seeds])
         else:
-            run_all(args, [("medium", n, seed) for n in SETTINGS for seed in FIRST_SEEDS])
-            best = best_settings(load_results(args.work), 2)
-            print(f"best two on medium (paired conflict gain over seeds 0-2): {best}", flush=True)
-            run_all(args, [("medium", n, seed) for n in ["ce"] + best for seed in MORE_SEEDS])
-            run_all(args, [("easy", n, seed) for n in ["ce", best[0]] for seed in EASY_SEEDS])
+            # 1. sees_first: the main settings with 3 seeds, the search with seed 0; the two best of the
+            #    search by paired gain get seeds 1-2 as well.
+            run_all(args, [("sees_first", n, s) for n in MAIN for s in FIRST_SEEDS] +
+                    [("sees_first", n, 0) for n in SEARCH])
+            res = load_results(args.work)
+            searched = sorted(SEARCH, key=lambda n: -statistics.mean(paired_gains(res, "sees_first", n) or [-9]))[:2]
+            print(f"sees_first: best two of the search on seed 0: {searched}", flush=True)
+            run_all(args, [("sees_first", n, s) for n in searched for s in FIRST_SEEDS])
+            # 2. CE and the two best settings (paired conflict gain over seeds 0-2) get seeds 3-7.
+            res = load_results(args.work)
+            best = best_settings(res, "sees_first", 2)
+            print(f"sees_first: best two by paired conflict gain over seeds 0-2: {best}", flush=True)
+            run_all(args, [("sees_first", n, s) for n in ["ce"] + best for s in MORE_SEEDS])
+            # 3. scratch: the regime of the earlier study, with the new initialisation, 3 seeds.
+            run_all(args, [("scratch", n, s) for n in SCRATCH_SETTINGS for s in FIRST_SEEDS])
     report(args)
 
 
