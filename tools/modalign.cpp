@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
   bool merge_lora = false;
   CLI::App* convert = app.add_subcommand("convert", "export a checkpoint's weights as llava-hf safetensors (merging LoRA)");
   convert_args.add_to(convert);
-  convert->add_option("--checkpoint", convert_checkpoint, "checkpoint folder (step-N)")->required();
+  convert->add_option("--checkpoint", convert_checkpoint, "checkpoint folder (step-N), run folder or its `latest` file")->required();
   convert->add_option("--out", convert_out, "output .safetensors file")->required();
   convert->add_flag("--merge-lora", merge_lora, "fold LoRA adapters into the weights");
   convert->callback([&] {

@@ -67,6 +67,17 @@ std::unique_ptr<DataLoader> build_train_loader(const RunConfig& config, std::sha
                                       LoaderOptions{d.on_bad_sample, d.num_workers, d.prefetch_batches, start});
 }
 
+void convert_checkpoint(const RunConfig& config, const std::string& checkpoint, const std::string& out, bool merge) {
+  VisionLanguageModel model = build_model(config);
+  load_checkpoint_weights(model, checkpoint);
+  bool has_lora = false;
+  for (const auto& [name, t] : named_state(*model)) has_lora |= name.find(".lora_") != std::string::npos;
+  if (has_lora && !merge)
+    throw std::invalid_argument(checkpoint + " holds LoRA adapters: pass --merge-lora to fold them into the weights");
+  merge_lora(*model);
+  save_safetensors(out, exported_state(*model), {{"format", "pt"}, {"source", checkpoint}});
+}
+
 std::unique_ptr<Evaluator> build_evaluator(const RunConfig& config, VisionLanguageModel model,
                                            std::shared_ptr<const Processor> processor) {
   return std::make_unique<Evaluator>(std::move(model), std::move(processor), config.generation,

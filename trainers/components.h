@@ -43,6 +43,11 @@ std::unique_ptr<DataLoader> build_train_loader(const RunConfig& config, std::sha
                                                const LossComposer& composer, int64_t rank, int64_t world_size,
                                                DataCursor start);
 
+// `modalign convert`: the model the config's model section (and train.lora_*) describes, with the
+// checkpoint's weights, adapters merged when `merge` is set, written to `out` (safetensors, llava-hf names).
+// Throws std::invalid_argument when the checkpoint holds adapters and `merge` is not set.
+void convert_checkpoint(const RunConfig& config, const std::string& checkpoint, const std::string& out, bool merge);
+
 // Generation (generation.*) and eval metrics, eval batches of train.per_device_eval_batch_size.
 std::unique_ptr<Evaluator> build_evaluator(const RunConfig& config, VisionLanguageModel model,
                                            std::shared_ptr<const Processor> processor);

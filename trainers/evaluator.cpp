@@ -65,11 +65,14 @@ torch::Tensor Evaluator::next_tokens(torch::Tensor logits) {
   return torch::multinomial(probs, 1, false, sampler_).squeeze(-1);
 }
 
+bool Evaluator::is_stop(int64_t id) const {
+  const auto& stops = generation_.stop_token_ids;
+  return id == processor_->tokenizer().eos_id() || std::find(stops.begin(), stops.end(), id) != stops.end();
+}
+
 std::vector<std::vector<int64_t>> Evaluator::generate(const Batch& prompts) {
   torch::NoGradGuard no_grad;
   model_->eval();
-  const Tokenizer& tok = processor_->tokenizer();
-  const auto& stops = generation_.stop_token_ids;
   const auto device = model_->parameters().front().device();
   Batch p = prompts.to(device);
   const int64_t n = p.size();
@@ -81,7 +84,7 @@ std::vector<std::vector<int64_t>> Evaluator::generate(const Batch& prompts) {
     torch::Tensor next = next_tokens(logits);  // (n) on the CPU
     for (int64_t i = 0; i < n; ++i) {
       const int64_t id = next[i].item<int64_t>();
-      if (id == tok.eos_id() || std::find(stops.begin(), stops.end(), id) != stops.end()) done[static_cast<size_t>(i)] = true;
+      if (is_stop(id)) done[static_cast<size_t>(i)] = true;
       if (!done[static_cast<size_t>(i)]) answers[static_cast<size_t>(i)].push_back(id);
     }
     if (std::all_of(done.begin(), done.end(), [](bool d) { return d; }) || step + 1 == generation_.max_new_tokens) break;
@@ -94,23 +97,21 @@ std::vector<std::vector<int64_t>> Evaluator::generate_uncached(const Batch& prom
   TORCH_CHECK(!generation_.do_sample, "generate_uncached is greedy only");
   torch::NoGradGuard no_grad;
   model_->eval();
-  const Tokenizer& tok = processor_->tokenizer();
   const int64_t n = prompts.size(), max_new = generation_.max_new_tokens;
-  torch::Tensor ids = torch::cat({prompts.input_ids, torch::zeros({n, max_new}, prompts.input_ids.options())}, 1);
-  torch::Tensor mask = torch::cat({prompts.attention_mask, torch::zeros({n, max_new}, prompts.attention_mask.options())}, 1);
+  const Batch p = prompts.to(model_->parameters().front().device());
+  torch::Tensor ids = torch::cat({p.input_ids, torch::zeros({n, max_new}, p.input_ids.options())}, 1);
+  torch::Tensor mask = torch::cat({p.attention_mask, torch::zeros({n, max_new}, p.attention_mask.options())}, 1);
   const torch::Tensor prompt = mask.clone();  // the aligner reads the prompt only, as in training
   std::vector<std::vector<int64_t>> answers(static_cast<size_t>(n));
   std::vector<bool> done(static_cast<size_t>(n), false);
   for (int64_t step = 0; step < max_new; ++step) {
-    torch::Tensor logits = model_->forward(ids, mask, prompts.pixel_values, {}, {}, prompt).logits;  // (n, T, V)
+    torch::Tensor logits = model_->forward(ids, mask, p.pixel_values, {}, {}, prompt).logits;  // (n, T, V)
     torch::Tensor last = (mask.sum(1) - 1).view({n, 1, 1}).expand({n, 1, logits.size(2)});
     torch::Tensor next = next_tokens(logits.gather(1, last).squeeze(1));
     for (int64_t i = 0; i < n; ++i) {
       const int64_t id = next[i].item<int64_t>();
       const auto k = static_cast<size_t>(i);
-      if (id == tok.eos_id() ||
-          std::find(generation_.stop_token_ids.begin(), generation_.stop_token_ids.end(), id) != generation_.stop_token_ids.end())
-        done[k] = true;
+      if (is_stop(id)) done[k] = true;
       if (done[k]) continue;
       answers[k].push_back(id);
       const int64_t pos = mask[i].sum().item<int64_t>();

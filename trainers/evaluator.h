@@ -53,6 +53,7 @@ class Evaluator {
 
  private:
   torch::Tensor next_tokens(torch::Tensor logits);  // (B, V) -> (B) int64 on the CPU
+  bool is_stop(int64_t id) const;                   // EOS or one of generation.stop_token_ids
   VisionLanguageModel model_;
   std::shared_ptr<const Processor> processor_;
   GenerationConfig generation_;

@@ -5,7 +5,6 @@
 #include "lib/io/safetensors.h"
 #include "lib/io/weights.h"
 #include "lib/model/linear.h"
-#include "trainers/components.h"
 
 namespace modalign {
 
@@ -37,17 +36,6 @@ std::vector<std::pair<std::string, torch::Tensor>> exported_state(const torch::n
   for (auto& [name, t] : named_state(model))
     if (name.find(".lora_") == std::string::npos) out.emplace_back(name, t);
   return out;
-}
-
-void convert_checkpoint(const RunConfig& config, const std::string& checkpoint, const std::string& out, bool merge) {
-  VisionLanguageModel model = build_model(config);  // the model section (and train.lora_*) only
-  load_checkpoint_weights(model, checkpoint);
-  bool has_lora = false;
-  for (const auto& [name, t] : named_state(*model)) has_lora |= name.find(".lora_") != std::string::npos;
-  if (has_lora && !merge)
-    throw std::invalid_argument(checkpoint + " holds LoRA adapters: pass --merge-lora to fold them into the weights");
-  merge_lora(*model);
-  save_safetensors(out, exported_state(*model), {{"format", "pt"}, {"source", checkpoint}});
 }
 
 }  // namespace modalign

@@ -1,7 +1,7 @@
 // LoRA fine-tuning by config (train.lora_rank, lora_alpha, lora_dropout, lora_target) and its export:
 // `all-linear` puts adapters on every linear layer of the language model except lm_head (as PEFT does);
-// any other value is a regex over linear layer names. `modalign convert --merge-lora` folds the adapters
-// into the weights and writes plain llava-hf safetensors.
+// any other value is a regex over linear layer names. merge_lora folds the adapters into the weights
+// (`modalign convert --merge-lora`, trainers/components).
 #pragma once
 #include <torch/torch.h>
 
@@ -22,8 +22,5 @@ void merge_lora(torch::nn::Module& model);
 // Parameters and buffers without the lora_* tensors, for export after merge_lora.
 std::vector<std::pair<std::string, torch::Tensor>> exported_state(const torch::nn::Module& model);
 
-// `modalign convert`: loads `checkpoint` into the model `config` describes (LoRA included), merges
-// adapters when `merge` is set, and writes the weights to `out` (safetensors, llava-hf names).
-void convert_checkpoint(const RunConfig& config, const std::string& checkpoint, const std::string& out, bool merge);
 
 }  // namespace modalign

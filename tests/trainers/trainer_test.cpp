@@ -1,22 +1,23 @@
-// trainers/: bitwise-exact resume (accumulation, dual_channel, cosine schedule, background loader),
-// freezing by name, the non-finite guard, checkpoint discovery and rotation, optimizer groups and
-// learning-rate schedules.
+// trainers/: bitwise-exact resume (accumulation, dual_channel, attention_kl, cosine schedule, background
+// loader), region and sink losses trained end to end, config errors for data a loss cannot use, weights
+// from a run folder, the initial loss of the demo preset, freezing by name, the non-finite guard,
+// checkpoint discovery, rotation and TrainerState, optimizer groups and learning-rate schedules.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
+#include <regex>
+
+#include "lib/data/dataset.h"
+#include "lib/data/synth.h"
 #include "lib/io/safetensors.h"
 #include "lib/io/weights.h"
-
-#include <nlohmann/json.hpp>
-#include <regex>
+#include "losses/text_ce.h"
 #include "test_util.h"
 #include "tiny_fixture.h"
 #include "trainers/checkpoint.h"
-#include "trainers/lora.h"
+#include "trainers/components.h"
 #include "trainers/optimizer.h"
 #include "trainers/trainer.h"
-#include "losses/text_ce.h"
-#include "lib/data/dataset.h"
-#include "lib/data/synth.h"
 
 namespace modalign {
 namespace {
