@@ -117,6 +117,14 @@ def main():
              f"consumes {consumed:.1f} samples/s (CE + dual_channel).")
     print(text.split("\n")[-1])
     results["loader"] = loader
+    # Eval generation: the KV-cached path against full re-forwards (the evaluator before the cache).
+    gen = run_json([bench, "generate", f"bench/configs/{args.presets[0]}.yaml", "--split", "demo/data/eval_conflict.json"])
+    cached, uncached = statistics.median(gen["cached_samples_per_s"]), statistics.median(gen["uncached_samples_per_s"])
+    text += (f"\n\nEval generation (`{args.presets[0]}`, {gen['samples']} prompts of eval_conflict, untrained model: "
+             f"{gen['mean_answer_tokens']:.1f} tokens per answer): {cached:.0f} samples/s with the KV cache, "
+             f"{uncached:.0f} with full re-forwards ({cached / uncached:.1f}x; medians of 3 alternating rounds, same answers).")
+    print(text.split("\n")[-1])
+    results["generate"] = gen
     with open(os.path.join(ROOT, out_dir, "compare.md"), "w") as f:
         f.write(f"fp32 GEMM rate: {gemm:.0f} GFLOP/s (start {gemm_start:.0f}, end {gemm_end:.0f})\n{text}\n")
     with open(os.path.join(ROOT, out_dir, "compare.json"), "w") as f:

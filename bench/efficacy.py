@@ -140,18 +140,21 @@ def stage1(args):
     out = os.path.join(args.work, "stage1")
     if os.path.exists(os.path.join(out, "result.json")):
         return out
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
-    cmd = [args.bin, "train", "-c", DEMO]
-    for s in overrides(args, chance, "train.json", out, 0, STAGE1["steps"], STAGE1["lr"]) + [
-            "losses=[]", "train.freeze_vision_tower=true", f"train.num_threads={2 * args.threads}",
-            "data.eval_files=[]", "train.eval_steps=0"]:
-        cmd += ["--set", s]
-    t0 = time.time()
-    sh(cmd, os.path.join(out, "stdout.log"))
-    seconds = time.time() - t0
+    final_checkpoint = os.path.join(out, "step-%06d" % STAGE1["steps"], "trainer_state.json")
+    seconds = None
+    if not os.path.exists(final_checkpoint):  # trained already when only its evaluation is missing
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        cmd = [args.bin, "train", "-c", DEMO]
+        for s in overrides(args, chance, "train.json", out, 0, STAGE1["steps"], STAGE1["lr"]) + [
+                "losses=[]", "train.freeze_vision_tower=true", f"train.num_threads={2 * args.threads}",
+                "data.eval_files=[]", "train.eval_steps=0"]:
+            cmd += ["--set", s]
+        t0 = time.time()
+        sh(cmd, os.path.join(out, "stdout.log"))
+        seconds = time.time() - t0
     # Evaluated on the eval splits of `data` (their images live there, not in data-chance).
-    sets = overrides(args, data, "train.json", out, 0, 1, STAGE1["lr"])
+    sets = overrides(args, data, "train.json", out, 0, STAGE1["steps"], STAGE1["lr"])
     sh([args.bin, "eval", "-c", DEMO] + sum([["--set", s] for s in sets], []) +
        ["--checkpoint", out, "--out", os.path.join(out, "eval.json")], os.path.join(out, "eval.log"))
     last = {}

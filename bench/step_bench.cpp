@@ -3,6 +3,8 @@
 //   step_bench loader CONFIG                            data loader samples/s (0 and data.num_workers threads)
 //   step_bench export CONFIG --steps N --out DIR            what the PyTorch peer needs for the same work
 //   step_bench train CONFIG --losses ce|config --warmup W --steps N
+//   step_bench generate CONFIG --split FILE [--checkpoint DIR] [--rounds R]
+//                                                       eval answers/s with the KV cache and with full re-forwards
 // `export` writes the Trainer's initial weights, the first N batches it will consume and spec.json
 // (shapes, optimizer, losses, threads). `train` runs the real Trainer for W + N steps and prints one JSON
 // line: per-step ms and tokens of the N timed steps, the first and last losses, peak RSS.
@@ -195,6 +197,46 @@ int run_loader(const std::string& config_path) {
   return 0;
 }
 
+// Answers per second of the evaluator on a split, alternating the KV-cached path and full re-forwards
+// (rounds x both, after one untimed batch each), with the same prompts; the answers must agree.
+int run_generate(const std::string& config_path, const std::string& split, const std::string& checkpoint, int rounds) {
+  RunConfig config = load_run_config({config_path}, {});
+  setup_runtime(config.train);
+  VisionLanguageModel model = build_model(config);
+  if (!checkpoint.empty()) load_checkpoint_weights(model, checkpoint);
+  auto processor = build_processor(config, model->shapes);
+  Evaluator evaluator(model, processor, config.generation, config.train.per_device_eval_batch_size);
+  std::vector<Batch> batches;
+  const std::vector<Example> examples = load_dataset(split);
+  for (size_t start = 0; start < examples.size(); start += static_cast<size_t>(config.train.per_device_eval_batch_size)) {
+    std::vector<Sample> prompts;
+    for (size_t i = start; i < std::min(examples.size(), start + static_cast<size_t>(config.train.per_device_eval_batch_size)); ++i)
+      prompts.push_back(processor->prompt(examples[i]));
+    batches.push_back(processor->collate(prompts));
+  }
+  evaluator.generate(batches.front()), evaluator.generate_uncached(batches.front());  // warm-up
+  json out = {{"side", "generate"}, {"samples", examples.size()}, {"threads", torch::get_num_threads()},
+              {"cached_samples_per_s", json::array()}, {"uncached_samples_per_s", json::array()}};
+  int64_t tokens = 0;
+  for (int r = 0; r < rounds; ++r) {
+    std::vector<std::vector<int64_t>> a, b;
+    auto t0 = std::chrono::steady_clock::now();
+    for (const auto& batch : batches)
+      for (auto& answer : evaluator.generate(batch)) a.push_back(std::move(answer));
+    out["cached_samples_per_s"].push_back(examples.size() / seconds_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    for (const auto& batch : batches)
+      for (auto& answer : evaluator.generate_uncached(batch)) b.push_back(std::move(answer));
+    out["uncached_samples_per_s"].push_back(examples.size() / seconds_since(t0));
+    if (a != b) throw std::runtime_error("the cached and the uncached answers differ");
+    tokens = 0;
+    for (const auto& answer : a) tokens += static_cast<int64_t>(answer.size());
+  }
+  out["mean_answer_tokens"] = static_cast<double>(tokens) / static_cast<double>(examples.size());
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -218,6 +260,13 @@ int main(int argc, char** argv) {
   exp->add_option("--out", out, "folder")->required();
   CLI::App* loader = app.add_subcommand("loader", "data loader samples/s on a config");
   loader->add_option("config", config, "run config")->required()->check(CLI::ExistingFile);
+  std::string split, checkpoint;
+  int rounds = 3;
+  CLI::App* generate = app.add_subcommand("generate", "eval answers/s with the KV cache and with full re-forwards");
+  generate->add_option("config", config, "run config")->required()->check(CLI::ExistingFile);
+  generate->add_option("--split", split, "LLaVA JSON split whose prompts are answered")->required();
+  generate->add_option("--checkpoint", checkpoint, "weights to answer with (default: the config's initial model)");
+  generate->add_option("--rounds", rounds, "timed rounds of both paths");
   CLI11_PARSE(app, argc, argv);
   modalign::setup_logging(modalign::LogLevel::Warn);
   try {
@@ -227,6 +276,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (loader->parsed()) return run_loader(config);
+    if (generate->parsed()) return run_generate(config, split, checkpoint, rounds);
     if (exp->parsed()) return run_export(config, losses, steps, out);
     return run_train(config, losses, warmup, steps, out);
   } catch (const std::exception& e) {
