@@ -170,13 +170,16 @@ int run_generate(const ConfigArgs& args, const GenerateArgs& g) {
   modalign::setup_logging(config.logging.level);
   if (g.data.empty() == g.prompt.empty()) throw modalign::ConfigError("generate: give either --prompt or --data");
   if (!g.data.empty() && g.out.empty()) throw modalign::ConfigError("generate: --data needs --out answers.jsonl");
+  if (!g.image.empty()) {  // the image named on the command line: its folder is the image folder
+    config.data.image_folder = std::filesystem::absolute(g.image).parent_path().string();
+  }
   LoadedModel m = load_model(config, g.checkpoint);
   auto evaluator = modalign::build_evaluator(config, m.model, m.processor);
   if (!g.prompt.empty()) {
     modalign::Example e;
     e.id = "prompt";
     e.where = "--prompt";
-    e.image = g.image.empty() ? "" : std::filesystem::absolute(g.image).string();
+    e.image = g.image.empty() ? "" : std::filesystem::path(g.image).filename().string();
     e.turns = {{true, (e.image.empty() ? "" : std::string(modalign::kImagePlaceholder) + "\n") + g.prompt}};
     std::printf("%s\n", evaluator->answer({e}).front().answer.c_str());
     return 0;
@@ -280,6 +283,7 @@ int main(int argc, char** argv) {
           {"hard", modalign::SynthDifficulty::Hard}}))
       ->default_str("medium");
   synth_cmd->add_option("--vocab-size", synth.vocab_size, "tokenizer pieces (at most)")->capture_default_str();
+  synth_cmd->add_flag("--force", synth.force, "replace the benchmark files in a non-empty --out folder");
   synth_cmd->callback([&] { std::cout << modalign::synthesize(synth) << "\n"; });
 
   std::string inspect_path;

@@ -1,13 +1,21 @@
 #include "trainers/checkpoint.h"
 
 #include <fcntl.h>
+#include <fmt/chrono.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <random>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
 #include <sstream>
+
+#include "lib/io/files.h"
 
 namespace modalign {
 namespace fs = std::filesystem;
@@ -23,12 +31,7 @@ void fsync_path(const fs::path& p, bool directory) {
   }
 }
 
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_all(const fs::path& p) { return read_regular_file(p.string(), 256 * kMiB); }
 
 // step-000200 -> 200, or -1 for anything else (including step-000200.tmp).
 int64_t step_of(const fs::path& p) {
@@ -64,7 +67,8 @@ nlohmann::json TrainerState::to_json() const {
           {"losses", losses},
           {"seed", seed},
           {"global_batch", global_batch},
-          {"cpu_rng_state", cpu_rng_state}};
+          {"cpu_rng_state", cpu_rng_state},
+          {"run_id", run_id}};
 }
 
 TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string& where) {
@@ -86,10 +90,12 @@ TrainerState TrainerState::from_json(const nlohmann::json& j, const std::string&
   read("/seed", s.seed);
   read("/global_batch", s.global_batch);
   read("/cpu_rng_state", s.cpu_rng_state);
+  if (j.contains("run_id")) read("/run_id", s.run_id);  // absent in checkpoints of earlier versions
   return s;
 }
 
-std::string save_checkpoint(const std::string& output_dir, int64_t step, const CheckpointContents& c, int64_t keep) {
+std::string save_checkpoint(const std::string& output_dir, int64_t step, const CheckpointContents& c, int64_t keep,
+                            const std::string& protect) {
   fs::create_directories(output_dir);
   const fs::path final_dir = fs::path(output_dir) / fmt::format("step-{:06d}", step);
   const fs::path tmp = fs::path(output_dir) / fmt::format("step-{:06d}.tmp", step);
@@ -104,28 +110,92 @@ std::string save_checkpoint(const std::string& output_dir, int64_t step, const C
   fs::rename(tmp, final_dir);
   fsync_path(output_dir, true);
   write_file_atomic((fs::path(output_dir) / "latest").string(), final_dir.filename().string() + "\n");
-  if (keep > 0) {
-    std::vector<std::pair<int64_t, fs::path>> all;
-    for (const auto& e : fs::directory_iterator(output_dir))
-      if (e.is_directory() && step_of(e.path()) >= 0) all.emplace_back(step_of(e.path()), e.path());
-    std::sort(all.rbegin(), all.rend());
-    for (size_t i = static_cast<size_t>(keep); i < all.size(); ++i) fs::remove_all(all[i].second);
+  if (keep > 0) {  // this run's complete checkpoints, newest first
+    std::vector<std::pair<int64_t, fs::path>> own;
+    for (const auto& e : fs::directory_iterator(output_dir)) {
+      if (!e.is_directory() || step_of(e.path()) < 0) continue;
+      try {
+        if (nlohmann::json::parse(read_all(e.path() / "trainer_state.json")).value("run_id", "") == c.trainer_state.run_id)
+          own.emplace_back(step_of(e.path()), e.path());
+      } catch (const std::exception&) {  // unreadable: not provably this run's, so kept
+      }
+    }
+    std::sort(own.rbegin(), own.rend());
+    for (size_t i = static_cast<size_t>(keep); i < own.size(); ++i)
+      if (own[i].second != final_dir && (protect.empty() || !fs::equivalent(own[i].second, protect)))
+        fs::remove_all(own[i].second);
   }
   return final_dir.string();
 }
 
-bool checkpoint_complete(const std::string& dir) {
+std::vector<std::string> checkpoint_folders(const std::string& output_dir) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  if (fs::is_directory(output_dir))
+    for (const auto& e : fs::directory_iterator(output_dir)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("step-", 0) != 0) continue;
+      std::string digits = name.substr(5, name.find('.') == std::string::npos ? std::string::npos : name.find('.') - 5);
+      found.emplace_back(std::all_of(digits.begin(), digits.end(), ::isdigit) && !digits.empty() ? std::stoll(digits) : -1,
+                         e.path().string());
+    }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(std::move(f.second));
+  return out;
+}
+
+std::string new_run_id() {
+  std::random_device rd;
+  return fmt::format("{:%Y%m%d-%H%M%S}-{}-{:08x}", fmt::localtime(std::time(nullptr)), ::getpid(), rd());
+}
+
+OutputDirLock::OutputDirLock(const std::string& output_dir) : path_((fs::path(output_dir) / ".modalign.lock").string()) {
+  fs::create_directories(output_dir);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      const std::string pid = std::to_string(::getpid()) + "\n";
+      const bool written = ::write(fd, pid.data(), pid.size()) == static_cast<ssize_t>(pid.size());
+      ::close(fd);
+      if (!written) throw std::runtime_error(path_ + ": cannot write the lock file");
+      return;
+    }
+    if (errno != EEXIST) throw std::runtime_error(path_ + ": cannot create the lock file (" + std::strerror(errno) + ")");
+    long holder = 0;
+    try {
+      holder = std::stol(read_all(path_));
+    } catch (const std::exception&) {  // empty or garbled: a crash while writing it; stale
+    }
+    if (holder > 0 && holder != ::getpid() && (::kill(static_cast<pid_t>(holder), 0) == 0 || errno == EPERM))
+      throw std::runtime_error(fmt::format("{} is in use by another run (process {} holds {}); wait for it, stop it, or "
+                                           "pick another train.output_dir",
+                                           output_dir, holder, path_));
+    fs::remove(path_);  // stale: its process is gone
+  }
+  throw std::runtime_error(path_ + ": another run took the lock at the same moment");
+}
+
+OutputDirLock::~OutputDirLock() {
+  std::error_code ignored;
+  fs::remove(path_, ignored);
+}
+
+std::string checkpoint_problem(const std::string& dir) {
+  if (!fs::is_directory(dir)) return fs::exists(dir) ? "not a folder" : "no such folder";
   for (const char* f : kFiles)
-    if (!fs::is_regular_file(fs::path(dir) / f)) return false;
+    if (!fs::is_regular_file(fs::path(dir) / f)) return std::string("lacks ") + f;
   try {
-    if (!nlohmann::json::parse(read_all(fs::path(dir) / "trainer_state.json")).contains("step")) return false;
+    if (!nlohmann::json::parse(read_all(fs::path(dir) / "trainer_state.json")).contains("step"))
+      return "trainer_state.json has no \"step\"";
     SafetensorsFile model((fs::path(dir) / "model.safetensors").string());
     SafetensorsFile optimizer((fs::path(dir) / "optimizer.safetensors").string());
-  } catch (const std::exception&) {
-    return false;
+  } catch (const std::exception& e) {
+    return e.what();
   }
-  return true;
+  return "";
 }
+
+bool checkpoint_complete(const std::string& dir) { return checkpoint_problem(dir).empty(); }
 
 std::optional<std::string> find_latest_checkpoint(const std::string& output_dir) {
   if (!fs::is_directory(output_dir)) return std::nullopt;
@@ -151,8 +221,10 @@ std::string resolve_checkpoint(const std::string& path) {
     const std::string pointed = read_latest_pointer(dir);
     if (!pointed.empty()) dir = pointed;
   }
-  if (!checkpoint_complete(dir))
-    throw std::runtime_error(path + ": not a complete checkpoint (nor a run folder whose `latest` names one)");
+  const std::string problem = checkpoint_problem(dir);
+  if (!problem.empty())
+    throw std::runtime_error(fmt::format("{}: not a complete checkpoint (nor a run folder whose `latest` names one): {}{}",
+                                         path, dir == path ? "" : dir + ": ", problem));
   return dir;
 }
 

@@ -3,6 +3,7 @@
 #include "trainers/distributed.h"
 
 #include <fmt/format.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,10 +35,15 @@ int launch_workers(const std::vector<std::string>& argv, const LaunchOptions& o)
   std::vector<pid_t> pids(static_cast<size_t>(o.nproc), -1);
   std::vector<bool> running(pids.size(), false);
   auto old_int = std::signal(SIGINT, remember_signal), old_term = std::signal(SIGTERM, remember_signal);
+  const pid_t launcher = getpid();
   for (int64_t local = 0; local < o.nproc; ++local) {
     pid_t pid = fork();
     if (pid < 0) throw std::runtime_error("launcher: fork failed");
     if (pid == 0) {
+      // A worker stops with its launcher, kill -9 of the launcher included: SIGTERM (it survives exec)
+      // makes the ranks agree to finish the step, save and exit.
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() != launcher) _exit(1);  // the launcher died before prctl took effect
       setenv("RANK", std::to_string(node_rank * o.nproc + local).c_str(), 1);
       setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
       setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);

@@ -157,6 +157,14 @@ void GroupedAdamW::zero_grad() {
     for (auto& p : group.params()) p.mutable_grad() = torch::Tensor();
 }
 
+std::pair<double, double> GroupedAdamW::grad_norm_and_clip(double max_norm) const {
+  std::vector<torch::Tensor> norms;
+  for (const auto& [name, p] : params_)
+    if (p.grad().defined()) norms.push_back(p.grad().norm(2));
+  const double norm = norms.empty() ? 0.0 : torch::stack(norms).norm(2).item<double>();
+  return {norm, max_norm > 0 && norm > 0 ? std::min(1.0, max_norm / (norm + 1e-6)) : 1.0};
+}
+
 NamedTensors GroupedAdamW::state() const {
   NamedTensors out;
   auto& states = adamw_->state();

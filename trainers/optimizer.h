@@ -31,6 +31,9 @@ class GroupedAdamW {
   // parameter on CPU float32/float64, LibTorch's AdamW otherwise; state stays in its layout either way.
   void step(double multiplier, double grad_scale = 1.0);
   void zero_grad();  // drops the gradients (undefined, not zero)
+  // The global L2 norm of the trainable parameters' gradients (as clip_grad_norm_ computes it) and the
+  // factor that clips it to max_norm (1 when max_norm is 0 or the norm is below it), for step().
+  std::pair<double, double> grad_norm_and_clip(double max_norm) const;
   // The base learning rate of the first group (what progress lines show).
   double base_lr() const { return base_lrs_.front(); }
   const std::vector<std::pair<std::string, torch::Tensor>>& parameters() const { return params_; }

@@ -9,7 +9,6 @@
 #include <map>
 #include <numeric>
 #include <optional>
-#include <sstream>
 
 #include "lib/config/config_loader.h"
 #include "lib/io/weights.h"
@@ -150,17 +149,13 @@ StepStats Trainer::train_step() {
   for (int64_t i = 0; i < config_.train.gradient_accumulation_steps; ++i) micro.push_back(loader_->next().to(device_));
   optimizer_->zero_grad();
   StepStats stats = forward_backward(micro);
-  std::vector<torch::Tensor> params;
-  for (const auto& [name, p] : optimizer_->parameters()) params.push_back(p);
-  if (dp_) dp_->all_reduce_grads(params);  // the gradient of the global loss: every rank's share, summed
-  params.erase(std::remove_if(params.begin(), params.end(), [](const torch::Tensor& p) { return !p.grad().defined(); }),
-               params.end());
-  // Global L2 norm (as clip_grad_norm_ computes it); the clipping factor is applied inside the update.
-  std::vector<torch::Tensor> norms;
-  for (const auto& p : params) norms.push_back(p.grad().norm(2));
-  stats.grad_norm = norms.empty() ? 0.0 : torch::stack(norms).norm(2).item<double>();
-  const double max_norm = config_.train.max_grad_norm;
-  const double clip = max_norm > 0 && stats.grad_norm > 0 ? std::min(1.0, max_norm / (stats.grad_norm + 1e-6)) : 1.0;
+  if (dp_) {  // the gradient of the global loss: every rank's share, summed
+    std::vector<torch::Tensor> params;
+    for (const auto& [name, p] : optimizer_->parameters()) params.push_back(p);
+    dp_->all_reduce_grads(params);
+  }
+  double clip = 1;  // applied inside the update
+  std::tie(stats.grad_norm, clip) = optimizer_->grad_norm_and_clip(config_.train.max_grad_norm);
   stats.finite = std::isfinite(stats.loss) && std::isfinite(stats.grad_norm);
   if (stats.finite) {
     optimizer_->step(lr_multiplier(config_.train, state_.step, total_steps()), clip);
@@ -176,6 +171,13 @@ StepStats Trainer::train_step() {
 }
 
 std::string Trainer::save() {
+  bool finite = true;
+  for (const auto& p : model_->parameters()) finite = finite && torch::isfinite(p).all().item<bool>();
+  if (!finite) {
+    spdlog::error("step {}: the weights are not finite; no checkpoint written (the last one is {})", state_.step,
+                  last_checkpoint_.empty() ? "none" : last_checkpoint_);
+    return "";
+  }
   CheckpointContents c;
   c.model = named_state(*model_);
   c.optimizer = optimizer_->state();
@@ -184,12 +186,37 @@ std::string Trainer::save() {
   c.trainer_state.skipped_samples = skipped_before_ + loader_->skipped();
   c.trainer_state.cpu_rng_state = cpu_rng_state();
   c.config_yaml = dump_config(config_);
-  auto write = [&] { return save_checkpoint(config_.train.output_dir, state_.step, c, config_.checkpoint.save_total_limit); };
-  if (!dp_) return write();
-  dp_->barrier();  // rank 0 writes; the others wait until the checkpoint is complete
-  std::string dir = leader() ? write() : "";
-  dp_->barrier();
+  // During a non-finite streak the last checkpoint before it is never pruned.
+  const std::string protect = state_.nonfinite_streak > 0 ? before_streak_ : "";
+  auto write = [&] {
+    return save_checkpoint(config_.train.output_dir, state_.step, c, config_.checkpoint.save_total_limit, protect);
+  };
+  std::string dir;
+  if (dp_) dp_->barrier();  // rank 0 writes; the others wait until the checkpoint is complete
+  if (leader()) dir = write();
+  if (dp_) dp_->barrier();
+  last_checkpoint_ = dir;
+  if (state_.nonfinite_streak == 0) before_streak_ = dir;
   return dir;
+}
+
+void Trainer::claim_output_dir(bool resuming) {
+  const std::string& out = config_.train.output_dir;
+  if (!leader()) return;
+  lock_ = std::make_unique<OutputDirLock>(out);
+  if (resuming) return;
+  std::vector<std::string> others;  // complete checkpoints another run left here
+  for (const auto& dir : checkpoint_folders(out))
+    if (checkpoint_complete(dir)) others.push_back(fs::path(dir).filename().string());
+  if (others.empty()) return;
+  if (!config_.train.overwrite_output_dir)
+    throw ConfigError(fmt::format("train.output_dir {} holds checkpoints of another run ({}{}); resume it with "
+                                  "checkpoint.resume_from_checkpoint: auto, pick another output_dir, or set "
+                                  "train.overwrite_output_dir: true to replace them",
+                                  out, others.back(), others.size() > 1 ? fmt::format(" and {} more", others.size() - 1) : ""));
+  spdlog::warn("train.overwrite_output_dir: removing {} checkpoints and the metrics of the earlier run in {}", others.size(), out);
+  for (const auto& dir : checkpoint_folders(out)) fs::remove_all(dir);
+  for (const char* file : {"latest", "metrics.jsonl"}) fs::remove(fs::path(out) / file);
 }
 
 void Trainer::resume(const CheckpointContents& c, const std::string& dir) {
@@ -207,14 +234,15 @@ void Trainer::resume(const CheckpointContents& c, const std::string& dir) {
         "x gradient_accumulation_steps x processes); keep the global batch to resume, e.g. per_device_train_batch_size {}",
         dir, s.global_batch, global_batch(),
         s.global_batch / (config_.train.gradient_accumulation_steps * (dp_ ? dp_->world_size() : 1))));
+  const std::string run_id = state_.run_id;
   state_ = s;
+  if (state_.run_id.empty()) state_.run_id = run_id;  // a checkpoint of an earlier version
   skipped_before_ = s.skipped_samples;
+  last_checkpoint_ = dir;
+  if (s.nonfinite_streak == 0) before_streak_ = dir;
   set_cpu_rng_state(s.cpu_rng_state);
-  RunConfig saved;
-  apply_yaml(saved, c.config_yaml, dir + "/config.yaml", "");
-  std::istringstream a(dump_config(saved)), b(dump_config(config_));
-  for (std::string x, y; std::getline(a, x) && std::getline(b, y);)
-    if (x != y) spdlog::info("resume: config changed since the checkpoint: '{}' -> '{}'", x, y);
+  for (const auto& change : config_changes(c.config_yaml, dir + "/config.yaml", config_))
+    spdlog::info("resume: config changed since the checkpoint: {}", change);
   spdlog::info("resumed from {} at step {}", dir, state_.step);
 }
 
@@ -226,12 +254,15 @@ void Trainer::prepare() {
   std::string resume_dir = config_.checkpoint.resume_from_checkpoint;
   if (resume_dir == "auto") resume_dir = find_latest_checkpoint(t.output_dir).value_or("");
   std::optional<CheckpointContents> checkpoint;
-  if (!resume_dir.empty()) checkpoint = load_checkpoint(resolve_checkpoint(resume_dir));
+  if (!resume_dir.empty()) checkpoint = load_checkpoint(resume_dir = resolve_checkpoint(resume_dir));
+  claim_output_dir(checkpoint.has_value());
   loader_ = build_train_loader(config_, processor_, *composer_, dp_ ? dp_->rank() : 0, dp_ ? dp_->world_size() : 1,
                                checkpoint ? checkpoint->trainer_state.cursor : DataCursor{});
+  for (const auto& file : config_.data.eval_files) load_dataset(file);  // a bad eval file fails now, not after training
   state_ = TrainerState{};
   state_.seed = t.seed;
   state_.global_batch = global_batch();
+  state_.run_id = new_run_id();
   if (checkpoint) resume(*checkpoint, resume_dir);
   if (dp_) {  // every rank starts from rank 0's weights
     std::vector<torch::Tensor> params;
@@ -284,9 +315,13 @@ TrainResult Trainer::train() {
     result.step_tokens.push_back(static_cast<int64_t>(s.tokens));
     log_step(s, seconds, std::chrono::duration<double>(now - started).count(), first_step, bar);
     if (state_.nonfinite_streak >= t.max_nonfinite_steps) {
-      std::string dir = save();
-      throw std::runtime_error(fmt::format("{} non-finite steps in a row (train.max_nonfinite_steps); the last good state "
-                                           "is saved in {}", state_.nonfinite_streak, dir));
+      save();  // the state after the skipped updates, when its weights are finite
+      throw std::runtime_error(fmt::format(
+          "{} non-finite steps in a row (train.max_nonfinite_steps); {}{}", state_.nonfinite_streak,
+          last_checkpoint_.empty() ? std::string("no checkpoint with finite weights was written")
+                                   : "the last checkpoint (weights checked finite) is " + last_checkpoint_,
+          before_streak_.empty() || before_streak_ == last_checkpoint_ ? ""
+                                   : "; the last one before the non-finite steps began is " + before_streak_));
     }
     if (leader() && t.eval_steps > 0 && state_.step % t.eval_steps == 0 && state_.step < total)
       write_evals(*metrics_, state_.step, evaluate());

@@ -56,7 +56,8 @@ class Trainer {
   void prepare();  // optimizer, data, resume, rank-0 weights: everything train() needs before step 1
   StepStats train_step();
   StepStats forward_backward(const std::vector<Batch>& micro_batches);
-  std::string save();
+  std::string save();  // "" when the weights are not finite (nothing is written then)
+  void claim_output_dir(bool resuming);
   void resume(const CheckpointContents& checkpoint, const std::string& dir);
   void log_step(const StepStats& s, double seconds, double elapsed, int64_t first_step, bool bar);
   int64_t total_steps() const;
@@ -73,7 +74,10 @@ class Trainer {
   std::unique_ptr<GroupedAdamW> optimizer_;
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<MetricsSink> metrics_;
+  std::unique_ptr<OutputDirLock> lock_;  // rank 0: this run owns output_dir
   TrainerState state_;
+  std::string last_checkpoint_;    // the newest checkpoint written (its weights were checked finite)
+  std::string before_streak_;      // the newest one written before the current non-finite streak: never pruned
   int64_t skipped_before_ = 0;  // bad samples skipped before this process started (resume)
   std::set<int64_t> inject_;
 };

@@ -1,6 +1,7 @@
 #include "lib/config/config_loader.h"
 
 #include "lib/config/config_text.h"
+#include "lib/io/files.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -415,6 +416,26 @@ YAML::Node override_node(const std::string& assignment) {
   return value;
 }
 
+// A key given twice in one map (YAML keeps both, a lookup silently takes one): an error naming both lines.
+void reject_duplicate_keys(const YAML::Node& node, const std::string& origin, const std::string& path) {
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) reject_duplicate_keys(node[i], origin, path + "." + std::to_string(i));
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, int> first_line;
+  for (const auto& kv : node) {
+    if (!kv.first.IsScalar()) continue;
+    const std::string key = kv.first.Scalar(), full = path.empty() ? key : path + "." + key;
+    const int line = kv.first.Mark().line + 1;
+    auto [it, inserted] = first_line.emplace(key, line);
+    if (!inserted)
+      throw ConfigError(fmt::format("{}:{}: duplicate key '{}' (also at line {}); give each key once", origin, line, full,
+                                    it->second));
+    reject_duplicate_keys(kv.second, origin, full);
+  }
+}
+
 }  // namespace
 
 void apply_yaml(RunConfig& config, const std::string& yaml_text, const std::string& origin,
@@ -426,6 +447,7 @@ void apply_yaml(RunConfig& config, const std::string& yaml_text, const std::stri
     throw ConfigError(fmt::format("{}:{}: YAML syntax error: {}", origin, e.mark.line + 1, e.msg));
   }
   if (node.IsNull()) return;
+  reject_duplicate_keys(node, origin, "");
   Origin o{origin, base_dir, true};
   if (!node.IsMap()) throw ConfigError(where(o, node) + ": expected a map of sections (model, data, train, ...)");
   apply_node(config, node, o);
@@ -434,11 +456,9 @@ void apply_yaml(RunConfig& config, const std::string& yaml_text, const std::stri
 RunConfig load_run_config(const std::vector<std::string>& files, const std::vector<std::string>& overrides) {
   RunConfig config;
   for (const auto& file : files) {
-    std::ifstream in(file);
-    if (!in) throw ConfigError(file + ": cannot read config file (" + std::strerror(errno) + ")");
-    std::stringstream text;
-    text << in.rdbuf();
-    apply_yaml(config, text.str(), file, fs::path(file).parent_path().string());
+    const std::string problem = file_problem(file, 16 * kMiB);
+    if (!problem.empty()) throw ConfigError(file + ": cannot read config file: " + problem);
+    apply_yaml(config, read_regular_file(file, 16 * kMiB), file, fs::path(file).parent_path().string());
   }
   for (const auto& assignment : overrides) {
     Origin origin{"--set " + assignment, "", false};

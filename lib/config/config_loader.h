@@ -23,6 +23,10 @@ void apply_yaml(RunConfig& config, const std::string& yaml_text, const std::stri
 // The resolved config as YAML; load_run_config of this text gives back an equal config.
 std::string dump_config(const RunConfig& config);
 
+// The lines of dump_config that differ between a saved config (YAML text; `origin` names it) and
+// `config`, as "'saved line' -> 'current line'": what a resumed run reports.
+std::vector<std::string> config_changes(const std::string& saved_yaml, const std::string& origin, const RunConfig& config);
+
 // Every key with its default value and one line of help (with the allowed choices), as commented YAML.
 std::string describe_defaults();
 

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <map>
+#include <sstream>
 
 #include "lib/config/config_text.h"
 
@@ -106,6 +107,16 @@ std::string dump_config(const RunConfig& config) {
   copy.visit(writer);
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
+}
+
+std::vector<std::string> config_changes(const std::string& saved_yaml, const std::string& origin, const RunConfig& config) {
+  RunConfig saved;
+  apply_yaml(saved, saved_yaml, origin, "");
+  std::istringstream a(dump_config(saved)), b(dump_config(config));
+  std::vector<std::string> out;
+  for (std::string x, y; std::getline(a, x) && std::getline(b, y);)
+    if (x != y) out.push_back("'" + x + "' -> '" + y + "'");
+  return out;
 }
 
 std::string describe_defaults() {

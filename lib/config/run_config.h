@@ -88,6 +88,7 @@ struct DataConfig {
   std::vector<double> image_mean{0.48145466, 0.4578275, 0.40821073};
   std::vector<double> image_std{0.26862954, 0.26130258, 0.27577711};
   BadSamplePolicy on_bad_sample = BadSamplePolicy::Error;
+  bool allow_paths_outside_image_folder = false;
   bool group_by_length = false;
   int64_t num_workers = 2;
   int64_t prefetch_batches = 4;
@@ -107,6 +108,8 @@ struct DataConfig {
     v.field("image_mean", image_mean, "per-channel normalisation mean (RGB)");
     v.field("image_std", image_std, "per-channel normalisation std (RGB)");
     v.choice("on_bad_sample", on_bad_sample, kBadSampleNames, "a bad sample stops the run, or is skipped and counted");
+    v.field("allow_paths_outside_image_folder", allow_paths_outside_image_folder,
+            "let image paths (../ or absolute) lead outside image_folder");
     v.field("group_by_length", group_by_length, "batch samples of similar length together");
     v.field("num_workers", num_workers, "background loader threads", Range::at_least(0));
     v.field("prefetch_batches", prefetch_batches, "batches the loader may prepare ahead", Range::at_least(1));
@@ -115,6 +118,7 @@ struct DataConfig {
 
 struct TrainConfig {
   std::string output_dir = "runs/modalign";
+  bool overwrite_output_dir = false;
   int64_t seed = 42;
   int64_t num_threads = 0;  // 0 = all cores
   double learning_rate = 2e-5;
@@ -148,6 +152,8 @@ struct TrainConfig {
   template <class V>
   void visit(V& v) {
     v.path("output_dir", output_dir, "where checkpoints, logs and metrics go");
+    v.field("overwrite_output_dir", overwrite_output_dir,
+            "a fresh run may replace the checkpoints and metrics another run left in output_dir");
     v.field("seed", seed, "seed of weights, data order and dropout");
     v.field("num_threads", num_threads, "LibTorch intra-op threads; 0 = all cores", Range::at_least(0));
     v.field("learning_rate", learning_rate, "peak learning rate", Range::positive());

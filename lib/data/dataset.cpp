@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "lib/io/files.h"
+
 namespace modalign {
 namespace {
 
@@ -89,11 +91,9 @@ Example parse_record(const nlohmann::json& j, const std::string& where) {
 }  // namespace
 
 std::vector<Example> load_dataset(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw DataError(path + ": cannot open dataset file");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  const std::string text = buffer.str();
+  const std::string problem = file_problem(path, 4096 * kMiB);
+  if (!problem.empty()) throw DataError(path + ": cannot open dataset file: " + problem);
+  const std::string text = read_regular_file(path, 4096 * kMiB);
   std::vector<Example> out;
   size_t first = text.find_first_not_of(" \t\r\n");
   if (first == std::string::npos) throw DataError(path + ": empty dataset file");

@@ -1,5 +1,6 @@
 #include "lib/data/image.h"
 
+#include <fmt/format.h>
 #include <stb_image.h>
 #include <stb_image_write.h>
 
@@ -9,13 +10,20 @@
 #include <filesystem>
 
 #include "lib/data/dataset.h"
+#include "lib/io/files.h"
 
 namespace modalign {
 namespace F = torch::nn::functional;
 
 RgbImage load_image(const std::string& path) {
-  if (!std::filesystem::exists(path)) throw DataError(path + ": image file not found");
+  const std::string problem = file_problem(path, 256 * kMiB);
+  if (problem == "no such file") throw DataError(path + ": image file not found");
+  if (!problem.empty()) throw DataError(path + ": cannot read image: " + problem);
   int w = 0, h = 0, channels = 0;
+  // A small file may claim a huge image (a decompression bomb): the size is checked before decoding.
+  if (stbi_info(path.c_str(), &w, &h, &channels) && static_cast<int64_t>(w) * h > kMaxImagePixels)
+    throw DataError(fmt::format("{}: image of {} x {} pixels is larger than the limit of {} pixels", path, w, h,
+                                kMaxImagePixels));
   unsigned char* data = stbi_load(path.c_str(), &w, &h, &channels, 3);
   if (!data) throw DataError(path + ": cannot decode image (" + stbi_failure_reason() + ")");
   RgbImage image{w, h, std::vector<uint8_t>(data, data + static_cast<size_t>(w) * h * 3)};

@@ -18,7 +18,10 @@ struct RgbImage {
   std::vector<uint8_t> pixels;  // height * width * 3, row-major RGB
 };
 
-// Throws DataError naming the file and stb's reason for a missing, unreadable or corrupt image.
+// Largest image decoded (8192 x 8192): a bigger claimed size is refused before any pixel is decoded.
+inline constexpr int64_t kMaxImagePixels = 8192LL * 8192;
+
+// Throws DataError naming the file and stb's reason for a missing, unreadable, corrupt or too large image.
 RgbImage load_image(const std::string& path);
 
 struct ImageOptions {

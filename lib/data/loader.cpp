@@ -1,5 +1,6 @@
 #include "lib/data/loader.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 namespace modalign {
@@ -58,7 +59,7 @@ DataLoader::Prepared DataLoader::prepare(int64_t job) {
         samples.push_back(processor_->process((*examples_)[static_cast<size_t>(i)]));
       } catch (const DataError& e) {
         if (options_.on_bad_sample == BadSamplePolicy::Error) throw;
-        spdlog::warn("skipping bad sample: {}", e.what());
+        out.skip_reason = e.what();
         ++out.batch.skipped;
       }
     }
@@ -102,14 +103,28 @@ Batch DataLoader::next() {
       p = std::move(ready_[consumed_]);
       ready_.erase(consumed_);
     }
+    int64_t skipped_before = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       ++consumed_;
+      skipped_before = skipped_;
       skipped_ += p.batch.skipped;
     }
     space_cv_.notify_all();
     if (p.error) std::rethrow_exception(p.error);
-    if (p.batch.size() > 0) return p.batch;  // a batch whose samples were all skipped is passed over
+    // The first few skips are listed with their reason; the rest are counted (the trainer reports them).
+    constexpr int64_t kListed = 5;
+    if (p.batch.skipped > 0 && skipped_before < kListed)
+      spdlog::warn("skipping bad sample{}: {}", skipped_before + p.batch.skipped >= kListed ? " (further ones are counted, not listed)" : "",
+                   p.skip_reason);
+    if (p.batch.size() > 0) {
+      empty_batches_ = 0;
+      return p.batch;
+    }
+    // A batch whose samples were all skipped is passed over; a whole epoch of them is an error.
+    if (++empty_batches_ >= per_epoch_)
+      throw DataError(fmt::format("data.on_bad_sample is skip, but a whole epoch ({} batches) gave no usable sample; "
+                                  "the last problem: {}", per_epoch_, p.skip_reason));
   }
 }
 

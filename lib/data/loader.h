@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -30,7 +31,8 @@ class DataLoader {
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
 
-  // The next batch (epochs roll over); rethrows a DataError from its preparation.
+  // The next batch (epochs roll over); rethrows a DataError from its preparation. With on_bad_sample:
+  // skip, a whole epoch without one usable sample is a DataError (never an endless loop).
   Batch next();
   // Where the next call to next() continues: save it to resume exactly.
   DataCursor cursor() const;
@@ -41,6 +43,7 @@ class DataLoader {
   struct Prepared {
     Batch batch;
     std::exception_ptr error;
+    std::string skip_reason;  // the last bad sample's problem (on_bad_sample: skip)
   };
   DataCursor job_cursor(int64_t job) const;
   Prepared prepare(int64_t job);
@@ -57,6 +60,7 @@ class DataLoader {
   std::map<int64_t, Prepared> ready_;
   std::map<int64_t, std::vector<std::vector<int64_t>>> epochs_;  // epoch -> batches, cached
   int64_t next_job_ = 0, consumed_ = 0, skipped_ = 0;
+  int64_t empty_batches_ = 0;  // batches in a row whose samples were all skipped (next() only)
   bool stop_ = false;
   std::vector<std::thread> workers_;
 };

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -42,7 +43,18 @@ int64_t Processor::length(const Example& example) const {
 }
 
 torch::Tensor Processor::load_pixels(const Example& example, torch::Tensor& target) const {
-  std::string path = (std::filesystem::path(config_.image_folder) / example.image).string();
+  namespace fs = std::filesystem;
+  // Lexically (`..` and absolute paths), not through links: a folder may link to where its images live.
+  fs::path folder = fs::absolute(config_.image_folder.empty() ? "." : config_.image_folder).lexically_normal();
+  if (folder.filename().empty()) folder = folder.parent_path();  // "/data/" is "/data"
+  const fs::path resolved = (folder / example.image).lexically_normal();
+  const std::string path = (fs::path(config_.image_folder) / example.image).string();
+  auto [end, ignored] = std::mismatch(folder.begin(), folder.end(), resolved.begin(), resolved.end());
+  if (end != folder.end() && !config_.allow_paths_outside_image_folder)
+    throw DataError(fmt::format("{}{}: image '{}' resolves to {}, outside data.image_folder {} (set "
+                                "data.allow_paths_outside_image_folder: true to allow it)",
+                                example.where, example.id.empty() ? "" : " (id " + example.id + ")", example.image,
+                                resolved.string(), folder.string()));
   try {
     const RgbImage image = load_image(path);
     if (!example.regions.empty()) {

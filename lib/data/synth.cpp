@@ -195,6 +195,15 @@ std::string synthesize(const SynthOptions& o) {
   if (o.out_dir.empty()) throw std::invalid_argument("synth: --out is required");
   if (o.train < 1 || o.eval < 1 || o.image_size < 16 || o.hint_agreement < 0 || o.hint_agreement > 1)
     throw std::invalid_argument("synth: need train >= 1, eval >= 1, image size >= 16 and hint agreement in [0, 1]");
+  if (o.image_size > 4096) throw std::invalid_argument("synth: --image-size above 4096 is not supported");
+  if (fs::exists(o.out_dir) && !fs::is_empty(o.out_dir)) {
+    if (!o.force)
+      throw std::invalid_argument("synth: " + o.out_dir + " is not empty; pick an empty folder or pass --force to replace "
+                                  "the benchmark there");
+    for (const char* name : {"images", "train.json", "eval_aligned.json", "eval_conflict.json", "eval_nohint.json",
+                             "tokenizer.model", "synth.json"})
+      fs::remove_all(fs::path(o.out_dir) / name);
+  }
   fs::create_directories(fs::path(o.out_dir) / "images");
   struct Split {
     const char* name;

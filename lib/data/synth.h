@@ -20,8 +20,10 @@ struct SynthOptions {
   bool chance_hints = false;       // training hints carry no information: a uniform option, or none as often
   SynthDifficulty difficulty = SynthDifficulty::Medium;
   int64_t vocab_size = 256;        // tokenizer pieces (at most)
+  bool force = false;              // replace what an earlier benchmark left in out_dir
 };
 
+// A non-empty out_dir is an error unless `force`, which first removes the files a benchmark writes.
 // Writes out_dir/{train,eval_aligned,eval_conflict,eval_nohint}.json, out_dir/images/*.png,
 // out_dir/tokenizer.model and out_dir/synth.json (the options). Each sample also carries "answer",
 // "hint", "type" (colour, shape or count) and "regions" (the boxes of the shapes the question is about:

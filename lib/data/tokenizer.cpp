@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <mutex>
 
+#include "lib/io/files.h"
+
 namespace modalign {
 namespace fs = std::filesystem;
 namespace {
@@ -67,7 +69,9 @@ std::string spm_shim_path() {
 }
 
 Tokenizer::Tokenizer(const std::string& model_path) : path_(model_path) {
-  if (!fs::exists(model_path)) throw TokenizerError(model_path + ": tokenizer model file not found");
+  const std::string problem = file_problem(model_path, 1024 * kMiB);
+  if (problem == "no such file") throw TokenizerError(model_path + ": tokenizer model file not found");
+  if (!problem.empty()) throw TokenizerError(model_path + ": cannot read the tokenizer: " + problem);
   char err[512] = {0};
   handle_ = shim().load(model_path.c_str(), err, sizeof err);
   if (!handle_) throw TokenizerError(model_path + ": not a SentencePiece model (" + err + ")");

@@ -16,6 +16,8 @@
 #include <set>
 #include <sstream>
 
+#include "lib/io/files.h"
+
 namespace modalign {
 namespace fs = std::filesystem;
 namespace {
@@ -46,12 +48,13 @@ const DtypeInfo& dtype_of(torch::ScalarType type, const std::string& tensor) {
 
 std::string errno_text() { return std::strerror(errno); }
 
-// A file written under a temporary name and moved into place only once complete and on disk.
+// A file written under a temporary name and moved into place only once complete and on disk. Failures
+// are std::runtime_error (the disk or folder is the problem, not a file's content).
 class AtomicFile {
  public:
   explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw SafetensorsError(tmp_ + ": cannot create (" + errno_text() + ")");
+    if (fd_ < 0) throw std::runtime_error(tmp_ + ": cannot create (" + errno_text() + ")");
   }
   ~AtomicFile() {
     if (fd_ >= 0) {
@@ -64,16 +67,16 @@ class AtomicFile {
     while (n > 0) {
       ssize_t w = ::write(fd_, p, n);
       if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) throw SafetensorsError(tmp_ + ": write failed (" + errno_text() + ")");
+      if (w <= 0) throw std::runtime_error(tmp_ + ": write failed (" + errno_text() + ")");
       p += w, n -= static_cast<size_t>(w);
     }
   }
   void commit() {
-    if (::fsync(fd_) != 0) throw SafetensorsError(tmp_ + ": fsync failed (" + errno_text() + ")");
+    if (::fsync(fd_) != 0) throw std::runtime_error(tmp_ + ": fsync failed (" + errno_text() + ")");
     ::close(fd_);
     fd_ = -1;
     if (::rename(tmp_.c_str(), path_.c_str()) != 0)
-      throw SafetensorsError(path_ + ": rename failed (" + errno_text() + ")");
+      throw std::runtime_error(path_ + ": rename failed (" + errno_text() + ")");
     std::string dir = fs::path(path_).parent_path().string();
     int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
@@ -101,6 +104,8 @@ std::vector<int64_t> parse_shape(const nlohmann::json& j, const std::string& whe
 }  // namespace
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  const std::string problem = file_problem(path, UINT64_MAX);
+  if (!problem.empty()) throw SafetensorsError(path + ": cannot open: " + problem);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw SafetensorsError(path + ": cannot open (" + errno_text() + ")");
   struct stat st {};
@@ -261,6 +266,8 @@ constexpr const char* kIndexName = "model.safetensors.index.json";
 
 // The shard files an index names, in order, with the index's own view of which tensor lives where.
 std::vector<std::string> index_shards(const std::string& index_path, std::map<std::string, std::string>& weight_map) {
+  const std::string problem = file_problem(index_path, 256 * kMiB);
+  if (!problem.empty()) throw SafetensorsError(index_path + ": cannot open: " + problem);
   std::ifstream in(index_path);
   if (!in) throw SafetensorsError(index_path + ": cannot open (" + errno_text() + ")");
   nlohmann::json j;

@@ -60,7 +60,8 @@ class SafetensorsFile {
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 // Writes `tensors` (any device/dtype of the list above, made contiguous on CPU) with an 8-byte aligned,
-// space-padded header. Written to `path.tmp`, fsynced, then renamed over `path`.
+// space-padded header. Written to `path.tmp`, fsynced, then renamed over `path`; a failure to write is a
+// std::runtime_error naming the file (SafetensorsError is for bad content).
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
@@ -83,7 +84,8 @@ std::string read_latest_pointer(const std::string& run_dir);
 void save_sharded(const std::string& dir, const NamedTensors& tensors, size_t max_shard_bytes,
                   const std::map<std::string, std::string>& metadata = {});
 
-// Writes `bytes` to `path` atomically: `path.tmp`, fsync, rename, fsync of the folder.
+// Writes `bytes` to `path` atomically: `path.tmp`, fsync, rename, fsync of the folder (std::runtime_error
+// naming the file when that fails).
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
 // `modalign inspect`: one line per tensor (name, dtype, shape, bytes) and the metadata of a file,

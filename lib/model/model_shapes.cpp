@@ -6,6 +6,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "lib/io/files.h"
+
 namespace modalign {
 
 ModelShapes preset_shapes(const std::string& name) {
@@ -40,6 +42,8 @@ void read(const nlohmann::json& j, const char* key, T& out) {
 }  // namespace
 
 ModelShapes shapes_from_hf_config(const std::string& path) {
+  const std::string problem = file_problem(path, 16 * kMiB);
+  if (!problem.empty()) throw std::runtime_error(path + ": cannot open Hugging Face config: " + problem);
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path + ": cannot open Hugging Face config");
   nlohmann::json j;

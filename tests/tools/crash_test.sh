@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Process-level checkpoint safety with the real binary: SIGTERM writes a checkpoint and exits 0;
-# kill -9 at random moments (10 times, saving every step) never leaves a checkpoint that resume would
-# pick up broken, and every rerun resumes from the newest complete one until training finishes.
+# kill -9 at 20 random moments (saving every step, so many land in a save) never leaves a checkpoint that
+# resume would pick up broken, every rerun resumes from the newest complete one, and the run that finishes
+# ends with weights bitwise equal to a run that was never interrupted.
 set -u
 source "$(dirname "$0")/lib.sh"
 bin=$1
@@ -10,7 +11,7 @@ tiny_fixture "$bin" "$tmp" 60 4
 cat > "$tmp/run.yaml" <<Y
 model: {hf_config: config.json}
 data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: plain}
-train: {output_dir: out, max_steps: 400, per_device_train_batch_size: 4, learning_rate: 1.0e-3, num_threads: 1,
+train: {output_dir: out, max_steps: 300, per_device_train_batch_size: 4, learning_rate: 1.0e-3, num_threads: 1,
         freeze_vision_tower: false}
 losses: [{name: dual_channel}]
 checkpoint: {save_steps: 1, save_total_limit: 3, resume_from_checkpoint: auto}
@@ -26,10 +27,10 @@ else bad "SIGTERM: exit $code"; tail -5 "$tmp/term.log"; fi
 
 # kill -9 at random moments.
 prev=-1
-for i in $(seq 1 10); do
+for i in $(seq 1 20); do
   "$bin" train -c "$tmp/run.yaml" > "$tmp/kill$i.log" 2>&1 &
   pid=$!
-  sleep "$(awk -v s=$RANDOM 'BEGIN { printf "%.2f", 1.2 + (s % 100) / 100 }')"
+  sleep "$(awk -v s=$RANDOM 'BEGIN { printf "%.2f", 0.8 + (s % 100) / 80 }')"
   kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
   name=$(latest_step)
   [ -z "$name" ] && { [ $i -le 2 ] && continue; bad "run $i: no checkpoint yet"; continue; }
@@ -43,4 +44,10 @@ for i in $(seq 1 10); do
   fi
   prev=$step
 done
+# Finish, then compare with a run that never stopped.
+"$bin" train -c "$tmp/run.yaml" > "$tmp/final.log" 2>&1 || bad "the final resume failed: $(tail -2 "$tmp/final.log")"
+"$bin" train -c "$tmp/run.yaml" --set train.output_dir="$tmp/straight" --set "checkpoint.resume_from_checkpoint=\"\"" \
+  > "$tmp/straight.log" 2>&1 || bad "the uninterrupted run failed"
+if cmp -s "$tmp/out/step-000300/model.safetensors" "$tmp/straight/step-000300/model.safetensors"; then ok
+else bad "after 20 kills the final weights differ from the uninterrupted run's"; fi
 finish

@@ -126,6 +126,14 @@ TEST_F(ConfigTest, DumpReadsBackToTheSameConfig) {
   EXPECT_EQ(*back.losses[1].layer_decay.ref, 1);
   EXPECT_DOUBLE_EQ(*back.losses[0].dual_channel.target, 0.8);
   EXPECT_EQ(back.data.image_aspect_ratio, AspectMode::Crop);
+  // What a resume reports: exactly the lines that differ.
+  EXPECT_TRUE(config_changes(text, "saved", c).empty());
+  c.train.learning_rate = 1e-4;
+  c.generation.max_new_tokens = 4;
+  std::vector<std::string> changes = config_changes(text, "saved", c);
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_NE(changes[0].find("learning_rate: 3.3e-05' -> '  learning_rate: 0.0001'"), std::string::npos) << changes[0];
+  EXPECT_NE(changes[1].find("max_new_tokens: 8' -> '  max_new_tokens: 4'"), std::string::npos) << changes[1];
 }
 
 // ---- bad configs: every message names where, which key, and what is wrong ----
