@@ -9,9 +9,9 @@ PYTHON ?= /usr/bin/python3
 # Debian packages the project needs (build, tests, benchmark peer and plots).
 PACKAGES := cmake make g++ pkg-config ccache libtorch-dev libopenblas0-openmp libgloo-dev \
   libyaml-cpp-dev libspdlog-dev libfmt-dev libgtest-dev nlohmann-json3-dev libsentencepiece-dev \
-  libstb-dev libcli11-dev python3-torch python3-matplotlib
+  libstb-dev libcli11-dev python3-torch python3-matplotlib clang libclang-rt-14-dev
 
-.PHONY: all deps configure build test demo bench clean
+.PHONY: all deps configure build test demo bench fuzz test-sanitize clean
 all: build
 
 deps:
@@ -49,5 +49,24 @@ bench: build
 	@test -f $(DEMO_DIR)/data/train.json || $(BUILD_DIR)/modalign synth --out $(DEMO_DIR)/data --train 2000 --eval 100
 	$(PYTHON) bench/compare.py --build $(BUILD_DIR)
 
+# libFuzzer (clang, with ASan + UBSan) on the safetensors reader, the config loader, the LLaVA JSON reader
+# and image decoding, SECONDS each, seeded from tests/fuzz/corpus; a finding fails with its input saved.
+FUZZ_DIR ?= build-fuzz
+SECONDS ?= 60
+fuzz: deps
+	cmake -S . -B $(FUZZ_DIR) -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DMODALIGN_FUZZ=ON -DMODALIGN_BUILD_TESTS=OFF -DMODALIGN_BUILD_TOOLS=OFF
+	cmake --build $(FUZZ_DIR) --target fuzz_targets -j $(JOBS)
+	bash tests/fuzz/run.sh $(FUZZ_DIR)/fuzz $(SECONDS)
+
+# The whole test suite built with AddressSanitizer + UndefinedBehaviorSanitizer (LibTorch itself is not
+# instrumented; leak checking is off because LibTorch keeps its allocations until exit).
+SANITIZE_DIR ?= build-sanitize
+test-sanitize: deps
+	cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMODALIGN_SANITIZE=ON
+	cmake --build $(SANITIZE_DIR) -j $(JOBS)
+	cd $(SANITIZE_DIR) && ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ctest --output-on-failure -j $(JOBS)
+
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(FUZZ_DIR) $(SANITIZE_DIR)

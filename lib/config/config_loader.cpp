@@ -77,6 +77,8 @@ std::string interpolate(const std::string& text, const std::string& context) {
     std::string inner = text.substr(start + 2, end - start - 2);
     size_t dflt = inner.find(":-");
     std::string var = inner.substr(0, dflt);
+    if (inner.find("${") != std::string::npos)  // `${A:-${B}}`: not supported, and its text would not reload
+      throw ConfigError(context + ": nested '${' in '" + text + "' is not supported");
     const char* value = var.empty() ? nullptr : std::getenv(var.c_str());
     if (value) out += value;
     else if (dflt != std::string::npos) out += inner.substr(dflt + 2);

@@ -104,6 +104,8 @@ std::vector<Example> load_dataset(const std::string& path) {
     } catch (const nlohmann::json::parse_error& e) {
       size_t line = 1 + std::count(text.begin(), text.begin() + std::min(e.byte, text.size()), '\n');
       throw DataError(fmt::format("{}:{}: invalid JSON: {}", path, line, e.what()));
+    } catch (const nlohmann::json::exception& e) {  // a number out of range (found by tests/fuzz/dataset_fuzz)
+      throw DataError(fmt::format("{}: invalid JSON: {}", path, e.what()));
     }
     for (size_t i = 0; i < j.size(); ++i) out.push_back(parse_record(j[i], fmt::format("{}[{}]", path, i)));
   } else {
@@ -115,7 +117,7 @@ std::vector<Example> load_dataset(const std::string& path) {
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {  // a syntax error or a number out of range
         throw DataError(fmt::format("{}:{}: invalid JSON: {}", path, number, e.what()));
       }
       out.push_back(parse_record(j, fmt::format("{}:{}", path, number)));

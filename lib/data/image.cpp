@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <filesystem>
 
@@ -15,17 +16,73 @@
 namespace modalign {
 namespace F = torch::nn::functional;
 
+namespace {
+
+// The formats accepted, by their first bytes: stb_image also guesses TGA for any unknown bytes, and its less
+// used decoders are where its bugs are.
+const char* image_format(const std::string& b) {
+  if (b.compare(0, 3, "\xFF\xD8\xFF") == 0) return "JPEG";
+  if (b.compare(0, 8, "\x89PNG\r\n\x1A\n") == 0) return "PNG";
+  if (b.compare(0, 2, "BM") == 0) return "BMP";
+  if (b.compare(0, 4, "GIF8") == 0) return "GIF";
+  return nullptr;
+}
+
+// stb_image 2.27 (Debian 12) writes past its Huffman tables when a JPEG's DHT segment declares more than
+// 256 codes (found by tests/fuzz/image_fuzz; stb 2.28 checks this). Every DHT table stb could read is checked
+// here first, walking the file as stb does: bytes that are not a marker are skipped one by one (so the
+// entropy-coded data after a scan is crossed too), a segment is skipped by its length, and a DHT segment's
+// tables are read until its length is used up. "" when every table declares at most 256 codes.
+std::string jpeg_problem(const std::string& b) {
+  auto byte = [&](size_t i) { return i < b.size() ? static_cast<unsigned>(static_cast<unsigned char>(b[i])) : 0u; };
+  for (size_t i = 2; i + 1 < b.size();) {
+    const unsigned marker = byte(i + 1);
+    if (byte(i) != 0xFF || marker == 0xFF) { ++i; continue; }
+    if (marker == 0x00 || marker == 0x01 || marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7)) { i += 2; continue; }
+    if (marker == 0xD9) return "";  // end of image
+    const int64_t length = byte(i + 2) << 8 | byte(i + 3);
+    if (marker != 0xC4) { i += 2 + static_cast<size_t>(length); continue; }
+    size_t t = i + 4;  // DHT: per table a class/id byte, 16 code counts, then the symbols
+    for (int64_t left = length - 2; left > 0;) {
+      size_t codes = 0;
+      for (size_t k = 1; k <= 16; ++k) codes += byte(t + k);
+      if (codes > 256) return fmt::format("a Huffman table declares {} codes (at most 256)", codes);
+      t += 17 + codes;
+      left -= static_cast<int64_t>(17 + codes);
+    }
+    i = std::max(t, i + 2);
+  }
+  return "";
+}
+
+}  // namespace
+
 RgbImage load_image(const std::string& path) {
   const std::string problem = file_problem(path, 256 * kMiB);
   if (problem == "no such file") throw DataError(path + ": image file not found");
   if (!problem.empty()) throw DataError(path + ": cannot read image: " + problem);
+  const std::string bytes = read_regular_file(path, 256 * kMiB);
+  const char* format = image_format(bytes);
+  if (!format) throw DataError(path + ": not a JPEG, PNG, BMP or GIF image");
+  if (std::string(format) == "JPEG")
+    if (std::string p = jpeg_problem(bytes); !p.empty()) throw DataError(path + ": corrupt JPEG: " + p);
+  const auto* raw = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int n = static_cast<int>(bytes.size());
   int w = 0, h = 0, channels = 0;
-  // A small file may claim a huge image (a decompression bomb): the size is checked before decoding.
-  if (stbi_info(path.c_str(), &w, &h, &channels) && static_cast<int64_t>(w) * h > kMaxImagePixels)
-    throw DataError(fmt::format("{}: image of {} x {} pixels is larger than the limit of {} pixels", path, w, h,
-                                kMaxImagePixels));
-  unsigned char* data = stbi_load(path.c_str(), &w, &h, &channels, 3);
-  if (!data) throw DataError(path + ": cannot decode image (" + stbi_failure_reason() + ")");
+  // A small file may claim a huge image (a decompression bomb), and a very thin one becomes a huge square
+  // when padded or a huge strip when its short side is resized: both are checked before decoding.
+  if (stbi_info_from_memory(raw, n, &w, &h, &channels)) {
+    // stb reports a top-down BMP's height as negative.
+    const int64_t aw = std::llabs(static_cast<int64_t>(w)), ah = std::llabs(static_cast<int64_t>(h));
+    const int64_t lo = std::min(aw, ah), hi = std::max(aw, ah);
+    if (lo <= 0) throw DataError(fmt::format("{}: image of {} x {} pixels is empty", path, aw, ah));
+    if (hi > kMaxImageSide)
+      throw DataError(fmt::format("{}: image of {} x {} pixels has a side above the limit of {}", path, aw, ah, kMaxImageSide));
+    if (hi > kMaxAspectRatio * lo)
+      throw DataError(fmt::format("{}: image of {} x {} pixels has an aspect ratio above {}", path, aw, ah, kMaxAspectRatio));
+  }
+  unsigned char* data = stbi_load_from_memory(raw, n, &w, &h, &channels, 3);
+  if (!data) throw DataError(fmt::format("{}: cannot decode {} image ({})", path, format, stbi_failure_reason()));
   RgbImage image{w, h, std::vector<uint8_t>(data, data + static_cast<size_t>(w) * h * 3)};
   stbi_image_free(data);
   return image;

@@ -18,8 +18,10 @@ struct RgbImage {
   std::vector<uint8_t> pixels;  // height * width * 3, row-major RGB
 };
 
-// Largest image decoded (8192 x 8192): a bigger claimed size is refused before any pixel is decoded.
-inline constexpr int64_t kMaxImagePixels = 8192LL * 8192;
+// Largest side and most elongated shape decoded (Qwen2-VL's processor refuses the same ratio); a file claiming
+// more is refused before any pixel is decoded, so pad/crop intermediates stay under ~1 GB.
+inline constexpr int kMaxImageSide = 8192;
+inline constexpr int kMaxAspectRatio = 200;
 
 // Throws DataError naming the file and stb's reason for a missing, unreadable, corrupt or too large image.
 RgbImage load_image(const std::string& path);

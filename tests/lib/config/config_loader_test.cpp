@@ -90,6 +90,9 @@ TEST_F(ConfigTest, EnvironmentInterpolation) {
   EXPECT_EQ(c.train.output_dir, "/runs/exp7/default");
   expect_bad("train:\n  seed: ${MODALIGN_TEST_UNSET}\n",
              {"bad.yaml:2", "train.seed", "environment variable MODALIGN_TEST_UNSET is not set"});
+  // Found by tests/fuzz/config_fuzz: a nested default left '${' in the value, which the checkpoint's
+  // config.yaml could not load again.
+  expect_bad("train:\n  output_dir: ${MODALIGN_TEST_UNSET:-${HOME}}\n", {"bad.yaml:2", "train.output_dir", "nested '${'"});
 }
 
 TEST_F(ConfigTest, RelativePathsFollowTheirFile) {

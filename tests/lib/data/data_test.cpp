@@ -244,6 +244,9 @@ TEST_F(BadData, Messages) {
   expect_bad("a.json", "[{\"id\": \"x\", \"conversations\": [}]", {"a.json:1: invalid JSON"});
   expect_bad("b.jsonl", "{\"id\": \"1\", \"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}]}\n{bad\n",
              {"b.jsonl:2: invalid JSON"});
+  // A number beyond double range is nlohmann's out_of_range, not a parse_error (found by the fuzzer).
+  expect_bad("big.json", "[{\"id\": 1e999}]", {"big.json: invalid JSON", "number overflow"});
+  expect_bad("big.jsonl", "{\"id\": 1e999}\n", {"big.jsonl:1: invalid JSON", "number overflow"});
   expect_bad("c.json", "[{\"id\": \"s1\", \"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}]}]",
              {"c.json[0] (id s1): the conversation has no assistant (gpt) turn"});
   expect_bad("d.json", "[{\"id\": \"s2\"}]", {"d.json[0] (id s2)", "missing \"conversations\""});
@@ -290,11 +293,28 @@ TEST_F(Data, MissingAndCorruptImagesNameSampleAndFile) {
   std::string junk = (fs::path(synth_dir()) / "images" / "junk.png").string();
   std::ofstream(junk) << "not a png";
   Example corrupt = example({{true, "<image>\nWhat?"}, {false, "red"}}, "images/junk.png");
-  test::expect_error<DataError>([&] { processor.process(corrupt); }, {"(id ex)", "junk.png: cannot decode image"});
+  test::expect_error<DataError>([&] { processor.process(corrupt); }, {"(id ex)", "junk.png: not a JPEG, PNG, BMP or GIF image"});
+  std::string truncated = (fs::path(synth_dir()) / "images" / "truncated.png").string();
+  std::ofstream(truncated) << std::string("\x89PNG\r\n\x1A\n\0\0\0\x0DIHDR", 16);
+  test::expect_error<DataError>([&] { load_image(truncated); }, {"truncated.png: cannot decode PNG image ("});
   test::expect_error<DataError>([&] { Processor p(config(), ModelInterface{16, 16, 3, 32}); },
                                 {"tokenizer has", "but the model's vocabulary has 32"});
   test::expect_error<DataError>([&] { Processor p(config(), ModelInterface{16, 16, 7, 512}); },
                                 {"id 7 (the model's image_token_index) is an ordinary piece"});
+}
+
+// stb_image 2.27 writes out of bounds on this JPEG (found by tests/fuzz/image_fuzz): refused before decoding.
+TEST_F(Data, JpegWithAnOversizedHuffmanTableIsRefusedBeforeDecoding) {
+  const std::string path = std::string(MODALIGN_TEST_DATA_DIR) + "/fuzz/corpus/image/jpeg-dht-overflow.jpg";
+  test::expect_error<DataError>([&] { load_image(path); }, {"jpeg-dht-overflow.jpg: corrupt JPEG: a Huffman table declares"});
+  // The same checks pass a good JPEG and PNG through.
+  const RgbImage jpeg = load_image(std::string(MODALIGN_TEST_DATA_DIR) + "/fuzz/corpus/image/small.jpg");
+  const RgbImage png = load_image(std::string(MODALIGN_TEST_DATA_DIR) + "/fuzz/corpus/image/small.png");
+  EXPECT_EQ(jpeg.width, 12);
+  EXPECT_EQ(jpeg.height, 9);
+  EXPECT_EQ(png.pixels[0], 0);  // (0, 0) is green in small.png
+  EXPECT_EQ(png.pixels[1], 255);
+  EXPECT_EQ(png.pixels[3 * 5], 200);  // (5, 0) is the red background
 }
 
 // ---------------------------------------------------------------- collation, sampler, loader
