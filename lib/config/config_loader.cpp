@@ -12,7 +12,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fmt/format.h>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <set>
@@ -458,9 +457,8 @@ void apply_yaml(RunConfig& config, const std::string& yaml_text, const std::stri
 RunConfig load_run_config(const std::vector<std::string>& files, const std::vector<std::string>& overrides) {
   RunConfig config;
   for (const auto& file : files) {
-    const std::string problem = file_problem(file, 16 * kMiB);
-    if (!problem.empty()) throw ConfigError(file + ": cannot read config file: " + problem);
-    apply_yaml(config, read_regular_file(file, 16 * kMiB), file, fs::path(file).parent_path().string());
+    apply_yaml(config, read_regular_file<ConfigError>(file, 16 * kMiB, "cannot read config file"), file,
+               fs::path(file).parent_path().string());
   }
   for (const auto& assignment : overrides) {
     Origin origin{"--set " + assignment, "", false};

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <sstream>
 
 #include "lib/io/files.h"
@@ -91,9 +90,7 @@ Example parse_record(const nlohmann::json& j, const std::string& where) {
 }  // namespace
 
 std::vector<Example> load_dataset(const std::string& path) {
-  const std::string problem = file_problem(path, 4096 * kMiB);
-  if (!problem.empty()) throw DataError(path + ": cannot open dataset file: " + problem);
-  const std::string text = read_regular_file(path, 4096 * kMiB);
+  const std::string text = read_regular_file<DataError>(path, 4096 * kMiB, "cannot open dataset file");
   std::vector<Example> out;
   size_t first = text.find_first_not_of(" \t\r\n");
   if (first == std::string::npos) throw DataError(path + ": empty dataset file");

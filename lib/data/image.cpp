@@ -58,10 +58,10 @@ std::string jpeg_problem(const std::string& b) {
 }  // namespace
 
 RgbImage load_image(const std::string& path) {
-  const std::string problem = file_problem(path, 256 * kMiB);
+  std::string problem;
+  const std::string bytes = try_read_regular_file(path, 256 * kMiB, problem);
   if (problem == "no such file") throw DataError(path + ": image file not found");
   if (!problem.empty()) throw DataError(path + ": cannot read image: " + problem);
-  const std::string bytes = read_regular_file(path, 256 * kMiB);
   const char* format = image_format(bytes);
   if (!format) throw DataError(path + ": not a JPEG, PNG, BMP or GIF image");
   if (std::string(format) == "JPEG")

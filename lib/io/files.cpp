@@ -7,7 +7,6 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <stdexcept>
 
 namespace modalign {
 namespace {
@@ -31,11 +30,14 @@ std::string file_problem(const std::string& path, uint64_t max_bytes) {
   return "";
 }
 
-std::string read_regular_file(const std::string& path, uint64_t max_bytes) {
-  const std::string problem = file_problem(path, max_bytes);
-  if (!problem.empty()) throw std::runtime_error(path + ": " + problem);
+std::string try_read_regular_file(const std::string& path, uint64_t max_bytes, std::string& problem) {
+  problem = file_problem(path, max_bytes);
+  if (!problem.empty()) return "";
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open (" + std::strerror(errno) + ")");
+  if (!in) {
+    problem = fmt::format("cannot open ({})", std::strerror(errno));
+    return "";
+  }
   std::stringstream s;
   s << in.rdbuf();
   return s.str();

@@ -266,13 +266,10 @@ constexpr const char* kIndexName = "model.safetensors.index.json";
 
 // The shard files an index names, in order, with the index's own view of which tensor lives where.
 std::vector<std::string> index_shards(const std::string& index_path, std::map<std::string, std::string>& weight_map) {
-  const std::string problem = file_problem(index_path, 256 * kMiB);
-  if (!problem.empty()) throw SafetensorsError(index_path + ": cannot open: " + problem);
-  std::ifstream in(index_path);
-  if (!in) throw SafetensorsError(index_path + ": cannot open (" + errno_text() + ")");
+  const std::string text = read_regular_file<SafetensorsError>(index_path, 256 * kMiB, "cannot open");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw SafetensorsError(index_path + ": not valid JSON: " + e.what());
   }

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
 #include <stdexcept>
 
 #include "lib/io/files.h"
@@ -42,14 +41,11 @@ void read(const nlohmann::json& j, const char* key, T& out) {
 }  // namespace
 
 ModelShapes shapes_from_hf_config(const std::string& path) {
-  const std::string problem = file_problem(path, 16 * kMiB);
-  if (!problem.empty()) throw std::runtime_error(path + ": cannot open Hugging Face config: " + problem);
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open Hugging Face config");
+  const std::string text = read_regular_file(path, 16 * kMiB, "cannot open Hugging Face config");
   nlohmann::json j;
   ModelShapes s;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(text);
     // Hugging Face defaults where a config leaves a field out (CLIPVisionConfig, LlamaConfig).
     s.vision = {768, 3072, 12, 12, 224, 32, 3, 1e-5};
     s.text = {32000, 4096, 11008, 32, 32, 32, 1e-6, 10000.0, false};
