@@ -44,6 +44,15 @@ int64_t step_of(const fs::path& p) {
   }
 }
 
+// The checkpoint folders (step-N, not .tmp) of output_dir, newest first.
+std::vector<std::pair<int64_t, fs::path>> steps_newest_first(const std::string& output_dir) {
+  std::vector<std::pair<int64_t, fs::path>> all;
+  for (const auto& e : fs::directory_iterator(output_dir))
+    if (e.is_directory() && step_of(e.path()) >= 0) all.emplace_back(step_of(e.path()), e.path());
+  std::sort(all.rbegin(), all.rend());
+  return all;
+}
+
 }  // namespace
 
 std::vector<uint8_t> cpu_rng_state() {
@@ -110,20 +119,17 @@ std::string save_checkpoint(const std::string& output_dir, int64_t step, const C
   fs::rename(tmp, final_dir);
   fsync_path(output_dir, true);
   write_file_atomic((fs::path(output_dir) / "latest").string(), final_dir.filename().string() + "\n");
-  if (keep > 0) {  // this run's complete checkpoints, newest first
-    std::vector<std::pair<int64_t, fs::path>> own;
-    for (const auto& e : fs::directory_iterator(output_dir)) {
-      if (!e.is_directory() || step_of(e.path()) < 0) continue;
+  if (keep > 0) {  // this run's checkpoints, newest first
+    std::vector<fs::path> own;
+    for (const auto& [step, dir] : steps_newest_first(output_dir)) {
       try {
-        if (nlohmann::json::parse(read_all(e.path() / "trainer_state.json")).value("run_id", "") == c.trainer_state.run_id)
-          own.emplace_back(step_of(e.path()), e.path());
+        if (nlohmann::json::parse(read_all(dir / "trainer_state.json")).value("run_id", "") == c.trainer_state.run_id)
+          own.push_back(dir);
       } catch (const std::exception&) {  // unreadable: not provably this run's, so kept
       }
     }
-    std::sort(own.rbegin(), own.rend());
     for (size_t i = static_cast<size_t>(keep); i < own.size(); ++i)
-      if (own[i].second != final_dir && (protect.empty() || !fs::equivalent(own[i].second, protect)))
-        fs::remove_all(own[i].second);
+      if (own[i] != final_dir && (protect.empty() || !fs::equivalent(own[i], protect))) fs::remove_all(own[i]);
   }
   return final_dir.string();
 }
@@ -132,11 +138,10 @@ std::vector<std::string> checkpoint_folders(const std::string& output_dir) {
   std::vector<std::pair<int64_t, std::string>> found;
   if (fs::is_directory(output_dir))
     for (const auto& e : fs::directory_iterator(output_dir)) {
-      const std::string name = e.path().filename().string();
-      if (name.rfind("step-", 0) != 0) continue;
-      std::string digits = name.substr(5, name.find('.') == std::string::npos ? std::string::npos : name.find('.') - 5);
-      found.emplace_back(std::all_of(digits.begin(), digits.end(), ::isdigit) && !digits.empty() ? std::stoll(digits) : -1,
-                         e.path().string());
+      if (e.path().filename().string().rfind("step-", 0) != 0) continue;
+      fs::path name = e.path().filename();
+      if (name.extension() == ".tmp") name.replace_extension();  // a leftover sorts with its step
+      found.emplace_back(step_of(name), e.path().string());
     }
   std::sort(found.begin(), found.end());
   std::vector<std::string> out;
@@ -205,11 +210,7 @@ std::optional<std::string> find_latest_checkpoint(const std::string& output_dir)
   } catch (const SafetensorsError&) {  // a broken pointer: fall back to the newest complete folder
   }
   if (!pointed.empty() && step_of(pointed) >= 0 && checkpoint_complete(pointed)) return pointed;
-  std::vector<std::pair<int64_t, fs::path>> all;
-  for (const auto& e : fs::directory_iterator(output_dir))
-    if (e.is_directory() && step_of(e.path()) >= 0) all.emplace_back(step_of(e.path()), e.path());
-  std::sort(all.rbegin(), all.rend());
-  for (const auto& [step, dir] : all)
+  for (const auto& [step, dir] : steps_newest_first(output_dir))
     if (checkpoint_complete(dir.string())) return dir.string();
   return std::nullopt;
 }
