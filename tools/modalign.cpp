@@ -110,7 +110,7 @@ int run_eval(const ConfigArgs& args, const std::string& checkpoint, const std::s
   if (config.data.eval_files.empty()) throw modalign::ConfigError("data.eval_files is empty: nothing to evaluate");
   LoadedModel m = load_model(config, checkpoint);
   const std::vector<modalign::EvalResult> evals =
-      modalign::build_evaluator(config, m.model, m.processor)->evaluate(config.data.eval_files);
+      modalign::build_evaluator(config, m.model, m.processor)->evaluate(modalign::load_eval_splits(config.data.eval_files));
   print_evals(evals);
   if (!out.empty()) {
     modalign::write_file_atomic(out, modalign::eval_json(evals).dump(1) + "\n");

@@ -141,16 +141,21 @@ std::vector<Answer> Evaluator::answer(const std::vector<Example>& examples) {
   return out;
 }
 
-std::vector<EvalResult> Evaluator::evaluate(const std::vector<std::string>& files) {
+std::vector<EvalSplit> load_eval_splits(const std::vector<std::string>& files) {
+  std::vector<EvalSplit> splits;
+  for (const auto& file : files) splits.push_back({fs::path(file).stem().string(), load_dataset(file)});
+  return splits;
+}
+
+std::vector<EvalResult> Evaluator::evaluate(const std::vector<EvalSplit>& splits) {
   torch::NoGradGuard no_grad;
   model_->eval();
   const auto device = model_->parameters().front().device();
   const Tokenizer& tok = processor_->tokenizer();
   std::vector<EvalResult> results;
-  for (const auto& file : files) {
-    const std::vector<Example> examples = load_dataset(file);
+  for (const auto& [name, examples] : splits) {
     EvalResult r;
-    r.split = fs::path(file).stem().string();
+    r.split = name;
     r.samples = static_cast<int64_t>(examples.size());
     double ce_sum = 0, ce_count = 0, correct = 0, misleading = 0, followed = 0;
     std::map<std::string, std::pair<double, double>> by_type;  // type -> (correct, samples)

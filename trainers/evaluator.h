@@ -21,6 +21,13 @@
 
 namespace modalign {
 
+// One eval file, read and checked once (a run evaluates it many times).
+struct EvalSplit {
+  std::string name;  // the file's stem, e.g. eval_conflict
+  std::vector<Example> examples;
+};
+std::vector<EvalSplit> load_eval_splits(const std::vector<std::string>& files);
+
 struct EvalResult {
   std::string split;    // eval file stem, e.g. eval_conflict
   double loss = 0;      // text CE per supervised token
@@ -43,8 +50,8 @@ class Evaluator {
 
   // The answer to each example's last human turn (its final reply, if any, is the reference), in order.
   std::vector<Answer> answer(const std::vector<Example>& examples);
-  // Loss, accuracy, hint rate and accuracy per type of each file.
-  std::vector<EvalResult> evaluate(const std::vector<std::string>& files);
+  // Loss, accuracy, hint rate and accuracy per type of each split.
+  std::vector<EvalResult> evaluate(const std::vector<EvalSplit>& splits);
   // Greedy (or sampled) token ids after each prompt of a collated prompt batch, without EOS / stop tokens.
   std::vector<std::vector<int64_t>> generate(const Batch& prompts);
   // The same answers by re-running the whole sequence for every new token (no cache): the reference the

@@ -43,6 +43,7 @@ Trainer::Trainer(const RunConfig& config, const WorldInfo& world) : config_(conf
   processor_ = build_processor(config_, model_->shapes);
   composer_ = build_loss_composer(config_, model_->shapes);
   evaluator_ = build_evaluator(config_, model_, processor_);
+  eval_splits_ = load_eval_splits(config_.data.eval_files);
   if (world.distributed()) dp_ = std::make_unique<DataParallel>(config_.distributed, world);
 }
 
@@ -60,7 +61,7 @@ int64_t Trainer::total_steps() const {
 }
 
 std::vector<EvalResult> Trainer::evaluate() {
-  std::vector<EvalResult> results = evaluator_->evaluate(config_.data.eval_files);
+  std::vector<EvalResult> results = evaluator_->evaluate(eval_splits_);
   model_->train();
   return results;
 }
@@ -258,7 +259,6 @@ void Trainer::prepare() {
   claim_output_dir(checkpoint.has_value());
   loader_ = build_train_loader(config_, processor_, *composer_, dp_ ? dp_->rank() : 0, dp_ ? dp_->world_size() : 1,
                                checkpoint ? checkpoint->trainer_state.cursor : DataCursor{});
-  for (const auto& file : config_.data.eval_files) load_dataset(file);  // a bad eval file fails now, not after training
   state_ = TrainerState{};
   state_.seed = t.seed;
   state_.global_batch = global_batch();

@@ -70,6 +70,7 @@ class Trainer {
   std::shared_ptr<Processor> processor_;
   std::unique_ptr<LossComposer> composer_;
   std::unique_ptr<Evaluator> evaluator_;
+  std::vector<EvalSplit> eval_splits_;  // data.eval_files, read (and so checked) before step 1
   std::unique_ptr<DataParallel> dp_;  // null in a single process
   std::unique_ptr<GroupedAdamW> optimizer_;
   std::unique_ptr<DataLoader> loader_;
