@@ -9,7 +9,7 @@ PYTHON ?= /usr/bin/python3
 # Debian packages the project needs (build, tests, benchmark peer and plots).
 PACKAGES := cmake make g++ pkg-config ccache libtorch-dev libopenblas0-openmp libgloo-dev \
   libyaml-cpp-dev libspdlog-dev libfmt-dev libgtest-dev nlohmann-json3-dev libsentencepiece-dev \
-  libstb-dev libcli11-dev python3-torch python3-matplotlib clang libclang-rt-14-dev
+  libstb-dev libcli11-dev libpcre2-dev libutf8proc-dev python3-torch python3-matplotlib clang libclang-rt-14-dev
 
 .PHONY: all deps configure build test demo bench fuzz test-sanitize clean
 all: build

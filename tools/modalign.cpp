@@ -14,6 +14,7 @@
 #include "lib/data/dataset.h"
 #include "lib/data/synth.h"
 #include "lib/data/tokenizer.h"
+#include "lib/io/files.h"
 #include "lib/io/safetensors.h"
 #include "lib/util/logging.h"
 #include "trainers/components.h"
@@ -192,6 +193,75 @@ int run_generate(const ConfigArgs& args, const GenerateArgs& g) {
   return 0;
 }
 
+struct TokenizeArgs {
+  std::string tokenizer, text, json;
+  bool pieces = false, decode = false, add_special = false;
+};
+
+// Ids of a text, or of each string of a JSON array (one JSON array of id arrays); --pieces prints the
+// vocabulary strings instead; --decode reads ids ("1 2 3", or a JSON array of id arrays) and decodes them.
+int run_tokenize(const TokenizeArgs& t) {
+  if (t.text.empty() == t.json.empty()) throw modalign::ConfigError("tokenize: give either --text or --json");
+  const modalign::Tokenizer tok(t.tokenizer);
+  nlohmann::json inputs = nlohmann::json::array();
+  if (!t.json.empty()) {
+    const std::string text = modalign::read_regular_file<modalign::DataError>(t.json, 1024 * modalign::kMiB);
+    try {
+      inputs = nlohmann::json::parse(text);
+      if (!inputs.is_array()) throw modalign::DataError(t.json + ": not a JSON array");
+      for (const auto& item : inputs) t.decode ? (void)item.get<std::vector<int64_t>>() : (void)item.get<std::string>();
+    } catch (const nlohmann::json::exception& e) {
+      throw modalign::DataError(t.json + (t.decode ? ": not a JSON array of id arrays: " : ": not a JSON array of strings: ") + e.what());
+    }
+  } else if (t.decode) {
+    std::vector<int64_t> ids;
+    std::string word;
+    for (char c : t.text + " ") {
+      if (c == ' ' || c == ',' || c == '\n') {
+        if (word.empty()) continue;
+        try {
+          ids.push_back(std::stoll(word));
+        } catch (const std::exception&) {
+          throw modalign::ConfigError("tokenize --decode: '" + word + "' is not an id");
+        }
+        word.clear();
+      } else {
+        word += c;
+      }
+    }
+    inputs.push_back(ids);
+  } else {
+    inputs.push_back(t.text);
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& item : inputs) {
+    if (t.decode) {
+      out.push_back(tok.decode(item.get<std::vector<int64_t>>()));
+      continue;
+    }
+    const std::vector<int64_t> ids = tok.encode(item.get<std::string>(), t.add_special);
+    if (!t.pieces) {
+      out.push_back(ids);
+      continue;
+    }
+    nlohmann::json pieces = nlohmann::json::array();
+    for (int64_t id : ids) pieces.push_back(tok.id_to_piece(id));
+    out.push_back(pieces);
+  }
+  if (!t.json.empty()) {
+    std::cout << out.dump() << "\n";
+  } else if (t.decode) {
+    std::cout << out[0].get<std::string>() << "\n";
+  } else if (t.pieces) {
+    std::cout << out[0].dump() << "\n";
+  } else {
+    std::string line;
+    for (int64_t id : out[0].get<std::vector<int64_t>>()) line += (line.empty() ? "" : " ") + std::to_string(id);
+    std::cout << line << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -285,6 +355,17 @@ int main(int argc, char** argv) {
   synth_cmd->add_option("--vocab-size", synth.vocab_size, "tokenizer pieces (at most)")->capture_default_str();
   synth_cmd->add_flag("--force", synth.force, "replace the benchmark files in a non-empty --out folder");
   synth_cmd->callback([&] { std::cout << modalign::synthesize(synth) << "\n"; });
+
+  TokenizeArgs tokenize_opts;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "ids (or pieces) of a text with a tokenizer, or the text of ids");
+  tokenize->add_option("--tokenizer", tokenize_opts.tokenizer, "SentencePiece .model, tokenizer.json, or a folder with one")
+      ->required();
+  tokenize->add_option("--text", tokenize_opts.text, "the text (with --decode: ids separated by spaces or commas)");
+  tokenize->add_option("--json", tokenize_opts.json, "a JSON array of strings (with --decode: of id arrays); prints one JSON array");
+  tokenize->add_flag("--pieces", tokenize_opts.pieces, "print the vocabulary strings instead of ids");
+  tokenize->add_flag("--decode", tokenize_opts.decode, "decode ids to text (special tokens left out)");
+  tokenize->add_flag("--add-special", tokenize_opts.add_special, "add the tokenizer's special tokens (BOS, template)");
+  tokenize->callback([&] { code = run_tokenize(tokenize_opts); });
 
   std::string inspect_path;
   CLI::App* inspect = app.add_subcommand("inspect", "list the tensors and metadata of a safetensors file, index or checkpoint");

@@ -32,6 +32,9 @@ std::vector<int64_t> encode_with_specials(const std::string& text, const Tokeniz
       ids.insert(ids.end(), o.num_patches, o.image_token_index);
       pos = img + std::string(kImagePlaceholder).size();
     } else {
+      if (tok.eos_id() < 0)
+        throw DataError(fmt::format("{}: the template ends turns with </s> but {} names no EOS token (eos_token in "
+                                    "tokenizer_config.json)", sample_name(e), tok.path()));
       ids.push_back(tok.eos_id());
       pos = eos + kEos.size();
     }
@@ -71,11 +74,12 @@ TokenizedExample tokenize_example(const Example& e, const Tokenizer& tok, const 
   std::string whole;
   for (const auto& s : segments) whole += s.text;
   TokenizedExample out;
-  out.input_ids.push_back(tok.bos_id());
+  const bool bos = tok.bos_id() >= 0;  // a tokenizer without BOS (Qwen's) starts with the text
+  if (bos) out.input_ids.push_back(tok.bos_id());
   std::vector<int64_t> all = encode_with_specials(whole, tok, o, e);
   out.input_ids.insert(out.input_ids.end(), all.begin(), all.end());
-  out.labels.push_back(-100);
-  size_t per_turn = 1;
+  if (bos) out.labels.push_back(-100);
+  size_t per_turn = bos ? 1 : 0;
   for (const auto& s : segments) {
     std::vector<int64_t> ids = encode_with_specials(s.text, tok, o, e);
     for (int64_t id : ids) out.labels.push_back(s.trained && id != o.image_token_index ? id : -100);

@@ -39,7 +39,7 @@ struct TokenizeOptions {
 };
 
 struct TokenizedExample {
-  std::vector<int64_t> input_ids;  // BOS first; image span expanded
+  std::vector<int64_t> input_ids;  // BOS first (when the tokenizer has one); image span expanded
   std::vector<int64_t> labels;     // aligned with input_ids; -100 where not trained
 };
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <mutex>
 
+#include "lib/data/hf_tokenizer.h"
 #include "lib/io/files.h"
 
 namespace modalign {
@@ -20,6 +21,7 @@ struct ShimApi {
   int (*encode)(void*, const char*, int*, int);
   int (*decode)(void*, const int*, int, char*, int);
   int (*piece_to_id)(void*, const char*);
+  int (*id_to_piece)(void*, int, char*, int);
   int (*info)(void*, int);
   int (*train)(const char*, const char*, const char*, char*, int);
 };
@@ -42,6 +44,7 @@ const ShimApi& shim() {
     resolve(lib, "spm_encode", api.encode);
     resolve(lib, "spm_decode", api.decode);
     resolve(lib, "spm_piece_to_id", api.piece_to_id);
+    resolve(lib, "spm_id_to_piece", api.id_to_piece);
     resolve(lib, "spm_info", api.info);
     resolve(lib, "spm_train", api.train);
   });
@@ -68,13 +71,27 @@ std::string spm_shim_path() {
                        "; set MODALIGN_SPM_SHIM to its path)");
 }
 
-Tokenizer::Tokenizer(const std::string& model_path) : path_(model_path) {
-  const std::string problem = file_problem(model_path, 1024 * kMiB);
-  if (problem == "no such file") throw TokenizerError(model_path + ": tokenizer model file not found");
-  if (!problem.empty()) throw TokenizerError(model_path + ": cannot read the tokenizer: " + problem);
+Tokenizer::Tokenizer(const std::string& path) : path_(path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    for (const char* name : {"tokenizer.json", "tokenizer.model"})
+      if (fs::exists(fs::path(path) / name, ec)) {
+        path_ = (fs::path(path) / name).string();
+        break;
+      }
+    if (path_ == path) throw TokenizerError(path + ": a folder without tokenizer.json or tokenizer.model");
+  }
+  const std::string problem = file_problem(path_, 1024 * kMiB);
+  if (problem == "no such file") throw TokenizerError(path_ + ": tokenizer file not found");
+  if (!problem.empty()) throw TokenizerError(path_ + ": cannot read the tokenizer: " + problem);
+  if (fs::path(path_).extension() == ".json") {
+    hf_ = std::make_unique<HfTokenizer>(path_);
+    vocab_size_ = hf_->vocab_size(), bos_ = hf_->bos_id(), eos_ = hf_->eos_id(), pad_ = hf_->pad_id(), unk_ = hf_->unk_id();
+    return;
+  }
   char err[512] = {0};
-  handle_ = shim().load(model_path.c_str(), err, sizeof err);
-  if (!handle_) throw TokenizerError(model_path + ": not a SentencePiece model (" + err + ")");
+  handle_ = shim().load(path_.c_str(), err, sizeof err);
+  if (!handle_) throw TokenizerError(path_ + ": not a SentencePiece model (" + err + ")");
   vocab_size_ = shim().info(handle_, 0);
   bos_ = shim().info(handle_, 1);
   eos_ = shim().info(handle_, 2);
@@ -86,7 +103,8 @@ Tokenizer::~Tokenizer() {
   if (handle_) shim().free(handle_);
 }
 
-std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
+std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_special) const {
+  if (hf_) return hf_->encode(text, add_special);
   std::vector<int> ids(text.size() + 8);
   int n = shim().encode(handle_, text.c_str(), ids.data(), static_cast<int>(ids.size()));
   if (n > static_cast<int>(ids.size())) {
@@ -94,10 +112,14 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
     n = shim().encode(handle_, text.c_str(), ids.data(), n);
   }
   if (n < 0) throw TokenizerError(path_ + ": encoding failed for '" + text.substr(0, 80) + "'");
-  return std::vector<int64_t>(ids.begin(), ids.begin() + n);
+  std::vector<int64_t> out;
+  if (add_special && bos_ >= 0) out.push_back(bos_);
+  out.insert(out.end(), ids.begin(), ids.begin() + n);
+  return out;
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
+  if (hf_) return hf_->decode(ids);
   std::vector<int> in(ids.begin(), ids.end());
   for (int id : in)
     if (id < 0 || id >= vocab_size_) throw TokenizerError(path_ + ": cannot decode id " + std::to_string(id));
@@ -112,7 +134,21 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
   return out;
 }
 
-int64_t Tokenizer::piece_to_id(const std::string& piece) const { return shim().piece_to_id(handle_, piece.c_str()); }
+int64_t Tokenizer::piece_to_id(const std::string& piece) const {
+  if (hf_) {
+    const int64_t id = hf_->token_to_id(piece);
+    return id >= 0 ? id : unk_;
+  }
+  return shim().piece_to_id(handle_, piece.c_str());
+}
+
+std::string Tokenizer::id_to_piece(int64_t id) const {
+  if (hf_) return hf_->id_to_token(id);
+  char piece[256] = {0};
+  const int n = id >= 0 && id < vocab_size_ ? shim().id_to_piece(handle_, static_cast<int>(id), piece, sizeof piece) : -1;
+  if (n < 0 || n >= static_cast<int>(sizeof piece)) throw TokenizerError(path_ + ": no piece has id " + std::to_string(id));
+  return piece;
+}
 
 void Tokenizer::train(const std::string& corpus_path, const std::string& model_path, const TrainOptions& o) {
   std::string symbols;

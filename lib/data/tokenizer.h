@@ -1,6 +1,9 @@
-// SentencePiece tokenizer (encode, decode, special ids, training), isolated from LibTorch: the real
-// libsentencepiece runs inside a small shim library loaded with dlmopen(LM_ID_NEWLM), because the
-// protobuf it bundles clashes with LibTorch's in one namespace (the process segfaults at start).
+// The tokenizer a model was trained with, from what `data.tokenizer` names: a SentencePiece `.model`
+// (LLaVA / LLaMA-2), a Hugging Face `tokenizer.json` (Qwen2-VL, Llama-3, ...; see hf_tokenizer.h) or a
+// folder holding one. Encode, decode, special ids, and training a SentencePiece model for the synthetic
+// data. SentencePiece runs isolated from LibTorch: the real libsentencepiece lives in a small shim
+// library loaded with dlmopen(LM_ID_NEWLM), because the protobuf it bundles clashes with LibTorch's in
+// one namespace (the process segfaults at start).
 #pragma once
 #include <memory>
 #include <stdexcept>
@@ -13,17 +16,24 @@ struct TokenizerError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+class HfTokenizer;
+
 class Tokenizer {
  public:
-  // Loads a SentencePiece `.model` file; throws TokenizerError naming the file.
-  explicit Tokenizer(const std::string& model_path);
+  // Loads `path`: a file ending in .json is a Hugging Face tokenizer.json, any other file a SentencePiece
+  // model; a folder is read through its tokenizer.json, else its tokenizer.model. Throws TokenizerError
+  // naming the file.
+  explicit Tokenizer(const std::string& path);
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
 
-  std::vector<int64_t> encode(const std::string& text) const;  // no BOS/EOS added
-  std::string decode(const std::vector<int64_t>& ids) const;
-  int64_t piece_to_id(const std::string& piece) const;  // unk_id() when absent
+  // Without add_special nothing is added; with it, SentencePiece puts BOS first and a tokenizer.json
+  // applies its post-processor template.
+  std::vector<int64_t> encode(const std::string& text, bool add_special = false) const;
+  std::string decode(const std::vector<int64_t>& ids) const;  // special tokens left out
+  int64_t piece_to_id(const std::string& piece) const;        // unk_id() when absent
+  std::string id_to_piece(int64_t id) const;                  // "▁Hello", "Ġworld"; throws for a bad id
   int64_t vocab_size() const { return vocab_size_; }
   int64_t bos_id() const { return bos_; }
   int64_t eos_id() const { return eos_; }
@@ -45,7 +55,8 @@ class Tokenizer {
 
  private:
   std::string path_;
-  void* handle_ = nullptr;
+  void* handle_ = nullptr;              // SentencePiece, through the shim
+  std::unique_ptr<HfTokenizer> hf_;     // or tokenizer.json
   int64_t vocab_size_ = 0, bos_ = -1, eos_ = -1, pad_ = -1, unk_ = -1;
 };
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The modalign command line: help lists every subcommand, config prints and errors; probe, eval --out,
+# The modalign command line: help lists every subcommand, config prints and errors, tokenize; probe, eval --out,
 # generate and convert end to end on a tiny run (weights named by a step folder, the run folder or `latest`).
 set -u
 source "$(dirname "$0")/lib.sh"
@@ -12,7 +12,7 @@ check() {  # name, expected exit code, regex the output must match, command...
   else bad "$name: exit $code (want $want), output:"; echo "$out" | head -20; fi
 }
 check help 0 'train.*fine-tune' "$bin" --help
-for sub in train eval probe generate synth inspect convert config; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
+for sub in train eval probe generate synth inspect convert config tokenize; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
 check version 0 'modalign 0\.1\.0' "$bin" --version
 check defaults 0 'learning_rate: 2e-05  # peak learning rate' "$bin" config --defaults
 printf 'train:\n  learning_rate: 1e-4\n' > "$tmp/a.yaml"
@@ -27,6 +27,18 @@ printf 'abc' > "$tmp/trunc.safetensors"
 check inspect-bad 2 'bad safetensors: .*trunc.safetensors: truncated: 3 bytes' "$bin" inspect "$tmp/trunc.safetensors"
 check inspect-missing 2 'cannot open' "$bin" inspect "$tmp/none.safetensors"
 check no-subcommand 106 'A subcommand is required' "$bin"
+# tokenize: Hugging Face ids of the real Qwen2 vocabulary (subset), pieces, --json, --decode, a folder as the tokenizer.
+qwen=$src/tests/golden/tokenizers/qwen2_subset.json
+check tokenize 0 '^9707 11 1879 0$' "$bin" tokenize --tokenizer "$qwen" --text 'Hello, world!'
+check tokenize-pieces 0 '^\["Hello",",","Ġworld","!"\]$' "$bin" tokenize --tokenizer "$qwen" --text 'Hello, world!' --pieces
+printf '["Hello world", " Hello World!"]' > "$tmp/strings.json"
+check tokenize-json 0 '^\[\[9707,1879\],\[21927,4337,0\]\]$' "$bin" tokenize --tokenizer "$qwen" --json "$tmp/strings.json"
+check tokenize-decode 0 '^Hello, world!$' "$bin" tokenize --tokenizer "$qwen" --decode --text '151644 9707,11 1879 0'
+mkdir -p "$tmp/qwen" && cp "$qwen" "$tmp/qwen/tokenizer.json"
+check tokenize-folder 0 '^21927 4337$' "$bin" tokenize --tokenizer "$tmp/qwen" --text ' Hello World'
+check tokenize-usage 2 'give either --text or --json' "$bin" tokenize --tokenizer "$qwen"
+check tokenize-bad-id 2 "'x1' is not an id" "$bin" tokenize --tokenizer "$qwen" --decode --text '1 x1'
+check tokenize-missing 2 'tokenizer error: .*none.json: tokenizer file not found' "$bin" tokenize --tokenizer "$tmp/none.json" --text a
 for f in "$src"/configs/*.yaml; do [ -e "$f" ] && check "preset-$(basename "$f")" 0 'learning_rate' "$bin" config -c "$f" --dump; done
 
 # probe: a 2-step tiny run, then two checkpoints on one split; table, json, csv (and a plot when python is there).
@@ -65,4 +77,8 @@ printf 'model: {hf_config: %s/config.json}\nlosses: [{name: attention_kl}]\n' "$
 check convert 0 "wrote $tmp/export.safetensors" "$bin" convert -c "$tmp/model_only.yaml" --checkpoint "$tmp/run" \
   --out "$tmp/export.safetensors" --merge-lora
 check convert-inspect 0 'language_model.model.norm.weight' "$bin" inspect "$tmp/export.safetensors"
+# tokenize with the fixture's SentencePiece model: --add-special puts BOS (1) first; the ids decode back.
+check tokenize-spm 0 '^1 [0-9 ]+$' "$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?' --add-special
+ids=$("$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?')
+check tokenize-spm-decode 0 '^What colour is the circle\?$' "$bin" tokenize --tokenizer "$tmp/data" --decode --text "$ids"
 finish

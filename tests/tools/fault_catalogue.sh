@@ -94,8 +94,12 @@ case_ data-skip-nothing-usable 2 "a whole epoch \(1 batches\) gave no usable sam
   "${train[@]}" --set "data.train_files=[data/allbad.json]" --set data.on_bad_sample=skip --set "data.eval_files=[]"
 
 # ---- tokenizers
-case_ tokenizer-missing 2 "nope.model: tokenizer model file not found" "${train[@]}" --set data.tokenizer=data/nope.model
-case_ tokenizer-directory 2 "data: cannot read the tokenizer: is a directory" "${train[@]}" --set data.tokenizer=data
+case_ tokenizer-missing 2 "nope.model: tokenizer file not found" "${train[@]}" --set data.tokenizer=data/nope.model
+case_ tokenizer-directory 2 "images: a folder without tokenizer.json or tokenizer.model" "${train[@]}" --set data.tokenizer=data/images
+printf '{"model": {"type": "BPE", "vocab": {' > data/cut.json
+case_ tokenizer-json-truncated 2 "cut.json: not valid JSON" "${train[@]}" --set data.tokenizer=data/cut.json
+printf '{"model": {"type": "Unigram", "vocab": []}}' > data/unigram.json
+case_ tokenizer-json-unsupported 2 "unigram.json: unsupported model 'Unigram'" "${train[@]}" --set data.tokenizer=data/unigram.json
 printf 'garbage' > data/garbage.model
 case_ tokenizer-garbage 2 "garbage.model: not a SentencePiece model" "${train[@]}" --set data.tokenizer=data/garbage.model
 mkfifo data/fifo.model

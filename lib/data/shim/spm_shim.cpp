@@ -115,6 +115,17 @@ int spm_piece_to_id(void* handle, const char* piece) {
   return guarded(-1, nullptr, 0, [&] { return static_cast<sentencepiece::SentencePieceProcessor*>(handle)->PieceToId(piece); });
 }
 
+// Writes the piece of `id` (NUL terminated) if it fits; returns its length, or -1 for a bad id.
+int spm_id_to_piece(void* handle, int id, char* piece, int max_len) {
+  return guarded(-1, nullptr, 0, [&] {
+    auto* sp = static_cast<sentencepiece::SentencePieceProcessor*>(handle);
+    if (id < 0 || id >= sp->GetPieceSize()) return -1;
+    const std::string& out = sp->IdToPiece(id);
+    if (static_cast<int>(out.size()) < max_len) std::memcpy(piece, out.c_str(), out.size() + 1);
+    return static_cast<int>(out.size());
+  });
+}
+
 // which: 0 vocab size, 1 bos, 2 eos, 3 pad, 4 unk
 int spm_info(void* handle, int which) {
   return guarded(-1, nullptr, 0, [&] {

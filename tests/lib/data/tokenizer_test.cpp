@@ -38,6 +38,12 @@ TEST(Tokenizer, TrainEncodeDecodeBesideTorch) {
   EXPECT_GT(ids.size(), 3u);
   for (int64_t id : ids) EXPECT_GT(id, 4);  // no special or reserved id inside ordinary text
   EXPECT_EQ(tok.decode(ids), text);
+  std::vector<int64_t> with_bos = tok.encode(text, /*add_special=*/true);
+  ASSERT_EQ(with_bos.size(), ids.size() + 1);
+  EXPECT_EQ(with_bos[0], tok.bos_id());
+  EXPECT_EQ(tok.id_to_piece(3), "<image>");
+  EXPECT_EQ(tok.piece_to_id(tok.id_to_piece(ids[0])), ids[0]);
+  EXPECT_THROW(tok.id_to_piece(tok.vocab_size()), TokenizerError);
   torch::Tensor t = torch::tensor(ids);  // LibTorch works in the same process
   EXPECT_EQ(t.numel(), static_cast<int64_t>(ids.size()));
   // Same corpus, same options, another folder: a byte-identical model.
@@ -48,7 +54,7 @@ TEST(Tokenizer, TrainEncodeDecodeBesideTorch) {
 TEST(Tokenizer, ErrorsNameTheFile) {
   test::TempDir dir;
   test::expect_error<TokenizerError>([&] { Tokenizer t((dir.path() / "none.model").string()); },
-                                     {"none.model: tokenizer model file not found"});
+                                     {"none.model: tokenizer file not found"});
   std::string junk = dir.write("junk.model", "not a model");
   test::expect_error<TokenizerError>([&] { Tokenizer t(junk); }, {"junk.model: not a SentencePiece model"});
   test::expect_error<TokenizerError>([&] { Tokenizer::train((dir.path() / "nope.txt").string(), (dir.path() / "x.model").string(), {}); },
