@@ -31,9 +31,9 @@ enum class AspectMode { Pad, Crop };
 inline constexpr std::pair<const char*, AspectMode> kAspectNames[] = {{"pad", AspectMode::Pad},
                                                                       {"crop", AspectMode::Crop}};
 
-enum class ChatTemplate { Plain, VicunaV1 };
+enum class ChatTemplate { Plain, VicunaV1, Qwen2VL };
 inline constexpr std::pair<const char*, ChatTemplate> kChatTemplateNames[] = {
-    {"plain", ChatTemplate::Plain}, {"vicuna_v1", ChatTemplate::VicunaV1}};
+    {"plain", ChatTemplate::Plain}, {"vicuna_v1", ChatTemplate::VicunaV1}, {"qwen2_vl", ChatTemplate::Qwen2VL}};
 
 enum class BadSamplePolicy { Error, Skip };
 inline constexpr std::pair<const char*, BadSamplePolicy> kBadSampleNames[] = {
@@ -100,7 +100,7 @@ struct DataConfig {
     v.paths("eval_files", eval_files, "LLaVA-format files evaluated every eval_steps");
     v.path("image_folder", image_folder, "folder that sample image paths are relative to");
     v.path("tokenizer", tokenizer, "SentencePiece .model file");
-    v.choice("chat_template", chat_template, kChatTemplateNames, "plain (LLaVA stage 1) or vicuna_v1 (stage 2)");
+    v.choice("chat_template", chat_template, kChatTemplateNames, "plain (LLaVA stage 1), vicuna_v1 (LLaVA stage 2) or qwen2_vl (ChatML, Qwen2-VL / Qwen2.5-VL)");
     v.alias("max_length", "model_max_length");
     v.field("model_max_length", model_max_length, "longest tokenised sample, image span included",
             Range::at_least(8));

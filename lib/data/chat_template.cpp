@@ -42,7 +42,16 @@ std::vector<int64_t> encode_with_specials(const std::string& text, const Tokeniz
   return ids;
 }
 
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+  return s;
+}
+
 }  // namespace
+
+const char* image_piece(ChatTemplate chat_template) {
+  return chat_template == ChatTemplate::Qwen2VL ? "<|image_pad|>" : kImagePlaceholder;
+}
 
 std::vector<Segment> render(const Example& e, ChatTemplate chat_template, bool prompt_only) {
   std::vector<Segment> out;
@@ -52,6 +61,22 @@ std::vector<Segment> render(const Example& e, ChatTemplate chat_template, bool p
   if (chat_template == ChatTemplate::Plain) {  // LLaVA stage 1: the image, then the first reply
     out.push_back({e.image.empty() ? "" : kImagePlaceholder, false});
     if (!prompt_only) out.push_back({e.turns.at(1).value + kEos, true});
+    return out;
+  }
+  if (chat_template == ChatTemplate::Qwen2VL) {  // ChatML; a turn's "\n" after <|im_end|> opens the next one
+    std::string pending = std::string("<|im_start|>system\n") + kQwenSystem + "<|im_end|>\n";
+    for (size_t i = 0; i < e.turns.size(); ++i) {
+      const Turn& t = e.turns[i];
+      if (prompt_only && i == last_reply) break;
+      if (t.from_human) {
+        const std::string text = replace_all(t.value, kImagePlaceholder, std::string("<|vision_start|>") + kImagePlaceholder + "<|vision_end|>");
+        out.push_back({pending + "<|im_start|>user\n" + text + "<|im_end|>\n<|im_start|>assistant\n", false});
+      } else {
+        out.push_back({t.value + "<|im_end|>", true});
+      }
+      pending = t.from_human ? "" : "\n";
+    }
+    if (!pending.empty() && !prompt_only) out.push_back({pending, false});
     return out;
   }
   // vicuna_v1 (LLaVA conv_vicuna_v1, SeparatorStyle.TWO: sep " ", sep2 "</s>")

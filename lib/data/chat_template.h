@@ -1,6 +1,7 @@
-// Chat templates and label masks as LLaVA trains them: `plain` (stage 1: image then caption) and
-// `vicuna_v1` (stage 2: system line, "USER: ... ASSISTANT: ...</s>" rounds). Only assistant replies
-// and their end token are trained on; everything else is -100.
+// Chat templates and label masks: `plain` (LLaVA stage 1: image then caption), `vicuna_v1` (LLaVA stage 2:
+// system line, "USER: ... ASSISTANT: ...</s>" rounds) and `qwen2_vl` (ChatML as Qwen2-VL / Qwen2.5-VL train:
+// <|im_start|>role\n ... <|im_end|>\n, the image as <|vision_start|> image pads <|vision_end|>). Only
+// assistant replies and their end token are trained on; everything else is -100.
 //
 // The whole conversation is tokenised once and each turn separately; if the per-turn counts do not add
 // up to the whole, the sample is an error (LLaVA silently masks such samples). `<image>` becomes
@@ -18,6 +19,12 @@ namespace modalign {
 inline constexpr const char* kVicunaSystem =
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions.";
+
+inline constexpr const char* kQwenSystem = "You are a helpful assistant.";
+
+// The tokenizer piece whose id is the model's image token under this template: "<image>" (LLaVA) or
+// "<|image_pad|>" (Qwen2-VL).
+const char* image_piece(ChatTemplate chat_template);
 
 // One piece of the rendered conversation; `trained` pieces are assistant replies.
 struct Segment {

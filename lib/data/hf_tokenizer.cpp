@@ -456,7 +456,8 @@ struct HfTokenizer::Impl {
   }
 
   void set_token(int32_t id, const std::string& text) {
-    if (id < 0) fail("negative token id " + std::to_string(id) + " for '" + text + "'");
+    constexpr int32_t kMaxId = 1 << 22;  // real vocabularies stay below 300k; the table is indexed by id
+    if (id < 0 || id >= kMaxId) fail("token id " + std::to_string(id) + " of '" + text + "' is outside [0, 2^22)");
     if (static_cast<size_t>(id) >= tokens.size()) tokens.resize(static_cast<size_t>(id) + 1), special.resize(tokens.size());
     tokens[static_cast<size_t>(id)] = text;
   }

@@ -17,16 +17,21 @@ Batch Batch::to(torch::Device device) const {
 
 Processor::Processor(const DataConfig& config, const ModelInterface& model)
     : config_(config), model_(model), image_options_{model.image_size, config.image_aspect_ratio, config.image_mean, config.image_std} {
-  if (config.tokenizer.empty()) throw DataError("data.tokenizer is not set (a SentencePiece .model file)");
+  if (config.tokenizer.empty()) throw DataError("data.tokenizer is not set (a SentencePiece .model, a tokenizer.json or its folder)");
   tokenizer_ = std::make_shared<Tokenizer>(config.tokenizer);
+  if (config.chat_template == ChatTemplate::Qwen2VL)
+    for (const char* piece : {"<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"})
+      if (tokenizer_->piece_to_id(piece) < 0 || tokenizer_->piece_to_id(piece) == tokenizer_->unk_id())
+        throw DataError(fmt::format("{}: chat_template qwen2_vl needs the token {}, which this tokenizer lacks (use the "
+                                    "model's tokenizer.json)", config.tokenizer, piece));
   if (tokenizer_->vocab_size() > model.vocab_size)
     throw DataError(fmt::format("{}: the tokenizer has {} pieces but the model's vocabulary has {}", config.tokenizer,
                                 tokenizer_->vocab_size(), model.vocab_size));
-  if (model.image_token_index < tokenizer_->vocab_size() &&
-      tokenizer_->piece_to_id(kImagePlaceholder) != model.image_token_index)
-    throw DataError(fmt::format("{}: id {} (the model's image_token_index) is an ordinary piece of this tokenizer; "
-                                "train it with <image> as a user-defined symbol at that id",
-                                config.tokenizer, model.image_token_index));
+  const char* image = image_piece(config.chat_template);
+  if (model.image_token_index < tokenizer_->vocab_size() && tokenizer_->piece_to_id(image) != model.image_token_index)
+    throw DataError(fmt::format("{}: id {} (the model's image_token_index) is not this tokenizer's {} (a SentencePiece "
+                                "model needs {} as a user-defined symbol at that id)",
+                                config.tokenizer, model.image_token_index, image, image));
 }
 
 Sample Processor::process(const Example& example) const {

@@ -7,7 +7,7 @@ bin=$1 seconds=$2
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(dirname "$bin")
 mkdir -p "$out/crashes"
-for name in safetensors config dataset image; do
+for name in safetensors config dataset image tokenizer; do
   work="$out/corpus/$name"
   mkdir -p "$work"
   echo "fuzz: $name for ${seconds}s (seeds: tests/fuzz/corpus/$name)"

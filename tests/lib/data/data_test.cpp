@@ -186,6 +186,43 @@ TEST_F(Data, VicunaTemplateStringAndLabelsTokenByToken) {
   EXPECT_EQ(p.input_ids, std::vector<int64_t>(expected.begin(), expected.end() - static_cast<long>(enc(" blue").size()) - 1));
 }
 
+// ChatML with the real Qwen2 vocabulary: the system turn, the vision span and the role tokens are the ids
+// Qwen2-VL's processor gives; only "red<|im_end|>" and "two<|im_end|>" are trained; no BOS.
+TEST_F(Data, Qwen2VlTemplateWithTheQwenTokenizer) {
+  Tokenizer qwen(std::string(MODALIGN_TEST_DATA_DIR) + "/golden/tokenizers/qwen2_subset.json");
+  Example e = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}, {true, "How many shapes are there?"}, {false, "two"}});
+  TokenizeOptions o{ChatTemplate::Qwen2VL, 151655, 4, 512, false};
+  TokenizedExample t = tokenize_example(e, qwen, o);
+  std::vector<int64_t> expected, labels;
+  auto add = [&](const std::vector<int64_t>& ids, bool trained) {
+    for (int64_t id : ids) expected.push_back(id), labels.push_back(trained ? id : -100);
+  };
+  add({151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 151652}, false);
+  add(std::vector<int64_t>(4, 151655), false);
+  add({151653, 198}, false);
+  add(qwen.encode("What colour is the circle?"), false);
+  add({151645, 198, 151644, 77091, 198}, false);
+  add({1151, 151645}, true);  // "red"
+  add({198, 151644, 872, 198}, false);
+  add(qwen.encode("How many shapes are there?"), false);
+  add({151645, 198, 151644, 77091, 198}, false);
+  add(qwen.encode("two"), true);
+  add({151645}, true);
+  add({198}, false);
+  EXPECT_EQ(t.input_ids, expected);
+  EXPECT_EQ(t.labels, labels);
+  // prompt_only ends with "<|im_start|>assistant\n", where generation starts.
+  o.prompt_only = true;
+  TokenizedExample p = tokenize_example(e, qwen, o);
+  EXPECT_EQ(std::vector<int64_t>(p.input_ids.end() - 3, p.input_ids.end()), std::vector<int64_t>({151644, 77091, 198}));
+  EXPECT_EQ(p.input_ids.size(), expected.size() - qwen.encode("two").size() - 2);
+  // A SentencePiece model without the ChatML tokens cannot serve this template.
+  DataConfig c = config();
+  c.chat_template = ChatTemplate::Qwen2VL;
+  test::expect_error<DataError>([&] { Processor pr(c, ModelInterface{16, 16, 3, 512}); },
+                                {"chat_template qwen2_vl needs the token <|im_start|>"});
+}
+
 TEST_F(Data, PlainTemplate) {
   Example e = example({{true, "<image>\nDescribe."}, {false, "a red circle"}});
   TokenizedExample t = tokenize_example(e, *tokenizer_, {ChatTemplate::Plain, 3, 16, 512, false});
@@ -300,7 +337,7 @@ TEST_F(Data, MissingAndCorruptImagesNameSampleAndFile) {
   test::expect_error<DataError>([&] { Processor p(config(), ModelInterface{16, 16, 3, 32}); },
                                 {"tokenizer has", "but the model's vocabulary has 32"});
   test::expect_error<DataError>([&] { Processor p(config(), ModelInterface{16, 16, 7, 512}); },
-                                {"id 7 (the model's image_token_index) is an ordinary piece"});
+                                {"id 7 (the model's image_token_index) is not this tokenizer's <image>"});
 }
 
 // stb_image 2.27 writes out of bounds on this JPEG (found by tests/fuzz/image_fuzz): refused before decoding.

@@ -167,6 +167,10 @@ TEST(HfTokenizer, UnsupportedOrBrokenFilesAreErrorsNamingThePart) {
                                      {"unsupported pre_tokenizer 'Digits'"});
   test::expect_error<TokenizerError>([&] { HfTokenizer t(dir.write("m/tokenizer.json", tiny_bpe({"a b", "c z"}).dump())); },
                                      {"merge 1 ('c' 'z') uses a token missing from the vocabulary"});
+  json huge = tiny_bpe({"a b"});
+  huge["model"]["vocab"]["z"] = 1 << 30;  // would size the id table at 2^30 strings
+  test::expect_error<TokenizerError>([&] { HfTokenizer t(dir.write("h/tokenizer.json", huge.dump())); },
+                                     {"token id 1073741824 of 'z' is outside [0, 2^22)"});
   json regex = tiny_bpe({"a b"});
   regex["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}, {"invert", false}};
   test::expect_error<TokenizerError>([&] { HfTokenizer t(dir.write("r/tokenizer.json", regex.dump())); },
