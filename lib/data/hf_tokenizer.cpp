@@ -357,6 +357,15 @@ struct HfTokenizer::Impl {
 
   [[noreturn]] void fail(const std::string& what) const { throw TokenizerError(path + ": " + what); }
 
+  // A JSON integer in [lo, hi]; anything else (a float, a string, out of range) names `what`. nlohmann's
+  // get<int>() on a float too large for int is undefined behaviour (found by tests/fuzz/tokenizer_fuzz).
+  int32_t integer(const json& j, const std::string& what, int64_t lo = 0, int64_t hi = INT32_MAX) const {
+    if (!j.is_number_integer() || (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(hi)) ||
+        j.get<int64_t>() < lo || j.get<int64_t>() > hi)
+      fail(what + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], not " + j.dump());
+    return static_cast<int32_t>(j.get<int64_t>());
+  }
+
   void load_normalizer(const json& j) {
     if (j.is_null()) return;
     const std::string type = j.at("type").get<std::string>(), where = path + ": normalizer " + type;
@@ -426,8 +435,8 @@ struct HfTokenizer::Impl {
     } else if (type == "Strip") {
       d.kind = DecodeStep::Kind::Strip;
       d.text = j.at("content").get<std::string>();
-      d.start = j.at("start").get<size_t>();
-      d.stop = j.at("stop").get<size_t>();
+      d.start = static_cast<size_t>(integer(j.at("start"), "decoder Strip: start"));
+      d.stop = static_cast<size_t>(integer(j.at("stop"), "decoder Strip: stop"));
     } else {
       fail("unsupported decoder '" + type + "' (supported: ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence)");
     }
@@ -448,7 +457,12 @@ struct HfTokenizer::Impl {
           continue;
         }
         const std::string name = item.at("SpecialToken").at("id").get<std::string>();
-        for (const json& id : j.at("special_tokens").at(name).at("ids")) (after ? template_after : template_before).push_back(id.get<int32_t>());
+        for (const json& id : j.at("special_tokens").at(name).at("ids")) {
+          const int32_t value = integer(id, "post_processor: id of " + name);
+          if (static_cast<size_t>(value) >= tokens.size() || tokens[static_cast<size_t>(value)].empty())
+            fail("post_processor: " + name + " has id " + std::to_string(value) + ", which names no token");
+          (after ? template_after : template_before).push_back(value);
+        }
       }
     } else if (type != "ByteLevel") {  // ByteLevel only trims offsets
       fail("unsupported post_processor '" + type + "' (supported: TemplateProcessing, ByteLevel, Sequence)");
@@ -472,8 +486,8 @@ struct HfTokenizer::Impl {
     ignore_merges = field(m, "ignore_merges", false);
     fuse_unk = field(m, "fuse_unk", false);
     for (const auto& [text, id] : m.at("vocab").items()) {
-      vocab[text] = id.get<int32_t>();
-      set_token(id.get<int32_t>(), text);
+      vocab[text] = integer(id, "model: the id of '" + text + "'");
+      set_token(vocab[text], text);
     }
     const std::string unk_token = field<std::string>(m, "unk_token", "");
     if (!unk_token.empty()) {
@@ -510,7 +524,7 @@ struct HfTokenizer::Impl {
     for (const json& a : list) {
       AddedToken t;
       t.content = a.at("content").get<std::string>();
-      t.id = a.at("id").get<int32_t>();
+      t.id = integer(a.at("id"), "added_tokens: id");
       t.special = field(a, "special", false);
       t.lstrip = field(a, "lstrip", false);
       t.rstrip = field(a, "rstrip", false);

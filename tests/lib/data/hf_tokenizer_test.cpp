@@ -171,6 +171,14 @@ TEST(HfTokenizer, UnsupportedOrBrokenFilesAreErrorsNamingThePart) {
   huge["model"]["vocab"]["z"] = 1 << 30;  // would size the id table at 2^30 strings
   test::expect_error<TokenizerError>([&] { HfTokenizer t(dir.write("h/tokenizer.json", huge.dump())); },
                                      {"token id 1073741824 of 'z' is outside [0, 2^22)"});
+  json real = tiny_bpe({"a b"});
+  real["model"]["vocab"]["z"] = 1.2e20;  // nlohmann's get<int> on this is undefined behaviour (found by fuzzing)
+  test::expect_error<TokenizerError>([&] { HfTokenizer t(dir.write("f/tokenizer.json", real.dump())); },
+                                     {"model: the id of 'z' must be an integer in [0, 2147483647], not 1.2e+20"});
+  json bos = llama_style();
+  bos["post_processor"]["special_tokens"]["<s>"]["ids"] = {4000};
+  test::expect_error<TokenizerError>([&] { HfTokenizer t(dir.write("p/tokenizer.json", bos.dump())); },
+                                     {"post_processor: <s> has id 4000, which names no token"});
   json regex = tiny_bpe({"a b"});
   regex["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}, {"invert", false}};
   test::expect_error<TokenizerError>([&] { HfTokenizer t(dir.write("r/tokenizer.json", regex.dump())); },
