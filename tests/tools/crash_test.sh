@@ -30,7 +30,10 @@ prev=-1
 for i in $(seq 1 20); do
   "$bin" train -c "$tmp/run.yaml" > "$tmp/kill$i.log" 2>&1 &
   pid=$!
-  sleep "$(awk -v s=$RANDOM 'BEGIN { printf "%.2f", 0.8 + (s % 100) / 80 }')"
+  # The random moment counts from the start of training, not of the process: loading LibTorch takes 1-2 s
+  # on a busy machine, and a kill before the first step proves nothing.
+  for _ in $(seq 1 300); do grep -q "training [0-9]* of" "$tmp/kill$i.log" 2>/dev/null && break; sleep 0.1; done
+  sleep "$(awk -v s=$RANDOM 'BEGIN { printf "%.2f", 0.1 + (s % 100) / 80 }')"
   kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
   name=$(latest_step)
   [ -z "$name" ] && { [ $i -le 2 ] && continue; bad "run $i: no checkpoint yet"; continue; }
