@@ -20,8 +20,9 @@ attention_kl's targets are the boxes `synth` writes for the shapes each question
 boxes of the same size at random places (`kl_random`, the ablation of Shrestha et al., ACL 2020).
 
 The plan: sees_first with the main settings (seeds 0-2), then scratch with SCRATCH_SETTINGS (seeds 0-2).
-With --full, then the search (weights, layers, combinations; seed 0, its best two then seeds 1-2), and CE and
-the two best settings by paired conflict gain on seeds 3-7. Runs go to --work
+With --full, then the search (weights, layers, combinations; seed 0, its best two then seeds 1-2; then the
+schedules: CE, dual_channel and attention_kl at lr 1e-3 and at 1,000 steps, seed 0), and CE and the two best
+settings by paired conflict gain on seeds 3-7. Runs go to --work
 (default build/efficacy); each is one `modalign train` with one thread, --jobs side by side (2 on 2 cores).
 """
 import argparse
@@ -61,12 +62,18 @@ SETTINGS = {
                      [KL % (1.0, "second_half", "false")], [], "train.json"),
     "kl_mass_random": ("attention_kl random regions, not renormalised (ablation)", [KL % (1.0, "all", "false")], [],
                        "train_random_regions.json"),
+    "kl_mass_late_random": ("attention_kl random regions, not renormalised, second half (ablation)",
+                            [KL % (1.0, "second_half", "false")], [], "train_random_regions.json"),
     "dc_log": ("dual_channel log (uncapped)", [DC % (0.5, "log", 0.8)], [], "train.json"),
 }
 # The plan that fits one 3-hour session on 2 cores (~33 runs of ~5 min, 2 at a time, plus stage 1): every
 # family with its ablation. The other settings run by hand (--only) or with --full.
 MAIN = ["ce", "dc_capped08", "kl_true", "kl_random", "kl_mass", "kl_mass_random", "aligner"]
 SEARCH = ["dc_balanced", "dc_hinge", "kl_true_dc", "kl_true_w5", "kl_mass_late", "dc_log"]
+# Schedule variants of the search: "setting@schedule" changes the regime's steps or learning rate, and is
+# compared with "ce@schedule" (the same schedule without the loss), seed by seed.
+SCHEDULES = {"lr1e-3": {"lr": 1e-3}, "1000steps": {"steps": 1000}}
+SCHEDULE_SEARCH = [f"{n}@{s}" for s in SCHEDULES for n in ("ce", "dc_capped08", "kl_true")]
 SCRATCH_SETTINGS = ["ce", "dc_capped08", "kl_true", "kl_mass"]
 FIRST_SEEDS, MORE_SEEDS = range(3), range(3, 8)
 REGIMES = ("sees_first", "scratch")
@@ -188,8 +195,9 @@ def run_one(args, regime, name, seed):
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     data = os.path.join(args.work, "data")
-    desc, losses, extra, train_file = SETTINGS[name]
-    plan = STAGE2 if regime == "sees_first" else SCRATCH
+    base, _, schedule = name.partition("@")
+    desc, losses, extra, train_file = SETTINGS[base]
+    plan = dict(STAGE2 if regime == "sees_first" else SCRATCH, **SCHEDULES.get(schedule, {}))
     sets = overrides(args, data, train_file, out, seed, plan["steps"], plan["lr"]) + [f"losses=[{', '.join(losses)}]"] + extra
     if regime == "sees_first":
         sets += [f"model.weights={os.path.join(args.work, 'stage1')}", "train.freeze_vision_tower=true", "train.warmup_steps=0"]
@@ -223,7 +231,7 @@ def run_all(args, jobs):
     if any(j[0] == "sees_first" for j in jobs):
         stage1(args)
     # Seeds outer, settings inner: a stopped study has every setting at the same depth.
-    jobs = sorted(jobs, key=lambda j: (j[2], REGIMES.index(j[0]), list(SETTINGS).index(j[1])))
+    jobs = sorted(jobs, key=lambda j: (j[2], REGIMES.index(j[0]), order(j[1])))
     t0 = time.time()
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(run_one, args, *j): j for j in jobs}
@@ -237,8 +245,26 @@ def final(r, key="eval_conflict"):
     return r["evals"][str(r["steps"])].get(key, float("nan"))
 
 
+def order(name):
+    """Settings in SETTINGS order, each followed by its schedule variants."""
+    base, _, schedule = name.partition("@")
+    return list(SETTINGS).index(base), ([""] + list(SCHEDULES)).index(schedule)
+
+
+def names_in(res, regime):
+    return sorted({k[1] for k in res if k[0] == regime}, key=order)
+
+
+def label(name):
+    base, _, schedule = name.partition("@")
+    return SETTINGS[base][0] + (f" ({schedule})" if schedule else "")
+
+
 def paired_gains(res, regime, name, key="eval_conflict"):
-    ce = {k[2]: r for k, r in res.items() if k[0] == regime and k[1] == "ce"}
+    """Per seed: the setting's final `key` minus CE's on the same schedule."""
+    schedule = name.partition("@")[2]
+    reference = "ce@" + schedule if schedule else "ce"
+    ce = {k[2]: r for k, r in res.items() if k[0] == regime and k[1] == reference}
     return [final(r, key) - final(ce[k[2]], key) for k, r in sorted(res.items())
             if k[0] == regime and k[1] == name and k[2] in ce]
 
@@ -279,15 +305,16 @@ def mean_std(xs, signed=False):
 
 
 def table(res, regime):
-    names = [n for n in SETTINGS if any(k[0] == regime and k[1] == n for k in res)]
+    names = names_in(res, regime)
     lines = ["| setting | seeds | aligned | conflict | nohint | Δ conflict (paired) | worst Δ | Δ aligned | hint rate | "
              "conflict colour / shape / count | conflict at 1/3, 2/3 | VR per layer |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         runs = sorted((r for k, r in res.items() if k[0] == regime and k[1] == name), key=lambda r: r["seed"])
         acc = {s: [final(r, s) for r in runs] for s in SPLITS}
-        gains = paired_gains(res, regime, name) if name != "ce" else []
-        aligned_gains = paired_gains(res, regime, name, "eval_aligned") if name != "ce" else []
+        is_ce = name.partition("@")[0] == "ce"
+        gains = paired_gains(res, regime, name) if not is_ce else []
+        aligned_gains = paired_gains(res, regime, name, "eval_aligned") if not is_ce else []
         per_type = " / ".join("%.2f" % statistics.mean(final(r, f"eval_conflict.accuracy.{t}") for r in runs) for t in TYPES)
         early = []
         for frac in (1, 2):
@@ -296,7 +323,7 @@ def table(res, regime):
             early.append(statistics.mean(vals) if vals else float("nan"))
         vr = [statistics.mean(r["vr_response"][l] for r in runs) for l in range(len(runs[0]["vr_response"]))]
         lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %.3f, %.3f | %s |" % (
-            SETTINGS[name][0], len(runs), mean_std(acc["eval_aligned"]), mean_std(acc["eval_conflict"]),
+            label(name), len(runs), mean_std(acc["eval_aligned"]), mean_std(acc["eval_conflict"]),
             mean_std(acc["eval_nohint"]), mean_std(gains, True) if gains else "-",
             f"{min(gains):+.3f}" if gains else "-", mean_std(aligned_gains, True) if aligned_gains else "-",
             mean_std([final(r, "eval_conflict.hint_rate") for r in runs]), per_type, early[0], early[1],
@@ -308,22 +335,28 @@ def target_lines(res, regime):
     """The issue's target, setting by setting: +30 points conflict, aligned within 2, no seed worse by > 5,
     and true regions at least 15 points above random ones."""
     out = []
-    kl_true, kl_random = paired_gains(res, regime, "kl_true"), paired_gains(res, regime, "kl_random")
-    for name in SETTINGS:
+    for name in names_in(res, regime):
         gains = paired_gains(res, regime, name)
-        if name == "ce" or not gains:
+        if name.partition("@")[0] == "ce" or not gains:
             continue
         aligned = paired_gains(res, regime, name, "eval_aligned")
         ok = (statistics.mean(gains) >= 0.30, abs(statistics.mean(aligned)) <= 0.02, min(gains) >= -0.05)
         out.append(f"- {name}: conflict {statistics.mean(gains):+.3f} ({'met' if ok[0] else 'not met'}), aligned "
                    f"{statistics.mean(aligned):+.3f} ({'met' if ok[1] else 'not met'}), worst seed {min(gains):+.3f} "
                    f"({'met' if ok[2] else 'not met'})")
-    if kl_true and kl_random:
-        n = min(len(kl_true), len(kl_random))
-        diff = statistics.mean(kl_true[:n]) - statistics.mean(kl_random[:n])
-        out.append(f"- true regions vs random regions (seeds both have): {diff:+.3f} "
-                   f"({'met' if diff >= 0.15 else 'not met'}; target +0.150)")
+    for true, random_ in REGION_ABLATIONS:
+        a = {r["seed"]: final(r) for k, r in res.items() if k[:2] == (regime, true)}
+        b = {r["seed"]: final(r) for k, r in res.items() if k[:2] == (regime, random_)}
+        seeds = sorted(set(a) & set(b))
+        if seeds:
+            diff = statistics.mean(a[s] - b[s] for s in seeds)
+            out.append(f"- {true} (true regions) vs {random_} (random regions), seeds {seeds[0]}-{seeds[-1]}: conflict "
+                       f"{diff:+.3f} ({'met' if diff >= 0.15 else 'not met'}; target +0.150)")
     return out
+
+
+# Each region-supervised setting and its random-region ablation (same loss, boxes moved at random).
+REGION_ABLATIONS = [("kl_true", "kl_random"), ("kl_mass", "kl_mass_random"), ("kl_mass_late", "kl_mass_late_random")]
 
 
 # Pilots run by hand before the plan (same binary and data generator), kept in the report because they
@@ -340,6 +373,13 @@ PILOTS = [
     "conflict 0.37 / 0.37 / 0.38 against CE's 0.39.",
     "Earlier stage-1 pilot (chance hints without the no-hint option, 2,000 steps): attention_kl true regions "
     "(weight 1, all layers) in stage 2 gave conflict 0.25 against CE's 0.24, aligned 0.61 against 0.63.",
+    "Loss spikes of `make demo` (the issue asks for none above 5x the running median after warm-up): the demo's "
+    "CE run logs 0.16-0.22 at steps 190, 200, 240, 260 and 290 against a median near 0.01 (ratio up to 20.5; "
+    "CE + dual_channel 15.6, at the same steps). The same run on the same data with the 32 training samples "
+    "whose hint is wrong (1.6%) given a right hint instead, nothing else changed (same order, same batches): "
+    "0.003-0.004 from step 180 on, largest ratio 1.1. The spikes are the batches holding those samples, which "
+    "a model that answers from the hint gets wrong: the benchmark's conflict itself, not an unstable optimiser; "
+    "the criterion as written cannot hold on this data and the training data stays as documented.",
 ]
 
 
@@ -379,7 +419,7 @@ def report(args):
     lines += ["## Pilots before the plan", ""] + [f"- {p}" for p in PILOTS] + [""]
     lines += ["Per-seed conflict accuracy (final step):", ""]
     for regime in REGIMES:
-        for name in SETTINGS:
+        for name in names_in(res, regime):
             runs = sorted((r for k, r in res.items() if k[0] == regime and k[1] == name), key=lambda r: r["seed"])
             if runs:
                 lines.append(f"- {regime} / {name}: " + ", ".join(f"s{r['seed']} {final(r):.2f}" for r in runs))
@@ -398,7 +438,7 @@ def plot(res):
     regimes = [g for g in REGIMES if any(k[0] == g for k in res)]
     fig, axes = plt.subplots(len(regimes), 2, figsize=(13, 4.2 * len(regimes)), squeeze=False)
     for row, regime in enumerate(regimes):
-        names = [n for n in SETTINGS if any(k[0] == regime and k[1] == n for k in res)]
+        names = names_in(res, regime)
         ax = axes[row][0]
         for i, name in enumerate(names):
             ys = [final(r) for k, r in res.items() if k[0] == regime and k[1] == name]
@@ -453,6 +493,7 @@ def main():
                 searched = sorted(SEARCH, key=lambda n: -statistics.mean(paired_gains(res, "sees_first", n) or [-9]))[:2]
                 print(f"sees_first: best two of the search on seed 0: {searched}", flush=True)
                 run_all(args, [("sees_first", n, s) for n in searched for s in FIRST_SEEDS])
+                run_all(args, [("sees_first", n, 0) for n in SCHEDULE_SEARCH])
                 res = load_results(args.work)
                 best = best_settings(res, "sees_first", 2)
                 print(f"sees_first: best two by paired conflict gain over seeds 0-2: {best}", flush=True)
