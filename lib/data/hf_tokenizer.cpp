@@ -359,10 +359,12 @@ struct HfTokenizer::Impl {
 
   // A JSON integer in [lo, hi]; anything else (a float, a string, out of range) names `what`. nlohmann's
   // get<int>() on a float too large for int is undefined behaviour (found by tests/fuzz/tokenizer_fuzz).
-  int32_t integer(const json& j, const std::string& what, int64_t lo = 0, int64_t hi = INT32_MAX) const {
+  // `what` + `quoted` ("model: the id of" + "'z'") is put together only for the message.
+  int32_t integer(const json& j, const char* what, const std::string& quoted = "", int64_t lo = 0, int64_t hi = INT32_MAX) const {
     if (!j.is_number_integer() || (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(hi)) ||
         j.get<int64_t>() < lo || j.get<int64_t>() > hi)
-      fail(what + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], not " + j.dump());
+      fail(std::string(what) + (quoted.empty() ? "" : " '" + quoted + "'") + " must be an integer in [" + std::to_string(lo) +
+           ", " + std::to_string(hi) + "], not " + j.dump());
     return static_cast<int32_t>(j.get<int64_t>());
   }
 
@@ -458,7 +460,7 @@ struct HfTokenizer::Impl {
         }
         const std::string name = item.at("SpecialToken").at("id").get<std::string>();
         for (const json& id : j.at("special_tokens").at(name).at("ids")) {
-          const int32_t value = integer(id, "post_processor: id of " + name);
+          const int32_t value = integer(id, "post_processor: the id of", name);
           if (static_cast<size_t>(value) >= tokens.size() || tokens[static_cast<size_t>(value)].empty())
             fail("post_processor: " + name + " has id " + std::to_string(value) + ", which names no token");
           (after ? template_after : template_before).push_back(value);
@@ -485,9 +487,12 @@ struct HfTokenizer::Impl {
     byte_fallback = field(m, "byte_fallback", false);
     ignore_merges = field(m, "ignore_merges", false);
     fuse_unk = field(m, "fuse_unk", false);
-    for (const auto& [text, id] : m.at("vocab").items()) {
-      vocab[text] = integer(id, "model: the id of '" + text + "'");
-      set_token(vocab[text], text);
+    const json& entries = m.at("vocab");
+    vocab.reserve(entries.size());
+    for (auto it = entries.begin(); it != entries.end(); ++it) {
+      const int32_t id = integer(it.value(), "model: the id of", it.key());
+      vocab.emplace(it.key(), id);
+      set_token(id, it.key());
     }
     const std::string unk_token = field<std::string>(m, "unk_token", "");
     if (!unk_token.empty()) {
@@ -503,6 +508,7 @@ struct HfTokenizer::Impl {
       if (it != vocab.end()) byte_ids[static_cast<size_t>(b)] = it->second;
     }
     int32_t rank = 0;
+    merges.reserve(m.at("merges").size());
     for (const json& merge : m.at("merges")) {
       std::string left, right;
       if (merge.is_array()) {
