@@ -99,7 +99,7 @@ struct DataConfig {
     v.field("mixing_weights", mixing_weights, "sampling weight per train file; empty = by size");
     v.paths("eval_files", eval_files, "LLaVA-format files evaluated every eval_steps");
     v.path("image_folder", image_folder, "folder that sample image paths are relative to");
-    v.path("tokenizer", tokenizer, "SentencePiece .model file");
+    v.path("tokenizer", tokenizer, "SentencePiece .model, Hugging Face tokenizer.json, or a folder holding one");
     v.choice("chat_template", chat_template, kChatTemplateNames, "plain (LLaVA stage 1), vicuna_v1 (LLaVA stage 2) or qwen2_vl (ChatML, Qwen2-VL / Qwen2.5-VL)");
     v.alias("max_length", "model_max_length");
     v.field("model_max_length", model_max_length, "longest tokenised sample, image span included",

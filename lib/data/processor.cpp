@@ -21,7 +21,7 @@ Processor::Processor(const DataConfig& config, const ModelInterface& model)
   tokenizer_ = std::make_shared<Tokenizer>(config.tokenizer);
   if (config.chat_template == ChatTemplate::Qwen2VL)
     for (const char* piece : {"<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"})
-      if (tokenizer_->piece_to_id(piece) < 0 || tokenizer_->piece_to_id(piece) == tokenizer_->unk_id())
+      if (const int64_t id = tokenizer_->piece_to_id(piece); id < 0 || id == tokenizer_->unk_id())
         throw DataError(fmt::format("{}: chat_template qwen2_vl needs the token {}, which this tokenizer lacks (use the "
                                     "model's tokenizer.json)", config.tokenizer, piece));
   if (tokenizer_->vocab_size() > model.vocab_size)
