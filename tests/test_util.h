@@ -53,5 +53,8 @@ void expect_error(F&& f, std::initializer_list<std::string> pieces) {
 }
 
 inline std::string golden_path() { return std::string(MODALIGN_TEST_DATA_DIR) + "/golden/llava_tiny_golden.safetensors"; }
+inline std::string qwen_golden_path() {
+  return std::string(MODALIGN_TEST_DATA_DIR) + "/golden/qwen2_5_vl_tiny_golden.safetensors";
+}
 
 }  // namespace modalign::test

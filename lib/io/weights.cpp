@@ -14,6 +14,19 @@ bool never_stored(const std::string& name) {
   return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+bool starts(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// A Qwen2-VL / Qwen2.5-VL Hub name -> the model's name: `model.visual.*` (newer transformers) ->
+// `visual.*`; `model.language_model.*` (newer) and `model.*` (original) -> `language_model.model.*`;
+// `lm_head.*` -> `language_model.lm_head.*`. Other names are returned unchanged.
+std::string model_name(const std::string& name) {
+  if (starts(name, "model.visual.")) return name.substr(6);
+  if (starts(name, "model.language_model.")) return "language_model.model." + name.substr(21);
+  if (starts(name, "model.")) return "language_model." + name;
+  if (starts(name, "lm_head.")) return "language_model." + name;
+  return name;
+}
+
 std::string list(const std::vector<std::string>& names) {
   const size_t shown = 20;
   std::vector<std::string> head(names.begin(), names.begin() + std::min(names.size(), shown));
@@ -41,11 +54,12 @@ LoadReport load_weights(torch::nn::Module& module, const NamedTensors& tensors, 
   LoadReport report;
   std::map<std::string, bool> seen;
   std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (target, source), applied once all is checked
-  for (const auto& [name, tensor] : tensors) {
+  for (const auto& [file_name, tensor] : tensors) {
+    const std::string name = targets.count(file_name) ? file_name : model_name(file_name);
     if (never_stored(name) || (tied && name == "language_model.lm_head.weight")) continue;
     auto it = targets.find(name);
     if (it == targets.end()) {
-      report.unexpected.push_back(name);
+      report.unexpected.push_back(file_name);
       continue;
     }
     seen[name] = true;

@@ -1,4 +1,4 @@
-// Model weights <-> safetensors by parameter name: a Hugging Face LLaVA checkpoint loads into
+// Model weights <-> safetensors by parameter name: a Hugging Face LLaVA or Qwen2(.5)-VL checkpoint loads into
 // VisionLanguageModel by a name-checked copy, and our saves are readable by Hugging Face.
 #pragma once
 #include <torch/torch.h>
@@ -19,7 +19,9 @@ struct LoadReport {
 };
 
 // Copies every tensor of `path` (file, index or folder; see load_tensors) into the parameters and
-// buffers of `module` with the same name, converted to their dtype and device. Names the model never
+// buffers of `module` with the same name, converted to their dtype and device. Qwen2-VL / Qwen2.5-VL Hub
+// names (`model.*`, `lm_head.*`, newer transformers' `model.language_model.*`, `model.visual.*`) are
+// read as the model's (`language_model.model.*`, `language_model.lm_head.*`, `visual.*`). Names the model never
 // stores are ignored (`*.rotary_emb.inv_freq`; `lm_head.weight` when the model ties embeddings).
 // strict: any missing, unexpected or mismatched name is an error listing all three lists, and nothing is
 // copied; otherwise the matching tensors are copied and the lists are logged as a warning and returned.

@@ -9,7 +9,7 @@ namespace nn = torch::nn;
 
 DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& attention_mask,
                                     const torch::Tensor& visual_mask, torch::ScalarType dtype,
-                                    const torch::Tensor& prompt_mask) {
+                                    const torch::Tensor& prompt_mask, const torch::Tensor& position_ids) {
   TORCH_CHECK(attention_mask.dim() == 2 && visual_mask.sizes() == attention_mask.sizes(),
               "attention_mask and visual_mask must both be (B, T), got ", attention_mask.sizes(), " and ",
               visual_mask.sizes());
@@ -25,21 +25,27 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
     ctx.text_mask = ctx.text_mask & prompt_mask.to(torch::kBool);
   }
 
-  // RoPE at positions cumsum(mask) - 1, so right padding changes nothing at real positions.
-  std::tie(ctx.cos, ctx.sin) = rope_tables(s, (real.to(torch::kInt64).cumsum(1) - 1).clamp_min(0), dtype);
+  // RoPE at positions cumsum(mask) - 1, so right padding changes nothing at real positions; or the
+  // caller's (3, B, T) M-RoPE positions.
+  if (position_ids.defined()) {
+    TORCH_CHECK(position_ids.dim() == 3 && position_ids.size(0) == 3 && position_ids.size(1) == attention_mask.size(0) &&
+                    position_ids.size(2) == t,
+                "position_ids must be (3, B, T) = (3, ", attention_mask.size(0), ", ", t, "), got ", position_ids.sizes());
+    std::tie(ctx.cos, ctx.sin) = rope_tables(s, position_ids, dtype);
+  } else {
+    std::tie(ctx.cos, ctx.sin) = rope_tables(s, (real.to(torch::kInt64).cumsum(1) - 1).clamp_min(0), dtype);
+  }
   torch::ScalarType table_type = ctx.cos.scalar_type();
 
   torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(dev)).tril();
   ctx.mask = make_attention_mask((causal.unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1), table_type);  // (B, 1, T, T)
 
-  torch::Tensor counts = ctx.visual_mask.sum(1);  // (B)
-  ctx.has_visual = counts > 0;
+  torch::Tensor counts = ctx.visual_mask.sum(1);  // (B): may differ between samples (Qwen: any image size)
   const int64_t nv = counts.numel() ? counts.max().item<int64_t>() : 0;
-  TORCH_CHECK(((counts == 0) | (counts == nv)).all().item<bool>(),
-              "every sample must hold 0 or the same number of image tokens, got counts ", counts);
+  ctx.visual_slots = torch::arange(nv, counts.options()).unsqueeze(0) < counts.unsqueeze(1);  // (B, Nv)
   // Stable descending sort puts each sample's image positions first, in order: (B, Nv)
   torch::Tensor order = std::get<1>(torch::sort(ctx.visual_mask.to(torch::kInt32), /*stable=*/true, 1, true));
-  ctx.visual_index = order.slice(1, 0, nv) * ctx.has_visual.unsqueeze(1).to(torch::kInt64);
+  ctx.visual_index = order.slice(1, 0, nv) * ctx.visual_slots.to(torch::kInt64);
   return ctx;
 }
 
@@ -49,7 +55,17 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables(const TextShapes& s, const t
   const int64_t d = s.head_dim();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(positions.device());
   torch::Tensor inv_freq = 1.0 / torch::pow(s.rope_theta, torch::arange(0, d, 2, f64) / static_cast<double>(d));
-  torch::Tensor freqs = positions.to(torch::kFloat64).unsqueeze(-1) * inv_freq;  // (B, T, d/2)
+  torch::Tensor freqs;  // (B, T, d/2)
+  if (positions.dim() == 3) {
+    // M-RoPE: channel c of each half rotates by the t, h or w position of its mrope_section.
+    TORCH_CHECK(s.mrope_section.size() == 3, "(3, B, T) position ids need rope_scaling.mrope_section");
+    std::vector<int64_t> rows;
+    for (int64_t r = 0; r < 3; ++r) rows.insert(rows.end(), static_cast<size_t>(s.mrope_section[r]), r);
+    torch::Tensor row = torch::tensor(rows, torch::TensorOptions().dtype(torch::kInt64)).to(positions.device());
+    freqs = positions.to(torch::kFloat64).index_select(0, row).permute({1, 2, 0}) * inv_freq;
+  } else {
+    freqs = positions.to(torch::kFloat64).unsqueeze(-1) * inv_freq;
+  }
   torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);               // (B, T, 1, d)
   torch::ScalarType table_type = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   return {emb.cos().to(table_type), emb.sin().to(table_type)};
@@ -98,9 +114,9 @@ LlamaAttentionImpl::LlamaAttentionImpl(const TextShapes& s, bool with_aligner)
     : heads(s.num_attention_heads),
       kv_heads(s.num_key_value_heads),
       head_dim(s.head_dim()),
-      q_proj(register_module("q_proj", Linear(s.hidden_size, heads * head_dim, false))),
-      k_proj(register_module("k_proj", Linear(s.hidden_size, kv_heads * head_dim, false))),
-      v_proj(register_module("v_proj", Linear(s.hidden_size, kv_heads * head_dim, false))),
+      q_proj(register_module("q_proj", Linear(s.hidden_size, heads * head_dim, s.attention_bias))),
+      k_proj(register_module("k_proj", Linear(s.hidden_size, kv_heads * head_dim, s.attention_bias))),
+      v_proj(register_module("v_proj", Linear(s.hidden_size, kv_heads * head_dim, s.attention_bias))),
       o_proj(register_module("o_proj", Linear(heads * head_dim, s.hidden_size, false))) {
   if (with_aligner) aligner = register_module("aligner", DuplexAligner(head_dim));
 }
@@ -150,7 +166,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
     if (request.probs_to_visual) {
       const int64_t nv = ctx.visual_index.size(1);
       torch::Tensor idx = ctx.visual_index.view({b, 1, 1, nv}).expand({b, heads, t, nv});
-      tap->probs_to_visual = p.gather(-1, idx) * ctx.has_visual.to(wide).view({b, 1, 1, 1});  // (B, H, T, Nv)
+      tap->probs_to_visual = p.gather(-1, idx) * ctx.visual_slots.to(wide).view({b, 1, 1, nv});  // (B, H, T, Nv)
     }
     if (request.full_probs) tap->probs = p;
   }

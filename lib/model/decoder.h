@@ -2,7 +2,7 @@
 // attention each query puts on image tokens, and with MODA's optional duplex aligner on visual keys.
 //
 // Letters: B batch, T tokens, D width, H query heads, G key/value heads, d head dim, V vocab, Nv image
-// tokens per sample.
+// tokens of the sample that holds most (samples may hold different numbers).
 #pragma once
 #include <torch/torch.h>
 
@@ -41,7 +41,7 @@ struct LayerTap {
   int64_t layer = 0;
   torch::Tensor visual_mass;      // (B, H, T): sum of P over image keys
   torch::Tensor key_mass;         // (B, H, T, K): sum of P over each requested key set
-  torch::Tensor probs_to_visual;  // (B, H, T, Nv) when requested; zeros for samples without an image
+  torch::Tensor probs_to_visual;  // (B, H, T, Nv) when requested; zero past a sample's image tokens
   torch::Tensor probs;            // (B, H, T, T) when requested
 };
 
@@ -51,8 +51,8 @@ struct DecoderContext {
   AttentionMask mask;             // (B, 1, T, T): causal and key not padding
   torch::Tensor visual_mask;      // (B, T) bool
   torch::Tensor text_mask;        // (B, T) bool: the aligner's text keys: real, non-image prompt tokens
-  torch::Tensor visual_index;     // (B, Nv) int64 positions of image tokens (0 where a sample has none)
-  torch::Tensor has_visual;       // (B) bool
+  torch::Tensor visual_index;     // (B, Nv) int64 positions of image tokens (0 past a sample's count)
+  torch::Tensor visual_slots;     // (B, Nv) bool: which columns of visual_index are image tokens
 };
 
 struct RmsNormImpl : torch::nn::Module {
@@ -132,13 +132,14 @@ struct LanguageModelImpl : torch::nn::Module {
 TORCH_MODULE(LanguageModel);
 
 // Builds the masks and RoPE tables for one forward. attention_mask, visual_mask (B, T) bool; prompt_mask
-// (B, T) bool or undefined (= every real token is prompt).
+// (B, T) bool or undefined (= every real token is prompt); position_ids (3, B, T) for M-RoPE (Qwen), or
+// undefined (= the running count of real tokens).
 DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& attention_mask,
                                     const torch::Tensor& visual_mask, torch::ScalarType dtype,
-                                    const torch::Tensor& prompt_mask = {});
+                                    const torch::Tensor& prompt_mask = {}, const torch::Tensor& position_ids = {});
 
-// RoPE tables cos, sin (B, T, 1, d) at integer positions (B, T), computed in float64 and cast to float32
-// (float64 for a float64 model).
+// RoPE tables cos, sin (B, T, 1, d) at integer positions (B, T), or at M-RoPE positions (3, B, T) split
+// by s.mrope_section, computed in float64 and cast to float32 (float64 for a float64 model).
 std::pair<torch::Tensor, torch::Tensor> rope_tables(const TextShapes& s, const torch::Tensor& positions,
                                                     torch::ScalarType dtype);
 

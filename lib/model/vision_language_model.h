@@ -1,9 +1,13 @@
-// VisionLanguageModel: LLaVA = vision tower -> projector -> image features written into the embedded
-// token sequence where `input_ids` hold the image token -> LLaMA decoder. Parameter names equal the
-// llava-hf safetensors names, so a Hugging Face checkpoint loads by a name-checked copy (lib/io/weights).
+// VisionLanguageModel, one interface for both families: image features written into the embedded token
+// sequence where `input_ids` hold the image token, then the decoder.
+//   LLaVA: CLIP vision tower -> projector -> LLaMA decoder; parameter names equal llava-hf's.
+//   Qwen2-VL / Qwen2.5-VL: `visual` (lib/model/qwen_vision) -> Qwen2 decoder (q/k/v bias, M-RoPE with
+//   positions from qwen_position_ids); the Hub names `model.*`, `lm_head.weight` (and newer
+//   transformers' `model.language_model.*`, `model.visual.*`) load through lib/io/weights.
 //
-// Inputs are already expanded: each image occupies Nv = (image_size / patch_size)^2 consecutive
-// image-token positions (expand_image_tokens turns Hugging Face's single placeholder into that span).
+// Inputs are already expanded: each LLaVA image occupies Nv = (image_size / patch_size)^2 consecutive
+// image-token positions (expand_image_tokens turns Hugging Face's single placeholder into that span);
+// each Qwen image t * h * w / 4 positions of its grid, so samples may hold different numbers.
 #pragma once
 #include <torch/torch.h>
 
@@ -13,6 +17,7 @@
 #include "lib/model/decoder.h"
 #include "lib/model/linear.h"
 #include "lib/model/model_shapes.h"
+#include "lib/model/qwen_vision.h"
 #include "lib/model/vision_tower.h"
 
 namespace modalign {
@@ -41,28 +46,39 @@ struct VisionLanguageModelImpl : torch::nn::Module {
   // is supervised: the LM head and its softmax then cost a few rows instead of B x T). prompt_mask (B, T)
   // bool: the prompt, the only text the MODA aligner reads (prompt_mask_from_labels in training);
   // undefined = every real token (generation, where all the model is given is prompt).
+  // Qwen: pixel_values (patches, C * temporal_patch_size * patch^2) of all images in batch order, and
+  // image_grid_thw (images, 3).
   ModelOutput forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                       const torch::Tensor& pixel_values, const TapRequest& taps = {},
-                      const torch::Tensor& logit_positions = {}, const torch::Tensor& prompt_mask = {});
+                      const torch::Tensor& logit_positions = {}, const torch::Tensor& prompt_mask = {},
+                      const torch::Tensor& image_grid_thw = {});
 
   // Generation with a KV cache. prefill: prompts as forward() takes them (right padded; every real token
   // is prompt) -> logits (B, V) at each sample's last real position, `cache` filled. decode: one token id
   // per sample (B) -> logits (B, V) for the token after it, `cache` extended. Greedy decoding this way
   // gives the tokens of full re-forwards whose prompt_mask is the original prompt.
   torch::Tensor prefill(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-                        const torch::Tensor& pixel_values, KvCache& cache);
+                        const torch::Tensor& pixel_values, KvCache& cache, const torch::Tensor& image_grid_thw = {});
   torch::Tensor decode(const torch::Tensor& next_ids, KvCache& cache);
 
   // Token embeddings with image features written at image-token positions: (B, T, D)
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& visual_mask,
-                      const torch::Tensor& pixel_values);
+                      const torch::Tensor& pixel_values, const torch::Tensor& image_grid_thw = {});
 
   ModelShapes shapes;
-  VisionTower vision_tower{nullptr};
-  Projector multi_modal_projector{nullptr};
+  VisionTower vision_tower{nullptr};          // LLaVA
+  Projector multi_modal_projector{nullptr};  // LLaVA
+  QwenVisionModel visual{nullptr};           // Qwen
   LanguageModel language_model{nullptr};
 };
 TORCH_MODULE(VisionLanguageModel);
+
+// Qwen's M-RoPE position ids (3, B, T) = (t, h, w), as Hugging Face's get_rope_index: text counts up;
+// an image span (its t * h/2 * w/2 tokens, grids from image_grid_thw in batch order) gets its merged
+// grid's (frame, row, col) plus the position where it starts (Qwen2.5-VL: frame 0 for images); text
+// after it resumes one past the largest position so far. Padding holds 1.
+torch::Tensor qwen_position_ids(const ModelShapes& shapes, const torch::Tensor& input_ids,
+                                const torch::Tensor& attention_mask, const torch::Tensor& image_grid_thw);
 
 // (B, T) bool: the positions before each sample's first supervised token (labels != -100, aligned with
 // input_ids): what the model has when it starts to answer. All true for a sample without labels.
