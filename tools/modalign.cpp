@@ -321,7 +321,7 @@ int main(int argc, char** argv) {
   ConfigArgs convert_args;
   std::string convert_checkpoint, convert_out;
   bool merge_lora = false;
-  CLI::App* convert = app.add_subcommand("convert", "export a checkpoint's weights as llava-hf safetensors (merging LoRA)");
+  CLI::App* convert = app.add_subcommand("convert", "export a checkpoint's weights as Hugging Face safetensors (llava-hf or Qwen Hub names; merging LoRA)");
   convert_args.add_to(convert);
   convert->add_option("--checkpoint", convert_checkpoint, "checkpoint folder (step-N), run folder or its `latest` file")->required();
   convert->add_option("--out", convert_out, "output .safetensors file")->required();

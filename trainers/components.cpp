@@ -31,6 +31,9 @@ void load_checkpoint_weights(VisionLanguageModel& model, const std::string& chec
 }
 
 ModelInterface model_interface(const ModelShapes& s) {
+  if (s.is_qwen())
+    return {0, 0, s.image_token_index, s.text.vocab_size, s.qwen_vision.patch_size, s.qwen_vision.spatial_merge_size,
+            s.qwen_vision.temporal_patch_size};
   return {s.vision.image_size, s.vision.num_patches(), s.image_token_index, s.text.vocab_size};
 }
 
@@ -75,7 +78,10 @@ void convert_checkpoint(const RunConfig& config, const std::string& checkpoint, 
   if (has_lora && !merge)
     throw std::invalid_argument(checkpoint + " holds LoRA adapters: pass --merge-lora to fold them into the weights");
   merge_lora(*model);
-  save_safetensors(out, exported_state(*model), {{"format", "pt"}, {"source", checkpoint}});
+  NamedTensors state = exported_state(*model);
+  if (model->shapes.is_qwen())  // the Hub's names (Qwen2VLForConditionalGeneration loads them)
+    for (auto& [name, t] : state) name = qwen_hub_name(name);
+  save_safetensors(out, state, {{"format", "pt"}, {"source", checkpoint}});
 }
 
 std::unique_ptr<Evaluator> build_evaluator(const RunConfig& config, VisionLanguageModel model,

@@ -77,7 +77,7 @@ std::vector<std::vector<int64_t>> Evaluator::generate(const Batch& prompts) {
   Batch p = prompts.to(device);
   const int64_t n = p.size();
   KvCache cache;
-  torch::Tensor logits = model_->prefill(p.input_ids, p.attention_mask, p.pixel_values, cache);  // (n, V)
+  torch::Tensor logits = model_->prefill(p.input_ids, p.attention_mask, p.pixel_values, cache, p.image_grid_thw);  // (n, V)
   std::vector<std::vector<int64_t>> answers(static_cast<size_t>(n));
   std::vector<bool> done(static_cast<size_t>(n), false);
   for (int64_t step = 0; step < generation_.max_new_tokens; ++step) {
@@ -105,7 +105,7 @@ std::vector<std::vector<int64_t>> Evaluator::generate_uncached(const Batch& prom
   std::vector<std::vector<int64_t>> answers(static_cast<size_t>(n));
   std::vector<bool> done(static_cast<size_t>(n), false);
   for (int64_t step = 0; step < max_new; ++step) {
-    torch::Tensor logits = model_->forward(ids, mask, p.pixel_values, {}, {}, prompt).logits;  // (n, T, V)
+    torch::Tensor logits = model_->forward(ids, mask, p.pixel_values, {}, {}, prompt, p.image_grid_thw).logits;  // (n, T, V)
     torch::Tensor last = (mask.sum(1) - 1).view({n, 1, 1}).expand({n, 1, logits.size(2)});
     torch::Tensor next = next_tokens(logits.gather(1, last).squeeze(1));
     for (int64_t i = 0; i < n; ++i) {
@@ -168,7 +168,8 @@ std::vector<EvalResult> Evaluator::evaluate(const std::vector<EvalSplit>& splits
       }
       Batch b = processor_->collate(full).to(device);
       LossTerm ce = text_ce(
-          model_->forward(b.input_ids, b.attention_mask, b.pixel_values, {}, {}, prompt_mask_from_labels(b.labels)).logits,
+          model_->forward(b.input_ids, b.attention_mask, b.pixel_values, {}, {}, prompt_mask_from_labels(b.labels),
+                         b.image_grid_thw).logits,
           b.labels);
       ce_sum += ce.sum.item<double>();
       ce_count += ce.count.item<double>();

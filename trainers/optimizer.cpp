@@ -19,6 +19,15 @@ bool no_decay(const std::string& name, const torch::Tensor& p) {
          name.find("class_embedding") != std::string::npos;
 }
 
+// The vision tower: LLaVA's `vision_tower`, Qwen's `visual` but its merger; the projector: LLaVA's
+// `multi_modal_projector`, Qwen's `visual.merger` (the two-layer MLP that feeds the decoder).
+bool in_vision_tower(const std::string& name) {
+  return starts_with(name, "vision_tower.") || (starts_with(name, "visual.") && !starts_with(name, "visual.merger."));
+}
+bool in_projector(const std::string& name) {
+  return starts_with(name, "multi_modal_projector.") || starts_with(name, "visual.merger.");
+}
+
 }  // namespace
 
 std::vector<std::string> apply_freezing(torch::nn::Module& model, const TrainConfig& c) {
@@ -28,8 +37,7 @@ std::vector<std::string> apply_freezing(torch::nn::Module& model, const TrainCon
     const std::string& name = p.key();
     const bool adapter = name.find(".lora_") != std::string::npos;
     // With LoRA the language model's own weights stay fixed; adapters always train.
-    bool frozen = (c.freeze_vision_tower && starts_with(name, "vision_tower.")) ||
-                  (c.freeze_projector && starts_with(name, "multi_modal_projector.")) ||
+    bool frozen = (c.freeze_vision_tower && in_vision_tower(name)) || (c.freeze_projector && in_projector(name)) ||
                   ((c.freeze_language_model || c.lora_rank > 0) && starts_with(name, "language_model.")) ||
                   std::regex_search(name, freeze);
     if (adapter || std::regex_search(name, thaw)) frozen = false;
@@ -64,8 +72,8 @@ GroupedAdamW::GroupedAdamW(torch::nn::Module& model, const TrainConfig& c) {
     if (!p.value().requires_grad()) continue;
     const std::string& name = p.key();
     double lr = c.learning_rate;
-    if (starts_with(name, "vision_tower.") && c.vision_lr) lr = *c.vision_lr;
-    if (starts_with(name, "multi_modal_projector.") && c.projector_lr) lr = *c.projector_lr;
+    if (in_vision_tower(name) && c.vision_lr) lr = *c.vision_lr;
+    if (in_projector(name) && c.projector_lr) lr = *c.projector_lr;
     double decay = no_decay(name, p.value()) ? 0.0 : c.weight_decay;
     auto key = std::make_pair(lr, decay);
     if (!index.count(key)) index[key] = groups.size(), groups.push_back({lr, decay, {}});

@@ -68,7 +68,7 @@ ProbeReport probe(VisionLanguageModel& model, const Processor& processor, const 
     Batch b = processor.collate(samples).to(device);
     request.key_masks = probe_key_groups(b.attention_mask, b.visual_mask);  // (B, T, 3)
     ModelOutput out = model->forward(b.input_ids, b.attention_mask, b.pixel_values, request, {},
-                                     prompt_mask_from_labels(b.labels));
+                                     prompt_mask_from_labels(b.labels), b.image_grid_thw);
     const torch::Tensor sets[kSets] = {response_queries(b.labels) & b.attention_mask.to(torch::kBool),
                                        last_prompt_queries(b.labels) & b.attention_mask.to(torch::kBool)};
     for (int64_t s = 0; s < kSets; ++s) {

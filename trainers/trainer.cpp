@@ -92,7 +92,8 @@ StepStats Trainer::forward_backward(const std::vector<Batch>& micro_batches) {
     }
     // Logits only where a token is supervised (text_ce reads nothing else).
     ModelOutput out = model_->forward(batch.input_ids, batch.attention_mask, batch.pixel_values, request,
-                                      response_queries(batch.labels), prompt_mask_from_labels(batch.labels));
+                                      response_queries(batch.labels), prompt_mask_from_labels(batch.labels),
+                                      batch.image_grid_thw);
     s.layers = request.layers;
     s.visual_mask = out.visual_mask;
     for (const auto& tap : out.taps) {

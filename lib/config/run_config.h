@@ -55,7 +55,9 @@ enum class Backend { Gloo, Nccl };
 inline constexpr std::pair<const char*, Backend> kBackendNames[] = {{"gloo", Backend::Gloo},
                                                                     {"nccl", Backend::Nccl}};
 
-inline constexpr const char* kModelPresetNames[] = {"tiny", "demo", "small", "llava-1.5-7b"};
+inline constexpr const char* kModelPresetNames[] = {
+    "tiny", "demo", "small", "llava-1.5-7b", "qwen2_5_vl_tiny", "qwen2_vl_tiny", "qwen2_5_vl_demo", "qwen2_5_vl_3b",
+    "qwen2_5_vl_7b"};
 
 struct ModelConfig {
   std::string preset = "tiny";
@@ -87,6 +89,8 @@ struct DataConfig {
   AspectMode image_aspect_ratio = AspectMode::Pad;
   std::vector<double> image_mean{0.48145466, 0.4578275, 0.40821073};
   std::vector<double> image_std{0.26862954, 0.26130258, 0.27577711};
+  int64_t image_min_pixels = 56 * 56;      // Qwen models: smart_resize bounds (preprocessor_config.json)
+  int64_t image_max_pixels = 12845056;
   BadSamplePolicy on_bad_sample = BadSamplePolicy::Error;
   bool allow_paths_outside_image_folder = false;
   bool group_by_length = false;
@@ -107,6 +111,10 @@ struct DataConfig {
     v.choice("image_aspect_ratio", image_aspect_ratio, kAspectNames, "pad to square with the mean colour, or crop");
     v.field("image_mean", image_mean, "per-channel normalisation mean (RGB)");
     v.field("image_std", image_std, "per-channel normalisation std (RGB)");
+    v.field("image_min_pixels", image_min_pixels, "Qwen models: images are resized to at least this many pixels",
+            Range::at_least(1));
+    v.field("image_max_pixels", image_max_pixels, "Qwen models: ... and at most this many (bounds memory per image)",
+            Range::at_least(1));
     v.choice("on_bad_sample", on_bad_sample, kBadSampleNames, "a bad sample stops the run, or is skipped and counted");
     v.field("allow_paths_outside_image_folder", allow_paths_outside_image_folder,
             "let image paths (../ or absolute) lead outside image_folder");
@@ -180,8 +188,8 @@ struct TrainConfig {
     v.field("eval_steps", eval_steps, "evaluate every N steps; 0 = at the end only", Range::at_least(0));
     v.field("max_nonfinite_steps", max_nonfinite_steps, "abort after this many non-finite steps in a row",
             Range::at_least(1));
-    v.field("freeze_vision_tower", freeze_vision_tower, "keep the vision tower fixed");
-    v.field("freeze_projector", freeze_projector, "keep the projector fixed");
+    v.field("freeze_vision_tower", freeze_vision_tower, "keep the vision tower fixed (Qwen: `visual` but its merger)");
+    v.field("freeze_projector", freeze_projector, "keep the projector fixed (Qwen: `visual.merger`)");
     v.field("freeze_language_model", freeze_language_model, "keep the decoder LLM fixed");
     v.field("freeze_regex", freeze_regex, "also freeze parameters whose name matches; empty = none");
     v.field("trainable_regex", trainable_regex, "unfreeze parameters whose name matches; empty = none");

@@ -57,7 +57,11 @@ std::string jpeg_problem(const std::string& b) {
 
 }  // namespace
 
-RgbImage load_image(const std::string& path) {
+namespace {
+
+// The file's bytes, its format checked; `w`, `h` from its header (when stb can read one) checked against
+// the size limits before any pixel is decoded.
+std::string read_image_file(const std::string& path, int& w, int& h) {
   std::string problem;
   const std::string bytes = try_read_regular_file(path, 256 * kMiB, problem);
   if (problem == "no such file") throw DataError(path + ": image file not found");
@@ -68,7 +72,8 @@ RgbImage load_image(const std::string& path) {
     if (std::string p = jpeg_problem(bytes); !p.empty()) throw DataError(path + ": corrupt JPEG: " + p);
   const auto* raw = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int n = static_cast<int>(bytes.size());
-  int w = 0, h = 0, channels = 0;
+  int channels = 0;
+  w = 0, h = 0;
   // A small file may claim a huge image (a decompression bomb), and a very thin one becomes a huge square
   // when padded or a huge strip when its short side is resized: both are checked before decoding.
   if (stbi_info_from_memory(raw, n, &w, &h, &channels)) {
@@ -80,7 +85,26 @@ RgbImage load_image(const std::string& path) {
       throw DataError(fmt::format("{}: image of {} x {} pixels has a side above the limit of {}", path, aw, ah, kMaxImageSide));
     if (hi > kMaxAspectRatio * lo)
       throw DataError(fmt::format("{}: image of {} x {} pixels has an aspect ratio above {}", path, aw, ah, kMaxAspectRatio));
+    w = static_cast<int>(aw), h = static_cast<int>(ah);
   }
+  return bytes;
+}
+
+}  // namespace
+
+std::pair<int, int> read_image_size(const std::string& path) {
+  int w = 0, h = 0;
+  read_image_file(path, w, h);
+  if (w <= 0 || h <= 0) throw DataError(path + ": cannot read the image size from its header");
+  return {w, h};
+}
+
+RgbImage load_image(const std::string& path) {
+  int w = 0, h = 0, channels = 0;
+  const std::string bytes = read_image_file(path, w, h);
+  const char* format = image_format(bytes);
+  const auto* raw = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int n = static_cast<int>(bytes.size());
   unsigned char* data = stbi_load_from_memory(raw, n, &w, &h, &channels, 3);
   if (!data) throw DataError(fmt::format("{}: cannot decode {} image ({})", path, format, stbi_failure_reason()));
   RgbImage image{w, h, std::vector<uint8_t>(data, data + static_cast<size_t>(w) * h * 3)};
@@ -179,25 +203,87 @@ double covered_area(const std::vector<std::array<double, 4>>& boxes, double x0, 
   return area;
 }
 
+// Boxes moved by `g`, covered share of each cell of a rows x cols grid of cell x cell pixels, row-major,
+// normalised to sum 1 (all zeros when nothing is covered).
+torch::Tensor grid_target(const std::vector<std::array<double, 4>>& boxes, const ImageGeometry& g, int64_t rows,
+                          int64_t cols, double cell) {
+  std::vector<std::array<double, 4>> moved;
+  for (const auto& b : boxes)
+    moved.push_back({b[0] * g.scale_x - g.offset_x, b[1] * g.scale_y - g.offset_y, b[2] * g.scale_x - g.offset_x,
+                     b[3] * g.scale_y - g.offset_y});
+  torch::Tensor target = torch::zeros({rows * cols}, torch::kFloat64);
+  auto t = target.accessor<double, 1>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      t[r * cols + c] = covered_area(moved, c * cell, r * cell, (c + 1) * cell, (r + 1) * cell) / (cell * cell);
+  const double total = target.sum().item<double>();
+  return (total > 0 ? target / total : target).to(torch::kFloat32);
+}
+
 }  // namespace
 
 torch::Tensor region_target(const std::vector<std::array<double, 4>>& boxes, int width, int height,
                             const ImageOptions& o, int64_t grid) {
   TORCH_CHECK(grid > 0 && o.size % grid == 0, "region_target: image size ", o.size, " is not a multiple of the ", grid,
               " patch grid");
-  const ImageGeometry g = image_geometry(width, height, o);
-  std::vector<std::array<double, 4>> moved;
-  for (const auto& b : boxes)
-    moved.push_back({b[0] * g.scale_x - g.offset_x, b[1] * g.scale_y - g.offset_y, b[2] * g.scale_x - g.offset_x,
-                     b[3] * g.scale_y - g.offset_y});
-  const double patch = static_cast<double>(o.size / grid);
-  torch::Tensor target = torch::zeros({grid * grid}, torch::kFloat64);
-  auto t = target.accessor<double, 1>();
-  for (int64_t r = 0; r < grid; ++r)
-    for (int64_t c = 0; c < grid; ++c)
-      t[r * grid + c] = covered_area(moved, c * patch, r * patch, (c + 1) * patch, (r + 1) * patch) / (patch * patch);
-  const double total = target.sum().item<double>();
-  return (total > 0 ? target / total : target).to(torch::kFloat32);
+  return grid_target(boxes, image_geometry(width, height, o), grid, grid, static_cast<double>(o.size / grid));
+}
+
+std::pair<int64_t, int64_t> smart_resize(int64_t height, int64_t width, const QwenImageOptions& o) {
+  const int64_t factor = o.patch_size * o.merge_size;
+  TORCH_CHECK(height > 0 && width > 0, "smart_resize: empty image");
+  // Python's round(): halves to even (std::nearbyint in the default rounding mode).
+  auto round_to = [&](double x) { return std::max<int64_t>(factor, static_cast<int64_t>(std::nearbyint(x / factor)) * factor); };
+  int64_t h = round_to(static_cast<double>(height)), w = round_to(static_cast<double>(width));
+  const double area = static_cast<double>(height) * static_cast<double>(width);
+  if (h * w > o.max_pixels) {
+    const double beta = std::sqrt(area / static_cast<double>(o.max_pixels));
+    h = std::max<int64_t>(factor, static_cast<int64_t>(std::floor(height / beta / factor)) * factor);
+    w = std::max<int64_t>(factor, static_cast<int64_t>(std::floor(width / beta / factor)) * factor);
+  } else if (h * w < o.min_pixels) {
+    const double beta = std::sqrt(static_cast<double>(o.min_pixels) / area);
+    h = static_cast<int64_t>(std::ceil(height * beta / factor)) * factor;
+    w = static_cast<int64_t>(std::ceil(width * beta / factor)) * factor;
+  }
+  return {h, w};
+}
+
+torch::Tensor qwen_patches(const torch::Tensor& frame, const QwenImageOptions& o) {
+  TORCH_CHECK(frame.dim() == 3 && frame.size(1) % (o.patch_size * o.merge_size) == 0 &&
+                  frame.size(2) % (o.patch_size * o.merge_size) == 0,
+              "qwen_patches: a (C, H, W) frame with H and W multiples of ", o.patch_size * o.merge_size, " expected, got ",
+              frame.sizes());
+  const int64_t c = frame.size(0), p = o.patch_size, m = o.merge_size, tp = o.temporal_patch_size;
+  const int64_t gh = frame.size(1) / p, gw = frame.size(2) / p;
+  // (tp, C, gh/m, m, p, gw/m, m, p) -> (gh/m, gw/m, m, m, C, tp, p, p): merge blocks, their patches, then
+  // channel, frame, pixel row, pixel column.
+  return frame.unsqueeze(0)
+      .expand({tp, c, frame.size(1), frame.size(2)})
+      .reshape({tp, c, gh / m, m, p, gw / m, m, p})
+      .permute({2, 5, 3, 6, 1, 0, 4, 7})
+      .reshape({gh * gw, c * tp * p * p})
+      .contiguous();
+}
+
+QwenPixels preprocess_qwen_image(const RgbImage& image, const QwenImageOptions& o,
+                                 const std::vector<std::array<double, 4>>& boxes) {
+  TORCH_CHECK(image.width > 0 && image.height > 0, "empty image");
+  auto [h, w] = smart_resize(image.height, image.width, o);
+  torch::Tensor x = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, 3}, torch::kUInt8)
+                        .permute({2, 0, 1})
+                        .to(torch::kFloat32);  // (3, H, W) in [0, 255]
+  x = resize(x, h, w);
+  torch::Tensor mean = torch::tensor(o.mean, torch::kFloat64).to(torch::kFloat32).view({3, 1, 1});
+  torch::Tensor stdev = torch::tensor(o.std, torch::kFloat64).to(torch::kFloat32).view({3, 1, 1});
+  QwenPixels out;
+  out.patches = qwen_patches((x / 255.0 - mean) / stdev, o);
+  out.grid_thw = {1, h / o.patch_size, w / o.patch_size};
+  if (!boxes.empty()) {
+    const ImageGeometry g{static_cast<double>(w) / image.width, static_cast<double>(h) / image.height, 0, 0};
+    const int64_t cell = o.patch_size * o.merge_size;
+    out.region_target = grid_target(boxes, g, h / cell, w / cell, static_cast<double>(cell));
+  }
+  return out;
 }
 
 }  // namespace modalign

@@ -10,13 +10,18 @@ namespace modalign {
 
 Batch Batch::to(torch::Device device) const {
   Batch b = *this;
-  for (torch::Tensor* t : {&b.input_ids, &b.labels, &b.attention_mask, &b.visual_mask, &b.pixel_values, &b.region_target})
+  for (torch::Tensor* t : {&b.input_ids, &b.labels, &b.attention_mask, &b.visual_mask, &b.pixel_values, &b.region_target,
+                           &b.image_grid_thw})
     if (t->defined()) *t = t->to(device);
   return b;
 }
 
 Processor::Processor(const DataConfig& config, const ModelInterface& model)
-    : config_(config), model_(model), image_options_{model.image_size, config.image_aspect_ratio, config.image_mean, config.image_std} {
+    : config_(config),
+      model_(model),
+      image_options_{model.image_size, config.image_aspect_ratio, config.image_mean, config.image_std},
+      qwen_options_{model.qwen_patch_size, model.qwen_merge_size, model.qwen_temporal_patch_size, config.image_min_pixels,
+                    config.image_max_pixels, config.image_mean, config.image_std} {
   if (config.tokenizer.empty()) throw DataError("data.tokenizer is not set (a SentencePiece .model, a tokenizer.json or its folder)");
   tokenizer_ = std::make_shared<Tokenizer>(config.tokenizer);
   if (config.chat_template == ChatTemplate::Qwen2VL)
@@ -34,20 +39,46 @@ Processor::Processor(const DataConfig& config, const ModelInterface& model)
                                 config.tokenizer, model.image_token_index, image, image));
 }
 
-Sample Processor::process(const Example& example) const {
-  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, false};
+Sample Processor::process(const Example& example) const { return make_sample(example, false, nullptr); }
+
+Sample Processor::prompt(const Example& example, const Sample* full) const { return make_sample(example, true, full); }
+
+Sample Processor::make_sample(const Example& example, bool prompt_only, const Sample* full) const {
+  Sample s;
+  s.id = example.id;
+  if (full) {
+    s.pixel_values = full->pixel_values, s.region_target = full->region_target, s.image_grid_thw = full->image_grid_thw;
+  } else if (!example.image.empty()) {
+    load_pixels(example, s);
+  }
+  int64_t tokens = model_.num_patches;
+  if (model_.qwen() && !s.image_grid_thw.empty())
+    tokens = s.image_grid_thw[0] * s.image_grid_thw[1] * s.image_grid_thw[2] / (model_.qwen_merge_size * model_.qwen_merge_size);
+  TokenizeOptions options{config_.chat_template, model_.image_token_index, tokens, config_.model_max_length, prompt_only};
   TokenizedExample t = tokenize_example(example, *tokenizer_, options);
-  Sample s{std::move(t.input_ids), std::move(t.labels), {}, example.id, {}};
-  if (!example.image.empty()) s.pixel_values = load_pixels(example, s.region_target);
+  s.input_ids = std::move(t.input_ids), s.labels = std::move(t.labels);
   return s;
 }
 
+int64_t Processor::image_tokens(const Example& example) const {
+  if (!model_.qwen() || example.image.empty()) return model_.num_patches;
+  try {
+    auto [w, h] = read_image_size(image_path(example));
+    auto [rh, rw] = smart_resize(h, w, qwen_options_);
+    const int64_t cell = model_.qwen_patch_size * model_.qwen_merge_size;
+    return (rh / cell) * (rw / cell);
+  } catch (const DataError& e) {
+    throw DataError(fmt::format("{}{}: {}", example.where, example.id.empty() ? "" : " (id " + example.id + ")", e.what()));
+  }
+}
+
 int64_t Processor::length(const Example& example) const {
-  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, false};
+  TokenizeOptions options{config_.chat_template, model_.image_token_index, image_tokens(example), config_.model_max_length,
+                          false};
   return static_cast<int64_t>(tokenize_example(example, *tokenizer_, options).input_ids.size());
 }
 
-torch::Tensor Processor::load_pixels(const Example& example, torch::Tensor& target) const {
+std::string Processor::image_path(const Example& example) const {
   namespace fs = std::filesystem;
   // Lexically (`..` and absolute paths), not through links: a folder may link to where its images live.
   fs::path folder = fs::absolute(config_.image_folder.empty() ? "." : config_.image_folder).lexically_normal();
@@ -60,45 +91,52 @@ torch::Tensor Processor::load_pixels(const Example& example, torch::Tensor& targ
                                 "data.allow_paths_outside_image_folder: true to allow it)",
                                 example.where, example.id.empty() ? "" : " (id " + example.id + ")", example.image,
                                 resolved.string(), folder.string()));
+  return path;
+}
+
+void Processor::load_pixels(const Example& example, Sample& s) const {
+  const std::string path = image_path(example);
   try {
     const RgbImage image = load_image(path);
+    if (model_.qwen()) {
+      QwenPixels px = preprocess_qwen_image(image, qwen_options_, example.regions);
+      if (!example.regions.empty() && px.region_target.sum().item<double>() <= 0)
+        throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
+      s.pixel_values = px.patches, s.image_grid_thw = px.grid_thw;
+      if (!example.regions.empty()) s.region_target = px.region_target;
+      return;
+    }
+    torch::Tensor& target = s.region_target;
     if (!example.regions.empty()) {
       const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(model_.num_patches))));
       target = region_target(example.regions, image.width, image.height, image_options_, grid);
       if (target.sum().item<double>() <= 0)
         throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
     }
-    return preprocess_image(image, image_options_);
+    s.pixel_values = preprocess_image(image, image_options_);
   } catch (const DataError& e) {
     throw DataError(fmt::format("{}{}: {}", example.where, example.id.empty() ? "" : " (id " + example.id + ")", e.what()));
   }
 }
 
-Sample Processor::prompt(const Example& example, const Sample* full) const {
-  TokenizeOptions options{config_.chat_template, model_.image_token_index, model_.num_patches, config_.model_max_length, true};
-  TokenizedExample t = tokenize_example(example, *tokenizer_, options);
-  Sample s{std::move(t.input_ids), std::move(t.labels), {}, example.id, {}};
-  if (full) s.pixel_values = full->pixel_values, s.region_target = full->region_target;
-  else if (!example.image.empty()) s.pixel_values = load_pixels(example, s.region_target);
-  return s;
-}
-
 Batch Processor::collate(const std::vector<Sample>& samples) const {
-  return modalign::collate(samples, std::max<int64_t>(tokenizer_->pad_id(), 0), model_.image_token_index, model_.image_size,
-                           model_.num_patches);
+  return modalign::collate(samples, std::max<int64_t>(tokenizer_->pad_id(), 0), model_);
 }
 
-Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size,
-              int64_t num_patches) {
+Batch collate(const std::vector<Sample>& samples, int64_t pad_id, const ModelInterface& model) {
+  const int64_t image_token_index = model.image_token_index;
   Batch b;
   const int64_t n = static_cast<int64_t>(samples.size());
-  int64_t t = 0;
-  for (const auto& s : samples) t = std::max<int64_t>(t, static_cast<int64_t>(s.input_ids.size()));
+  int64_t t = 0, nv = model.qwen() ? 0 : model.num_patches;  // Nv: image tokens of the sample holding most
+  for (const auto& s : samples) {
+    t = std::max<int64_t>(t, static_cast<int64_t>(s.input_ids.size()));
+    nv = std::max<int64_t>(nv, std::count(s.input_ids.begin(), s.input_ids.end(), image_token_index));
+  }
   b.input_ids = torch::full({n, t}, pad_id, torch::kInt64);
   b.labels = torch::full({n, t}, -100, torch::kInt64);
   b.attention_mask = torch::zeros({n, t}, torch::kBool);
-  b.region_target = torch::zeros({n, num_patches}, torch::kFloat32);
-  std::vector<torch::Tensor> images;
+  b.region_target = torch::zeros({n, nv}, torch::kFloat32);
+  std::vector<torch::Tensor> images, grids;
   for (int64_t i = 0; i < n; ++i) {
     const Sample& s = samples[i];
     const int64_t len = static_cast<int64_t>(s.input_ids.size());
@@ -109,11 +147,19 @@ Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_
     TORCH_CHECK(has_image_tokens == s.pixel_values.defined(), "sample ", s.id,
                 has_image_tokens ? " holds image tokens but no image" : " has an image but no image tokens");
     if (s.pixel_values.defined()) images.push_back(s.pixel_values);
-    if (s.region_target.defined()) b.region_target[i].copy_(s.region_target);
+    if (!s.image_grid_thw.empty()) grids.push_back(torch::tensor(s.image_grid_thw, torch::kInt64));
+    if (s.region_target.defined()) b.region_target[i].slice(0, 0, s.region_target.size(0)).copy_(s.region_target);
     b.ids.push_back(s.id);
   }
   b.visual_mask = (b.input_ids == image_token_index) & b.attention_mask;
-  b.pixel_values = images.empty() ? torch::zeros({0, 3, image_size, image_size}) : torch::stack(images);
+  if (model.qwen()) {
+    const int64_t k = 3 * model.qwen_temporal_patch_size * model.qwen_patch_size * model.qwen_patch_size;
+    TORCH_CHECK(grids.size() == images.size(), "every image of a Qwen batch needs its image_grid_thw");
+    b.pixel_values = images.empty() ? torch::zeros({0, k}) : torch::cat(images);
+    b.image_grid_thw = grids.empty() ? torch::zeros({0, 3}, torch::kInt64) : torch::stack(grids);
+  } else {
+    b.pixel_values = images.empty() ? torch::zeros({0, 3, model.image_size, model.image_size}) : torch::stack(images);
+  }
   return b;
 }
 

@@ -1,10 +1,12 @@
 // Processor: one dataset Example -> one model-ready Sample (token ids and labels through the chat
 // template, the image decoded and preprocessed), and Collator: Samples -> a right-padded Batch.
 //
-// Batch layout (B batch, T tokens, N samples holding an image, S image side, Nv image tokens): input_ids,
-// labels, attention_mask, visual_mask (B, T); pixel_values (N, 3, S, S), one per sample with image tokens,
-// in batch order (text-only samples have none); region_target (B, Nv), a sample's "regions" as a
-// distribution over its image tokens (a zero row when it has none).
+// Batch layout (B batch, T tokens, N samples holding an image, S image side, Nv image tokens of the sample
+// holding most): input_ids, labels, attention_mask, visual_mask (B, T); pixel_values (N, 3, S, S), one
+// per sample with image tokens, in batch order (text-only samples have none) — for a Qwen model the
+// patch rows of those images one after another (sum of t h w, K) with image_grid_thw (N, 3), each image
+// its own size and number of tokens; region_target (B, Nv), a sample's "regions" as a distribution over
+// its image tokens (a zero row when it has none, zero past its image tokens).
 #pragma once
 #include <torch/torch.h>
 
@@ -22,14 +24,16 @@ namespace modalign {
 
 struct Sample {
   std::vector<int64_t> input_ids, labels;
-  torch::Tensor pixel_values;  // (3, S, S), undefined for a text-only sample
+  torch::Tensor pixel_values;  // (3, S, S) (Qwen: (t h w, K) patch rows), undefined for a text-only sample
   std::string id;
   torch::Tensor region_target;  // (Nv) float32 summing to 1, undefined without "regions"
+  std::vector<int64_t> image_grid_thw;  // Qwen: (t, h, w) patches of the image
 };
 
 struct Batch {
   torch::Tensor input_ids, labels, attention_mask, visual_mask;  // (B, T)
-  torch::Tensor pixel_values;                                     // (N, 3, S, S)
+  torch::Tensor pixel_values;                                     // (N, 3, S, S); Qwen: (patches, K)
+  torch::Tensor image_grid_thw;                                   // Qwen: (N, 3) int64; else undefined
   torch::Tensor region_target;                                    // (B, Nv) float32, zero rows = none
   std::vector<std::string> ids;
   int64_t skipped = 0;  // bad samples dropped from this batch (on_bad_sample: skip)
@@ -37,12 +41,15 @@ struct Batch {
   Batch to(torch::Device device) const;  // every tensor moved to `device`
 };
 
-// What the data side needs to know about the model.
+// What the data side needs to know about the model. qwen_patch_size > 0: a Qwen model, whose images
+// keep their size (smart_resize) and take t h w / merge^2 image tokens each.
 struct ModelInterface {
   int64_t image_size = 16;
   int64_t num_patches = 16;
   int64_t image_token_index = 3;
   int64_t vocab_size = 64;
+  int64_t qwen_patch_size = 0, qwen_merge_size = 2, qwen_temporal_patch_size = 2;
+  bool qwen() const { return qwen_patch_size > 0; }
 };
 
 class Processor {
@@ -66,15 +73,22 @@ class Processor {
   const ModelInterface& model() const { return model_; }
 
  private:
-  // The example's image, preprocessed (3, S, S); its regions' target into `target` when it has regions.
-  torch::Tensor load_pixels(const Example& example, torch::Tensor& target) const;
+  // Tokenised with the example's image span, its image preprocessed (and regions' target) into `s`.
+  Sample make_sample(const Example& example, bool prompt_only, const Sample* full) const;
+  // The example's image file, confined to data.image_folder unless allowed otherwise.
+  std::string image_path(const Example& example) const;
+  // The example's image preprocessed into s.pixel_values (s.region_target when it has regions,
+  // s.image_grid_thw for Qwen).
+  void load_pixels(const Example& example, Sample& s) const;
+  // Image tokens the example's image takes (Qwen: from its header's size; LLaVA: num_patches).
+  int64_t image_tokens(const Example& example) const;
   DataConfig config_;
   ModelInterface model_;
   std::shared_ptr<Tokenizer> tokenizer_;
   ImageOptions image_options_;
+  QwenImageOptions qwen_options_;
 };
 
-Batch collate(const std::vector<Sample>& samples, int64_t pad_id, int64_t image_token_index, int64_t image_size,
-              int64_t num_patches);
+Batch collate(const std::vector<Sample>& samples, int64_t pad_id, const ModelInterface& model);
 
 }  // namespace modalign

@@ -27,6 +27,15 @@ std::string model_name(const std::string& name) {
   return name;
 }
 
+}  // namespace
+
+std::string qwen_hub_name(const std::string& name) {
+  if (starts(name, "language_model.model.") || starts(name, "language_model.lm_head.")) return name.substr(15);
+  return name;
+}
+
+namespace {
+
 std::string list(const std::vector<std::string>& names) {
   const size_t shown = 20;
   std::vector<std::string> head(names.begin(), names.begin() + std::min(names.size(), shown));

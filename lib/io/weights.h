@@ -30,6 +30,10 @@ LoadReport load_weights(torch::nn::Module& module, const std::string& path, bool
 LoadReport load_weights(torch::nn::Module& module, const NamedTensors& tensors, const std::string& source,
                         bool strict = true);
 
+// A Qwen model's parameter name as the original Hub checkpoints spell it (`language_model.model.*` ->
+// `model.*`, `language_model.lm_head.*` -> `lm_head.*`, `visual.*` unchanged): what `convert` writes.
+std::string qwen_hub_name(const std::string& name);
+
 // Every parameter and buffer of `module` (CPU, contiguous) under its name.
 std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& module);
 

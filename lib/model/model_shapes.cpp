@@ -32,7 +32,14 @@ ModelShapes preset_shapes(const std::string& name) {
     s.family = name == "qwen2_vl_tiny" ? ModelFamily::Qwen2VL : ModelFamily::Qwen2_5VL;
     if (s.family == ModelFamily::Qwen2VL) s.qwen_vision.window_size = 0, s.qwen_vision.fullatt_block_indexes = {};
     s.text = {96, 32, 64, 2, 4, 2, 1e-6, 1e6, false, true, {1, 1, 2}};
-    s.image_token_index = 5, s.vision_start_token_id = 3;
+    s.image_token_index = 5;
+    return s;
+  }
+  if (name == "qwen2_5_vl_demo") {  // the `demo` decoder with a Qwen2.5-VL tower: 8-pixel patches, 2 x 2 windows
+    s.family = ModelFamily::Qwen2_5VL;
+    s.qwen_vision = {4, 192, 512, 4, 3, 8, 2, 2, 32, {1, 3}, 256};
+    s.text = {512, 256, 688, 6, 8, 4, 1e-6, 1e6, true, true, {4, 6, 6}};
+    s.image_token_index = 3;
     return s;
   }
   if (name == "qwen2_5_vl_3b" || name == "qwen2_5_vl_7b") {  // the released models' config.json shapes
@@ -41,12 +48,12 @@ ModelShapes preset_shapes(const std::string& name) {
     s.qwen_vision = {32, 1280, 3420, 16, 3, 14, 2, 2, 112, {7, 15, 23, 31}, big ? 3584 : 2048};
     s.text = big ? TextShapes{152064, 3584, 18944, 28, 28, 4, 1e-6, 1e6, false, true, {16, 24, 24}}
                  : TextShapes{151936, 2048, 11008, 36, 16, 2, 1e-6, 1e6, true, true, {16, 24, 24}};
-    s.image_token_index = 151655, s.vision_start_token_id = 151652;
+    s.image_token_index = 151655;
     return s;
   }
   throw std::invalid_argument("unknown model preset '" + name +
                               "' (known: tiny, demo, small, llava-1.5-7b, qwen2_5_vl_tiny, qwen2_vl_tiny, "
-                              "qwen2_5_vl_3b, qwen2_5_vl_7b)");
+                              "qwen2_5_vl_demo, qwen2_5_vl_3b, qwen2_5_vl_7b)");
 }
 
 namespace {
@@ -107,10 +114,9 @@ void read_qwen(const nlohmann::json& j, ModelShapes& s) {
   for (const nlohmann::json* src : {&j, &t})
     if (src->contains("rope_scaling") && (*src)["rope_scaling"].is_object())
       read((*src)["rope_scaling"], "mrope_section", s.text.mrope_section);
-  s.image_token_index = 151655, s.vision_start_token_id = 151652;
+  s.image_token_index = 151655;
   for (const nlohmann::json* src : {&j, &t}) {
     read(*src, "image_token_id", s.image_token_index);
-    read(*src, "vision_start_token_id", s.vision_start_token_id);
     read(*src, "initializer_range", s.initializer_range);
   }
 }
@@ -186,8 +192,6 @@ void check_shapes(const ModelShapes& s) {
             "vision window_size must be a multiple of patch_size x spatial_merge_size");
     for (int64_t b : q.fullatt_block_indexes)
       require(b >= 0 && b < q.depth, fmt::format("fullatt_block_indexes holds {}, outside the {} blocks", b, q.depth));
-    require(s.vision_start_token_id >= 0 && s.vision_start_token_id < s.text.vocab_size,
-            "vision_start_token_id out of range");
     require(s.image_token_index >= 0 && s.image_token_index < s.text.vocab_size, "image_token_id out of range");
     require(s.initializer_range > 0, "initializer_range must be positive");
     return;

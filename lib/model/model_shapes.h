@@ -66,7 +66,6 @@ struct ModelShapes {  // LlavaConfig, Qwen2VLConfig, Qwen2_5_VLConfig
   ProjectorKind projector = ProjectorKind::Mlp2xGelu;
   int64_t vision_feature_layer = -2;  // hidden_states index: -2 = output of the second-to-last layer
   int64_t image_token_index = 3;       // Qwen: image_token_id (<|image_pad|>)
-  int64_t vision_start_token_id = -1;  // Qwen: <|vision_start|>, the token before each image span
   bool moda_aligner = false;
   double initializer_range = 0.02;  // std of the normal(0, std) initial weights (Hugging Face _init_weights)
 
@@ -79,15 +78,16 @@ struct ModelShapes {  // LlavaConfig, Qwen2VLConfig, Qwen2_5_VLConfig
 
 // "tiny" (tests, the golden file's shapes), "demo" (~10 M parameters), "small" (~100 M),
 // "llava-1.5-7b" (the real model's shapes); "qwen2_5_vl_tiny" (the Qwen golden file's shapes),
-// "qwen2_vl_tiny" (the same sizes in the Qwen2-VL layout), "qwen2_5_vl_3b", "qwen2_5_vl_7b".
+// "qwen2_vl_tiny" (the same sizes in the Qwen2-VL layout), "qwen2_5_vl_demo" (`demo`'s decoder, a
+// Qwen2.5-VL tower for the synthetic benchmark), "qwen2_5_vl_3b", "qwen2_5_vl_7b".
 // Throws std::invalid_argument listing the presets.
 ModelShapes preset_shapes(const std::string& name);
 
 // Reads a Hugging Face config.json. LLaVA (vision_config, text_config, projector_hidden_act,
 // vision_feature_layer, image_token_index, initializer_range at the top level or in text_config);
 // `model_type` qwen2_vl / qwen2_5_vl: vision_config, the text fields at the top level (older
-// transformers) or in text_config (newer), rope_scaling.mrope_section, image_token_id,
-// vision_start_token_id. Unset fields keep the Hugging Face defaults.
+// transformers) or in text_config (newer), rope_scaling.mrope_section, image_token_id (image spans are
+// found by their tokens, so vision_start_token_id is not needed). Unset fields keep the Hugging Face defaults.
 ModelShapes shapes_from_hf_config(const std::string& path);
 
 // Rejects inconsistent shapes (heads not dividing the width, odd head dim, feature layer out of range).

@@ -77,6 +77,24 @@ printf 'model: {hf_config: %s/config.json}\nlosses: [{name: attention_kl}]\n' "$
 check convert 0 "wrote $tmp/export.safetensors" "$bin" convert -c "$tmp/model_only.yaml" --checkpoint "$tmp/run" \
   --out "$tmp/export.safetensors" --merge-lora
 check convert-inspect 0 'language_model.model.norm.weight' "$bin" inspect "$tmp/export.safetensors"
+# The Qwen2.5-VL family through the CLI: a 2-step run of the qwen2_5_vl_demo preset (the 16-pixel images
+# become 64 x 64 by min_pixels: 16 image tokens), probe, generate, and convert writing the Hub names.
+cat > "$tmp/qwen.yaml" <<Y
+model: {preset: qwen2_5_vl_demo}
+data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: vicuna_v1}
+train: {output_dir: run-qwen, max_steps: 2, per_device_train_batch_size: 4, num_threads: 1}
+losses: [{name: dual_channel}, {name: attention_kl}]
+logging: {progress: plain}
+Y
+check qwen-train 0 'finished after 2 steps' "$bin" train -c "$tmp/qwen.yaml"
+check qwen-probe 0 'on eval_conflict \(6 samples with an image\)' "$bin" probe -c "$tmp/qwen.yaml" \
+  --checkpoint "$tmp/run-qwen" --data "$tmp/data/eval_conflict.json" --out "$tmp/probe-qwen"
+check qwen-generate 0 "answers: $tmp/answers-qwen.jsonl" "$bin" generate -c "$tmp/qwen.yaml" --checkpoint "$tmp/run-qwen" \
+  --data "$tmp/data/eval_conflict.json" --out "$tmp/answers-qwen.jsonl"
+check qwen-convert 0 "wrote $tmp/qwen.safetensors" "$bin" convert -c "$tmp/qwen.yaml" --checkpoint "$tmp/run-qwen" \
+  --out "$tmp/qwen.safetensors"
+check qwen-convert-names 0 '^  model\.layers\.0\.self_attn\.q_proj\.bias ' "$bin" inspect "$tmp/qwen.safetensors"
+check qwen-convert-merger 0 '^  visual\.merger\.mlp\.0\.weight ' "$bin" inspect "$tmp/qwen.safetensors"
 # tokenize with the fixture's SentencePiece model: --add-special puts BOS (1) first; the ids decode back.
 check tokenize-spm 0 '^1 [0-9 ]+$' "$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?' --add-special
 ids=$("$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?')

@@ -106,6 +106,33 @@ TEST_F(TrainerTest, ResumeIsBitwiseEqualWithAttentionKlOn) {
   expect_bitwise_resume(c, dir_->path(), "kl_resume");
 }
 
+TEST_F(TrainerTest, QwenFamilyTrainsWithAlignmentLossesAndResumesBitwise) {
+  // A Qwen2.5-VL of the golden file's shapes with the benchmark's vocabulary: the 16-pixel synth images
+  // are resized to 32 x 32 (image_min_pixels 1024), 8 x 8 patches, 16 image tokens in 4 windows.
+  std::string hf = dir_->write("qwen_config.json", R"({"model_type": "qwen2_5_vl", "image_token_id": 3,
+    "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+    "vision_config": {"depth": 4, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "patch_size": 4,
+    "window_size": 16, "fullatt_block_indexes": [1, 3], "out_hidden_size": 32}})");
+  RunConfig c = config("qwen_resume");
+  c.model.hf_config = hf;
+  c.data.image_min_pixels = 1024;
+  LossEntry kl;
+  kl.name = "attention_kl";
+  c.losses.push_back(kl);
+  expect_bitwise_resume(c, dir_->path(), "qwen_resume");
+  // The tower trained (freeze_vision_tower: false) and the checkpoint holds the Qwen names.
+  NamedTensors first = load_tensors((dir_->path() / "qwen_resume/step-000003/model.safetensors").string());
+  NamedTensors last = load_tensors((dir_->path() / "qwen_resume/step-000006/model.safetensors").string());
+  bool found = false;
+  for (size_t i = 0; i < first.size(); ++i) {
+    if (first[i].first != "visual.blocks.0.attn.qkv.weight") continue;
+    found = true;
+    EXPECT_FALSE(torch::equal(first[i].second, last[i].second));
+  }
+  EXPECT_TRUE(found);
+}
+
 TEST_F(TrainerTest, RegionAndSinkLossesTrainEndToEndAndFall) {
   // Each loss alone, 40 steps on synth data: its own value falls.
   struct Case {

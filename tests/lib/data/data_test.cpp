@@ -16,6 +16,7 @@
 #include "lib/data/processor.h"
 #include "lib/data/sampler.h"
 #include "lib/data/synth.h"
+#include "lib/io/safetensors.h"
 #include "test_util.h"
 
 namespace modalign {
@@ -360,7 +361,7 @@ TEST_F(Data, CollatorPadsRightAndMarksImages) {
   Processor processor(config(), ModelInterface{16, 16, 3, 512});
   Sample with = processor.process(example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}}));
   Sample without = processor.process(example({{true, "Say hi"}, {false, "hi"}}, ""));
-  Batch b = collate({without, with}, 0, 3, 16, 16);
+  Batch b = collate({without, with}, 0, ModelInterface{16, 16, 3, 512});
   const int64_t t = static_cast<int64_t>(std::max(with.input_ids.size(), without.input_ids.size()));
   EXPECT_EQ(b.input_ids.sizes(), (std::vector<int64_t>{2, t}));
   EXPECT_EQ(b.pixel_values.sizes(), (std::vector<int64_t>{1, 3, 16, 16}));
@@ -516,6 +517,86 @@ TEST_F(Data, SynthWritesTypesRegionsChanceHintsAndOneTokenizer) {
   synthesize(o);
   EXPECT_EQ(test::read_text((dir.path() / "chance/tokenizer.model").string()),
             test::read_text((dir.path() / "other/tokenizer.model").string()));
+}
+
+// ---------------------------------------------------------------- Qwen images: any size, patch rows
+
+namespace qwen {
+
+TEST(QwenImages, SmartResizeByHand) {
+  QwenImageOptions o;  // factor 28, min 3136
+  o.max_pixels = 28 * 28 * 100;
+  EXPECT_EQ(smart_resize(100, 200, o), (std::pair<int64_t, int64_t>{112, 196}));  // round(3.57)=4, round(7.14)=7
+  // 1008 x 1988 is above 78,400 pixels: beta = sqrt(2e6 / 78400) = 5.05; floor(7.07) = 7, floor(14.1) = 14.
+  EXPECT_EQ(smart_resize(1000, 2000, o), (std::pair<int64_t, int64_t>{196, 392}));
+  // 28 x 28 is below 3,136: beta = sqrt(3136 / 200) = 3.96; ceil(1.41) = 2, ceil(2.83) = 3.
+  EXPECT_EQ(smart_resize(10, 20, o), (std::pair<int64_t, int64_t>{56, 84}));
+  // Halves round to even like Python's round(): 52 / 8 = 6.5 -> 6, 60 / 8 = 7.5 -> 8.
+  QwenImageOptions small{4, 2, 2, 64, 1000000, {0, 0, 0}, {1, 1, 1}};
+  EXPECT_EQ(smart_resize(52, 60, small), (std::pair<int64_t, int64_t>{48, 64}));
+}
+
+TEST(QwenImages, PatchRowsInTheProcessorOrder) {
+  // The golden file's two normalised frames, flattened by hand in its generator, are its pixel_values.
+  SafetensorsFile golden(test::qwen_golden_path());
+  QwenImageOptions o{4, 2, 2, 64, 1000000, {0, 0, 0}, {1, 1, 1}};
+  torch::Tensor rows = torch::cat({qwen_patches(golden.tensor("golden.images.0"), o),
+                                   qwen_patches(golden.tensor("golden.images.1"), o)});
+  EXPECT_TRUE(torch::equal(rows, golden.tensor("golden.pixel_values")));
+}
+
+TEST(QwenImages, PreprocessKeepsTheShapeAndMovesRegions) {
+  // A 60 x 30 two-colour image (left half red, right half blue); factor 8: 32 x 64 pixels, 8 x 16 patches,
+  // 4 x 8 merged tokens.
+  RgbImage image{60, 30, std::vector<uint8_t>(60 * 30 * 3, 0)};
+  for (int y = 0; y < 30; ++y)
+    for (int x = 0; x < 60; ++x) image.pixels[(y * 60 + x) * 3 + (x < 30 ? 0 : 2)] = 255;
+  QwenImageOptions o{4, 2, 2, 64, 1000000, {0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}};
+  QwenPixels px = preprocess_qwen_image(image, o, {{0, 0, 30, 30}});
+  EXPECT_EQ(px.grid_thw, (std::vector<int64_t>{1, 8, 16}));
+  ASSERT_EQ(px.patches.sizes(), (std::vector<int64_t>{128, 96}));
+  // Row 0 is the top-left patch: red channel 1, green and blue -1 (both frames, every pixel).
+  torch::Tensor first = px.patches[0].view({3, 2, 4, 4});
+  EXPECT_TRUE(torch::allclose(first[0], torch::ones({2, 4, 4}), 0, 1e-6));
+  EXPECT_TRUE(torch::allclose(first[2], -torch::ones({2, 4, 4}), 0, 1e-6));
+  // The last row is the bottom-right patch: blue.
+  EXPECT_TRUE(torch::allclose(px.patches[127].view({3, 2, 4, 4})[2], torch::ones({2, 4, 4}), 0, 1e-6));
+  // The box over the left half covers merged columns 0-3 of each of the 4 rows: 1/16 each.
+  torch::Tensor expected = torch::zeros({4, 8});
+  expected.slice(1, 0, 4).fill_(1.0 / 16);
+  EXPECT_TRUE(torch::allclose(px.region_target, expected.flatten(), 0, 1e-6));
+}
+
+}  // namespace qwen
+
+TEST_F(Data, QwenProcessorGivesEachImageItsOwnSpan) {
+  // A Qwen model interface (patch 4, merge 2): the 16 x 16 synth image takes 2 x 2 = 4 image tokens
+  // (factor 8, min_pixels 64), a 40 x 24 one 5 x 3 = 15; the batch pads region targets to the longest span.
+  DataConfig c = config();
+  c.image_min_pixels = 64;
+  const ModelInterface qwen{0, 0, 3, 512, 4, 2, 2};
+  Processor processor(c, qwen);
+  RgbImage wide{40, 24, std::vector<uint8_t>(40 * 24 * 3, 128)};
+  save_png(synth_dir() + "/images/wide.png", wide);
+  Example a = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}});
+  Example b = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}}, "images/wide.png");
+  b.regions = {{0, 0, 40, 24}};
+  Sample sa = processor.process(a), sb = processor.process(b);
+  auto count = [](const Sample& s) { return std::count(s.input_ids.begin(), s.input_ids.end(), 3); };
+  EXPECT_EQ(count(sa), 4);
+  EXPECT_EQ(count(sb), 15);
+  EXPECT_EQ(processor.length(b), static_cast<int64_t>(sb.input_ids.size()));  // from the header only
+  EXPECT_EQ(sb.image_grid_thw, (std::vector<int64_t>{1, 6, 10}));
+  Batch batch = processor.collate({sa, processor.process(example({{true, "Hello"}, {false, "hi"}}, "")), sb});
+  EXPECT_EQ(batch.pixel_values.sizes(), (std::vector<int64_t>{16 + 60, 96}));
+  EXPECT_TRUE(torch::equal(batch.image_grid_thw, torch::tensor({{1, 4, 4}, {1, 6, 10}})));
+  ASSERT_EQ(batch.region_target.sizes(), (std::vector<int64_t>{3, 15}));
+  EXPECT_NEAR(batch.region_target[2].sum().item<double>(), 1.0, 1e-6);
+  EXPECT_EQ(batch.region_target[0].sum().item<double>(), 0.0);
+  // An image whose span cannot fit model_max_length is an error naming the sample.
+  c.model_max_length = 20;
+  Processor tight(c, qwen);
+  test::expect_error<DataError>([&] { tight.process(b); }, {"(id ex)"});
 }
 
 }  // namespace

@@ -68,6 +68,23 @@ TEST_F(QwenGolden, PresetMatchesTheFileConfig) {
   EXPECT_EQ(count_parameters(s), n);
 }
 
+TEST(QwenModel, ReleasedShapesCountLikeTheModelCards) {
+  // Qwen2.5-VL-7B-Instruct and -3B-Instruct: 8,292,166,656 and 3,754,622,976 parameters (safetensors index).
+  EXPECT_EQ(count_parameters(preset_shapes("qwen2_5_vl_7b")), 8292166656);
+  EXPECT_EQ(count_parameters(preset_shapes("qwen2_5_vl_3b")), 3754622976);
+  EXPECT_NO_THROW(check_shapes(preset_shapes("qwen2_5_vl_demo")));
+}
+
+TEST_F(QwenGolden, ConvertWritesHubNamesThatLoadBack) {
+  VisionLanguageModel model = load_model(torch::kFloat64);
+  NamedTensors hub;
+  for (auto [name, t] : named_state(*model)) hub.emplace_back(qwen_hub_name(name), t);
+  for (const auto& [name, t] : hub) EXPECT_TRUE(golden_->contains(name)) << name;  // exactly the file's names
+  VisionLanguageModel again(preset_shapes("qwen2_5_vl_tiny"));
+  again->to(torch::kFloat64);
+  EXPECT_EQ(load_weights(*again, hub, "hub names", true).loaded, hub.size());
+}
+
 TEST_F(QwenGolden, PositionIdsLikeGetRopeIndex) {
   ModelShapes s = preset_shapes("qwen2_5_vl_tiny");
   torch::Tensor pos = qwen_position_ids(s, g("input_ids"), g("attention_mask"), g("image_grid_thw"));
