@@ -198,6 +198,30 @@ TEST_F(QwenGolden, ImagesInOneBatchNeverAttendToEachOther) {
   EXPECT_LT(max_abs(alone, g("vision_features").slice(0, 16)), 1e-9);
 }
 
+TEST_F(QwenGolden, AlignerAndPerImageKeyProbabilitiesWithSpansOfTwoLengths) {
+  // The MODA aligner (non-trivial gamma) on the Qwen decoder, and probs_to_visual when sample 0 holds 16
+  // image tokens and sample 1 holds 8: columns past a sample's span are zero, the others are P at its
+  // image keys in position order, and they add up to visual_mass.
+  ModelShapes s = preset_shapes("qwen2_5_vl_tiny");
+  s.moda_aligner = true;
+  VisionLanguageModel model(s);
+  model->to(torch::kFloat64);
+  load_weights(*model, weights(false), "qwen golden", /*strict=*/false);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters())
+    if (p.key().find(".gamma") != std::string::npos) p.value().fill_(0.5);
+  ModelOutput out = model->forward(g("input_ids"), g("attention_mask"), g("pixel_values"), TapRequest{{1}, true, true},
+                                   {}, {}, g("image_grid_thw"));
+  EXPECT_GT((out.logits - g("logits")).abs().index({real()}).max().item<double>(), 1e-6);  // the aligner acts
+  const LayerTap& tap = out.taps[0];
+  ASSERT_EQ(tap.probs_to_visual.sizes(), (std::vector<int64_t>{3, 4, 28, 16}));
+  EXPECT_EQ(tap.probs_to_visual[1].slice(-1, 8).abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(tap.probs_to_visual[2].abs().sum().item<double>(), 0.0);
+  torch::Tensor image_keys = torch::nonzero(g("visual_mask")[1]).flatten();  // sample 1's 8 image positions
+  EXPECT_TRUE(torch::allclose(tap.probs_to_visual[1].slice(-1, 0, 8), tap.probs[1].index_select(-1, image_keys), 0, 1e-15));
+  EXPECT_TRUE(torch::allclose(tap.probs_to_visual.sum(-1), tap.visual_mass, 0, 1e-12));
+}
+
 TEST(QwenModel, Qwen2VlLayoutNamesAndIsolation) {
   ModelShapes s = preset_shapes("qwen2_vl_tiny");
   torch::manual_seed(0);
