@@ -184,13 +184,20 @@ torch::Tensor QwenVisionModelImpl::embed_patches(const torch::Tensor& pixel_valu
 }
 
 torch::Tensor QwenVisionModelImpl::forward(const torch::Tensor& pixel_values, const torch::Tensor& image_grid_thw) {
+  torch::Tensor order;
+  torch::Tensor hidden = encode(pixel_values, image_grid_thw, order);
+  return merge(hidden, order);
+}
+
+torch::Tensor QwenVisionModelImpl::encode(const torch::Tensor& pixel_values, const torch::Tensor& image_grid_thw,
+                                          torch::Tensor& order) {
   VisionLayout layout = vision_layout(shapes, image_grid_thw);
   const int64_t n = layout.rot_pos_ids.size(0), mu = shapes.merge_unit(), c = shapes.hidden_size;
   TORCH_CHECK(pixel_values.size(0) == n, "pixel_values holds ", pixel_values.size(0), " patch rows but image_grid_thw ",
               "describes ", n);
   const auto dev = pixel_values.device();
   torch::Tensor x = embed_patches(pixel_values);
-  torch::Tensor order = layout.window_index.to(dev);
+  order = layout.window_index.to(dev);
   // 2-D rotary angles: row * f for the first d/4 channels, col * f for the next, f = 10000^(-2i / (d/2)).
   const int64_t half = shapes.head_dim() / 2;
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
@@ -207,7 +214,12 @@ torch::Tensor QwenVisionModelImpl::forward(const torch::Tensor& pixel_values, co
     bool windowed = shapes.window_size > 0 && std::find(full.begin(), full.end(), b) == full.end();
     x = blocks[b]->as<QwenVisionBlockImpl>()->forward(x, cos, sin, windowed ? layout.cu_window_seqlens : layout.cu_seqlens);
   }
-  torch::Tensor merged = merger_ln_q(x).view({n / mu, mu * c});                   // (M, 4C)
+  return x;
+}
+
+torch::Tensor QwenVisionModelImpl::merge(const torch::Tensor& hidden, const torch::Tensor& order) {
+  const int64_t mu = shapes.merge_unit(), c = shapes.hidden_size;
+  torch::Tensor merged = merger_ln_q(hidden).view({hidden.size(0) / mu, mu * c});  // (M, 4C)
   torch::Tensor out = merger_fc2(torch::gelu(merger_fc1(merged)));                // (M, out)
   return out.index_select(0, torch::argsort(order));                             // raster order again
 }

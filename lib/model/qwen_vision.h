@@ -55,8 +55,13 @@ TORCH_MODULE(QwenVisionBlock);
 struct QwenVisionModelImpl : torch::nn::Module {
   QwenVisionModelImpl(const QwenVisionShapes& s, ModelFamily family);
   // pixel_values (N, K), image_grid_thw (I, 3) -> merged features (M, out_hidden_size), per image in
-  // raster order of its merged grid, images one after another.
+  // raster order of its merged grid, images one after another: merge(encode(...)).
   torch::Tensor forward(const torch::Tensor& pixel_values, const torch::Tensor& image_grid_thw);
+  // The tower without the merger: block outputs (N, C) with the merged tokens in window order, `order`
+  // (M) that order (VisionLayout::window_index). Split so a frozen tower runs without autograd.
+  torch::Tensor encode(const torch::Tensor& pixel_values, const torch::Tensor& image_grid_thw, torch::Tensor& order);
+  // The PatchMerger: encode's output (N, C) and order -> (M, out_hidden_size) in raster order.
+  torch::Tensor merge(const torch::Tensor& hidden, const torch::Tensor& order);
   torch::Tensor embed_patches(const torch::Tensor& pixel_values);  // (N, K) -> (N, C)
   QwenVisionShapes shapes;
   ModelFamily family;

@@ -47,8 +47,15 @@ torch::Tensor VisionLanguageModelImpl::embed(const torch::Tensor& input_ids, con
     TORCH_CHECK(image_tokens == merged, "the batch holds ", image_tokens, " image tokens but image_grid_thw describes ",
                 images, " images of ", merged, " merged tokens in all");
     if (images == 0) return embeds;
-    torch::AutoGradMode grad(torch::GradMode::is_enabled() && trains(*visual));
-    features = visual(pixel_values, image_grid_thw);  // (M, D)
+    const bool merger_trains = trains(*visual->merger_ln_q) || trains(*visual->merger_fc1) || trains(*visual->merger_fc2);
+    const bool tower_trains = trains(*visual->patch_embed_proj) || trains(*visual->blocks);
+    torch::Tensor order, hidden;
+    {
+      torch::AutoGradMode grad(torch::GradMode::is_enabled() && tower_trains);
+      hidden = visual->encode(pixel_values, image_grid_thw, order);  // (N, C)
+    }
+    torch::AutoGradMode grad(torch::GradMode::is_enabled() && (hidden.requires_grad() || merger_trains));
+    features = visual->merge(hidden, order);  // (M, D)
     return embeds.masked_scatter(visual_mask.unsqueeze(-1), features.to(embeds.scalar_type()));
   }
   const int64_t np = shapes.vision.num_patches();

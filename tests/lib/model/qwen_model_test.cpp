@@ -222,6 +222,19 @@ TEST_F(QwenGolden, AlignerAndPerImageKeyProbabilitiesWithSpansOfTwoLengths) {
   EXPECT_TRUE(torch::allclose(tap.probs_to_visual.sum(-1), tap.visual_mass, 0, 1e-12));
 }
 
+TEST_F(QwenGolden, FrozenTowerRunsWithoutAutogradWhileTheMergerTrains) {
+  // freeze_vision_tower freezes `visual` but its merger (LLaVA stage 2): the blocks then run without a
+  // graph (encode and merge are split for that); the merger still gets gradients and the outputs are unchanged.
+  VisionLanguageModel model = load_model(torch::kFloat64);
+  for (auto& p : model->visual->named_parameters())
+    if (p.key().rfind("merger.", 0) != 0) p.value().set_requires_grad(false);
+  ModelOutput out = run(model, torch::kFloat64);
+  EXPECT_LT((out.logits - g("logits")).abs().index({real()}).max().item<double>(), 1e-9);
+  out.logits.index({real()}).sum().backward();
+  EXPECT_GT(model->visual->merger_fc1->weight.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_FALSE(model->visual->blocks[0]->as<QwenVisionBlockImpl>()->qkv->weight.grad().defined());
+}
+
 TEST(QwenModel, Qwen2VlLayoutNamesAndIsolation) {
   ModelShapes s = preset_shapes("qwen2_vl_tiny");
   torch::manual_seed(0);
