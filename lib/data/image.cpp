@@ -55,6 +55,26 @@ std::string jpeg_problem(const std::string& b) {
   return "";
 }
 
+// stb_image 2.27 copies a zero-length IDAT chunk that comes before any image data with memcpy from
+// a null buffer (undefined behaviour; found by tests/fuzz/image_fuzz). Such a chunk carries nothing: it is
+// dropped before stb sees the file. Chunks are walked by their lengths; a malformed length ends the walk
+// and leaves the rest to stb's own errors.
+void drop_empty_png_idat(std::string& b) {
+  auto be32 = [&](size_t i) {
+    return static_cast<uint64_t>(static_cast<unsigned char>(b[i])) << 24 | static_cast<unsigned char>(b[i + 1]) << 16 |
+           static_cast<unsigned char>(b[i + 2]) << 8 | static_cast<unsigned char>(b[i + 3]);
+  };
+  for (size_t i = 8; i + 12 <= b.size();) {
+    const uint64_t length = be32(i);
+    if (length > b.size() - i - 12) return;
+    if (length == 0 && b.compare(i + 4, 4, "IDAT") == 0) {
+      b.erase(i, 12);  // length, type, CRC
+      continue;
+    }
+    i += 12 + static_cast<size_t>(length);
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -63,13 +83,14 @@ namespace {
 // the size limits before any pixel is decoded.
 std::string read_image_file(const std::string& path, int& w, int& h) {
   std::string problem;
-  const std::string bytes = try_read_regular_file(path, 256 * kMiB, problem);
+  std::string bytes = try_read_regular_file(path, 256 * kMiB, problem);
   if (problem == "no such file") throw DataError(path + ": image file not found");
   if (!problem.empty()) throw DataError(path + ": cannot read image: " + problem);
   const char* format = image_format(bytes);
   if (!format) throw DataError(path + ": not a JPEG, PNG, BMP or GIF image");
   if (std::string(format) == "JPEG")
     if (std::string p = jpeg_problem(bytes); !p.empty()) throw DataError(path + ": corrupt JPEG: " + p);
+  if (std::string(format) == "PNG") drop_empty_png_idat(bytes);
   const auto* raw = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int n = static_cast<int>(bytes.size());
   int channels = 0;

@@ -63,6 +63,7 @@ struct QwenImageOptions {
 
 // Qwen's smart_resize: (height, width) rounded to multiples of patch x merge (at least one), scaled
 // down to at most max_pixels or up to at least min_pixels, aspect ratio kept as well as rounding allows.
+// As in Hugging Face, a very elongated image whose short side stays one patch x merge may exceed max_pixels.
 std::pair<int64_t, int64_t> smart_resize(int64_t height, int64_t width, const QwenImageOptions& options);
 
 // A normalised frame (C, H, W) -> patch rows (H/p * W/p, C * temporal_patch_size * p * p) in the image

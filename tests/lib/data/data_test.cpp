@@ -523,6 +523,22 @@ TEST_F(Data, SynthWritesTypesRegionsChanceHintsAndOneTokenizer) {
 
 namespace qwen {
 
+TEST(QwenImages, PngWithAnEmptyFirstIdatDecodesLikeWithout) {
+  // A zero-length IDAT chunk before the image data made stb 2.27 memcpy from a null pointer (found by
+  // image_fuzz; this test catches it under `make test-sanitize`); it carries nothing and is dropped before decoding.
+  test::TempDir dir;
+  RgbImage image{3, 2, {10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 170, 180}};
+  const std::string plain = (dir.path() / "plain.png").string();
+  save_png(plain, image);
+  std::string bytes = test::read_text(plain);
+  const size_t idat = bytes.find("IDAT") - 4;
+  bytes.insert(idat, std::string("\0\0\0\0IDAT\x35\xAF\x06\x1E", 12));
+  const std::string with_empty = dir.write("empty_idat.png", bytes);
+  RgbImage decoded = load_image(with_empty);
+  EXPECT_EQ(decoded.pixels, image.pixels);
+  EXPECT_EQ(read_image_size(with_empty), (std::pair<int, int>{3, 2}));
+}
+
 TEST(QwenImages, SmartResizeByHand) {
   QwenImageOptions o;  // factor 28, min 3136
   o.max_pixels = 28 * 28 * 100;
