@@ -7,6 +7,12 @@
 #include <filesystem>
 
 namespace modalign {
+namespace {
+
+// "file[i] (id x)": how errors name a sample.
+std::string where(const Example& e) { return e.where + (e.id.empty() ? "" : " (id " + e.id + ")"); }
+
+}  // namespace
 
 Batch Batch::to(torch::Device device) const {
   Batch b = *this;
@@ -68,7 +74,7 @@ int64_t Processor::image_tokens(const Example& example) const {
     const int64_t cell = model_.qwen_patch_size * model_.qwen_merge_size;
     return (rh / cell) * (rw / cell);
   } catch (const DataError& e) {
-    throw DataError(fmt::format("{}{}: {}", example.where, example.id.empty() ? "" : " (id " + example.id + ")", e.what()));
+    throw DataError(fmt::format("{}: {}", where(example), e.what()));
   }
 }
 
@@ -87,9 +93,9 @@ std::string Processor::image_path(const Example& example) const {
   const std::string path = (fs::path(config_.image_folder) / example.image).string();
   auto [end, ignored] = std::mismatch(folder.begin(), folder.end(), resolved.begin(), resolved.end());
   if (end != folder.end() && !config_.allow_paths_outside_image_folder)
-    throw DataError(fmt::format("{}{}: image '{}' resolves to {}, outside data.image_folder {} (set "
+    throw DataError(fmt::format("{}: image '{}' resolves to {}, outside data.image_folder {} (set "
                                 "data.allow_paths_outside_image_folder: true to allow it)",
-                                example.where, example.id.empty() ? "" : " (id " + example.id + ")", example.image,
+                                where(example), example.image,
                                 resolved.string(), folder.string()));
   return path;
 }
@@ -100,22 +106,19 @@ void Processor::load_pixels(const Example& example, Sample& s) const {
     const RgbImage image = load_image(path);
     if (model_.qwen()) {
       QwenPixels px = preprocess_qwen_image(image, qwen_options_, example.regions);
-      if (!example.regions.empty() && px.region_target.sum().item<double>() <= 0)
-        throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
       s.pixel_values = px.patches, s.image_grid_thw = px.grid_thw;
       if (!example.regions.empty()) s.region_target = px.region_target;
-      return;
+    } else {
+      if (!example.regions.empty()) {
+        const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(model_.num_patches))));
+        s.region_target = region_target(example.regions, image.width, image.height, image_options_, grid);
+      }
+      s.pixel_values = preprocess_image(image, image_options_);
     }
-    torch::Tensor& target = s.region_target;
-    if (!example.regions.empty()) {
-      const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(model_.num_patches))));
-      target = region_target(example.regions, image.width, image.height, image_options_, grid);
-      if (target.sum().item<double>() <= 0)
-        throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
-    }
-    s.pixel_values = preprocess_image(image, image_options_);
+    if (s.region_target.defined() && s.region_target.sum().item<double>() <= 0)
+      throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
   } catch (const DataError& e) {
-    throw DataError(fmt::format("{}{}: {}", example.where, example.id.empty() ? "" : " (id " + example.id + ")", e.what()));
+    throw DataError(fmt::format("{}: {}", where(example), e.what()));
   }
 }
 
