@@ -180,8 +180,8 @@ int run_generate(const ConfigArgs& args, const GenerateArgs& g) {
     modalign::Example e;
     e.id = "prompt";
     e.where = "--prompt";
-    e.image = g.image.empty() ? "" : std::filesystem::path(g.image).filename().string();
-    e.turns = {{true, (e.image.empty() ? "" : std::string(modalign::kImagePlaceholder) + "\n") + g.prompt}};
+    if (!g.image.empty()) e.images = {std::filesystem::path(g.image).filename().string()};
+    e.turns = {{true, (e.images.empty() ? "" : std::string(modalign::kImagePlaceholder) + "\n") + g.prompt}};
     std::printf("%s\n", evaluator->answer({e}).front().answer.c_str());
     return 0;
   }

@@ -11,9 +11,9 @@ const std::string kEos = "</s>";
 
 std::string sample_name(const Example& e) { return e.where + (e.id.empty() ? "" : " (id " + e.id + ")"); }
 
-// Text with `<image>` and `</s>` markers -> ids (image expanded, EOS for </s>).
+// Text with `<image>` and `</s>` markers -> ids (image `next_image`, then the next, ... expanded; EOS for </s>).
 std::vector<int64_t> encode_with_specials(const std::string& text, const Tokenizer& tok, const TokenizeOptions& o,
-                                          const Example& e) {
+                                          const Example& e, size_t& next_image) {
   std::vector<int64_t> ids;
   size_t pos = 0;
   while (pos <= text.size()) {
@@ -29,7 +29,10 @@ std::vector<int64_t> encode_with_specials(const std::string& text, const Tokeniz
       }
     if (next == std::string::npos) break;
     if (next == img) {
-      ids.insert(ids.end(), o.num_patches, o.image_token_index);
+      if (next_image >= o.image_tokens.size())
+        throw DataError(fmt::format("{}: the text holds more <image> placeholders than the sample's {} images",
+                                    sample_name(e), o.image_tokens.size()));
+      ids.insert(ids.end(), o.image_tokens[next_image++], o.image_token_index);
       pos = img + std::string(kImagePlaceholder).size();
     } else {
       if (tok.eos_id() < 0)
@@ -59,7 +62,9 @@ std::vector<Segment> render(const Example& e, ChatTemplate chat_template, bool p
   // a human turn is all prompt).
   const size_t last_reply = !e.turns.empty() && !e.turns.back().from_human ? e.turns.size() - 1 : e.turns.size();
   if (chat_template == ChatTemplate::Plain) {  // LLaVA stage 1: the image, then the first reply
-    out.push_back({e.image.empty() ? "" : kImagePlaceholder, false});
+    std::string images;
+    for (size_t i = 0; i < e.images.size(); ++i) images += kImagePlaceholder;
+    out.push_back({images, false});
     if (!prompt_only) out.push_back({e.turns.at(1).value + kEos, true});
     return out;
   }
@@ -101,12 +106,16 @@ TokenizedExample tokenize_example(const Example& e, const Tokenizer& tok, const 
   TokenizedExample out;
   const bool bos = tok.bos_id() >= 0;  // a tokenizer without BOS (Qwen's) starts with the text
   if (bos) out.input_ids.push_back(tok.bos_id());
-  std::vector<int64_t> all = encode_with_specials(whole, tok, o, e);
+  size_t images = 0, per_turn_images = 0;
+  std::vector<int64_t> all = encode_with_specials(whole, tok, o, e, images);
+  if (images != o.image_tokens.size())
+    throw DataError(fmt::format("{}: the text holds {} <image> placeholders for {} images", sample_name(e), images,
+                                o.image_tokens.size()));
   out.input_ids.insert(out.input_ids.end(), all.begin(), all.end());
   if (bos) out.labels.push_back(-100);
   size_t per_turn = bos ? 1 : 0;
   for (const auto& s : segments) {
-    std::vector<int64_t> ids = encode_with_specials(s.text, tok, o, e);
+    std::vector<int64_t> ids = encode_with_specials(s.text, tok, o, e, per_turn_images);
     for (int64_t id : ids) out.labels.push_back(s.trained && id != o.image_token_index ? id : -100);
     per_turn += ids.size();
   }

@@ -4,8 +4,8 @@
 // assistant replies and their end token are trained on; everything else is -100.
 //
 // The whole conversation is tokenised once and each turn separately; if the per-turn counts do not add
-// up to the whole, the sample is an error (LLaVA silently masks such samples). `<image>` becomes
-// num_patches copies of the model's image token; `</s>` the tokenizer's EOS.
+// up to the whole, the sample is an error (LLaVA silently masks such samples). The i-th `<image>` becomes
+// image_tokens[i] copies of the model's image token; `</s>` the tokenizer's EOS.
 #pragma once
 #include <string>
 #include <vector>
@@ -40,7 +40,7 @@ std::vector<Segment> render(const Example& example, ChatTemplate chat_template, 
 struct TokenizeOptions {
   ChatTemplate chat_template = ChatTemplate::VicunaV1;
   int64_t image_token_index = 3;
-  int64_t num_patches = 16;
+  std::vector<int64_t> image_tokens;  // tokens of each image in order (LLaVA: num_patches each)
   int64_t max_length = 512;
   bool prompt_only = false;
 };

@@ -39,12 +39,21 @@ Example parse_record(const nlohmann::json& j, const std::string& where) {
     if (!j["type"].is_string()) throw fail("\"type\" must be a string");
     e.type = j["type"].get<std::string>();
   }
-  if (j.contains("image") && !j["image"].is_null()) {
-    if (!j["image"].is_string()) throw fail("\"image\" must be a path string");
-    e.image = j["image"].get<std::string>();
+  const bool has_image = j.contains("image") && !j["image"].is_null(), has_images = j.contains("images") && !j["images"].is_null();
+  if (has_image && has_images) throw fail("give either \"image\" or \"images\", not both");
+  if ((has_image || has_images) && j[has_image ? "image" : "images"] != "") {  // "" = text only, as before
+    const char* key = has_image ? "image" : "images";
+    const nlohmann::json& v = j[key];
+    for (const auto& path : v.is_array() ? v : nlohmann::json::array({v})) {
+      if (!path.is_string() || path.get<std::string>().empty())
+        throw fail(fmt::format("\"{}\" must be a path or a list of paths, got {}", key, path.dump()));
+      e.images.push_back(path.get<std::string>());
+    }
   }
   if (j.contains("regions") && !j["regions"].is_null()) {
-    if (e.image.empty()) throw fail("\"regions\" given but the sample has no \"image\"");
+    if (e.images.empty()) throw fail("\"regions\" given but the sample has no \"image\"");
+    if (e.images.size() > 1)
+      throw fail(fmt::format("\"regions\" given for a sample with {} images (regions are supported for one image)", e.images.size()));
     if (!j["regions"].is_array()) throw fail("\"regions\" must be a list of [x0, y0, x1, y1] boxes");
     for (const auto& box : j["regions"]) {
       if (!box.is_array() || box.size() != 4 || !std::all_of(box.begin(), box.end(), [](const auto& v) { return v.is_number(); }))
@@ -71,14 +80,22 @@ Example parse_record(const nlohmann::json& j, const std::string& where) {
   }
   if (!any_gpt) throw fail("the conversation has no assistant (gpt) turn");
   size_t placeholders = 0;
+  const bool several = e.images.size() > 1;
   for (size_t i = 0; i < e.turns.size(); ++i) {
     size_t n = count(e.turns[i].value, kImagePlaceholder);
-    if (n && i != 0) throw fail(fmt::format("<image> appears in turn {}; only the first human turn may hold it", i));
+    if (n && (several ? !e.turns[i].from_human : i != 0))
+      throw fail(fmt::format("<image> appears in turn {}; only {} may hold it", i, several ? "human turns" : "the first human turn"));
     placeholders += n;
   }
+  if (several) {
+    if (placeholders != e.images.size())
+      throw fail(fmt::format("the sample has {} images but its text holds {} <image> placeholders (one per image, in order)",
+                             e.images.size(), placeholders));
+    return e;
+  }
   if (placeholders > 1) throw fail("<image> appears more than once");
-  if (placeholders && e.image.empty()) throw fail("the text holds <image> but the sample has no \"image\"");
-  if (!e.image.empty()) {  // LLaVA: the placeholder moves to the start of the first turn
+  if (placeholders && e.images.empty()) throw fail("the text holds <image> but the sample has no \"image\"");
+  if (!e.images.empty()) {  // LLaVA: the placeholder moves to the start of the first turn
     std::string& v = e.turns[0].value;
     size_t pos = v.find(kImagePlaceholder);
     if (pos != std::string::npos) v.erase(pos, std::string(kImagePlaceholder).size());

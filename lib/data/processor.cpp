@@ -54,28 +54,34 @@ Sample Processor::make_sample(const Example& example, bool prompt_only, const Sa
   s.id = example.id;
   if (full) {
     s.pixel_values = full->pixel_values, s.region_target = full->region_target, s.image_grid_thw = full->image_grid_thw;
-  } else if (!example.image.empty()) {
+  } else if (!example.images.empty()) {
     load_pixels(example, s);
   }
-  int64_t tokens = model_.num_patches;
-  if (model_.qwen() && !s.image_grid_thw.empty())
-    tokens = s.image_grid_thw[0] * s.image_grid_thw[1] * s.image_grid_thw[2] / (model_.qwen_merge_size * model_.qwen_merge_size);
+  std::vector<int64_t> tokens(example.images.size(), model_.num_patches);
+  if (s.image_grid_thw.defined()) {
+    torch::Tensor merged = s.image_grid_thw.prod(1).div(model_.qwen_merge_size * model_.qwen_merge_size, "floor").contiguous();
+    tokens.assign(merged.data_ptr<int64_t>(), merged.data_ptr<int64_t>() + merged.numel());
+  }
   TokenizeOptions options{config_.chat_template, model_.image_token_index, tokens, config_.model_max_length, prompt_only};
   TokenizedExample t = tokenize_example(example, *tokenizer_, options);
   s.input_ids = std::move(t.input_ids), s.labels = std::move(t.labels);
   return s;
 }
 
-int64_t Processor::image_tokens(const Example& example) const {
-  if (!model_.qwen() || example.image.empty()) return model_.num_patches;
-  try {
-    auto [w, h] = read_image_size(image_path(example));
-    auto [rh, rw] = smart_resize(h, w, qwen_options_);
-    const int64_t cell = model_.qwen_patch_size * model_.qwen_merge_size;
-    return (rh / cell) * (rw / cell);
-  } catch (const DataError& e) {
-    throw DataError(fmt::format("{}: {}", where(example), e.what()));
+std::vector<int64_t> Processor::image_tokens(const Example& example) const {
+  std::vector<int64_t> tokens(example.images.size(), model_.num_patches);
+  if (!model_.qwen()) return tokens;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    try {
+      auto [w, h] = read_image_size(image_path(example, i));
+      auto [rh, rw] = smart_resize(h, w, qwen_options_);
+      const int64_t cell = model_.qwen_patch_size * model_.qwen_merge_size;
+      tokens[i] = (rh / cell) * (rw / cell);
+    } catch (const DataError& e) {
+      throw DataError(fmt::format("{}: {}", where(example), e.what()));
+    }
   }
+  return tokens;
 }
 
 int64_t Processor::length(const Example& example) const {
@@ -84,42 +90,48 @@ int64_t Processor::length(const Example& example) const {
   return static_cast<int64_t>(tokenize_example(example, *tokenizer_, options).input_ids.size());
 }
 
-std::string Processor::image_path(const Example& example) const {
+std::string Processor::image_path(const Example& example, size_t image) const {
+  const std::string& file = example.images.at(image);
   namespace fs = std::filesystem;
   // Lexically (`..` and absolute paths), not through links: a folder may link to where its images live.
   fs::path folder = fs::absolute(config_.image_folder.empty() ? "." : config_.image_folder).lexically_normal();
   if (folder.filename().empty()) folder = folder.parent_path();  // "/data/" is "/data"
-  const fs::path resolved = (folder / example.image).lexically_normal();
-  const std::string path = (fs::path(config_.image_folder) / example.image).string();
+  const fs::path resolved = (folder / file).lexically_normal();
+  const std::string path = (fs::path(config_.image_folder) / file).string();
   auto [end, ignored] = std::mismatch(folder.begin(), folder.end(), resolved.begin(), resolved.end());
   if (end != folder.end() && !config_.allow_paths_outside_image_folder)
     throw DataError(fmt::format("{}: image '{}' resolves to {}, outside data.image_folder {} (set "
                                 "data.allow_paths_outside_image_folder: true to allow it)",
-                                where(example), example.image,
+                                where(example), file,
                                 resolved.string(), folder.string()));
   return path;
 }
 
 void Processor::load_pixels(const Example& example, Sample& s) const {
-  const std::string path = image_path(example);
-  try {
-    const RgbImage image = load_image(path);
-    if (model_.qwen()) {
-      QwenPixels px = preprocess_qwen_image(image, qwen_options_, example.regions);
-      s.pixel_values = px.patches, s.image_grid_thw = px.grid_thw;
-      if (!example.regions.empty()) s.region_target = px.region_target;
-    } else {
-      if (!example.regions.empty()) {
-        const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(model_.num_patches))));
-        s.region_target = region_target(example.regions, image.width, image.height, image_options_, grid);
+  std::vector<torch::Tensor> pixels, grids;
+  for (size_t i = 0; i < example.images.size(); ++i) {
+    const std::string path = image_path(example, i);
+    try {
+      const RgbImage image = load_image(path);
+      if (model_.qwen()) {
+        QwenPixels px = preprocess_qwen_image(image, qwen_options_, example.regions);
+        pixels.push_back(px.patches), grids.push_back(torch::tensor(px.grid_thw, torch::kInt64));
+        if (!example.regions.empty()) s.region_target = px.region_target;
+      } else {
+        if (!example.regions.empty()) {
+          const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(model_.num_patches))));
+          s.region_target = region_target(example.regions, image.width, image.height, image_options_, grid);
+        }
+        pixels.push_back(preprocess_image(image, image_options_).unsqueeze(0));
       }
-      s.pixel_values = preprocess_image(image, image_options_);
+      if (s.region_target.defined() && s.region_target.sum().item<double>() <= 0)  // regions: one image only
+        throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
+    } catch (const DataError& e) {
+      throw DataError(fmt::format("{}: {}", where(example), e.what()));
     }
-    if (s.region_target.defined() && s.region_target.sum().item<double>() <= 0)
-      throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
-  } catch (const DataError& e) {
-    throw DataError(fmt::format("{}: {}", where(example), e.what()));
   }
+  s.pixel_values = torch::cat(pixels);
+  if (!grids.empty()) s.image_grid_thw = torch::stack(grids);
 }
 
 Batch Processor::collate(const std::vector<Sample>& samples) const {
@@ -150,7 +162,7 @@ Batch collate(const std::vector<Sample>& samples, int64_t pad_id, const ModelInt
     TORCH_CHECK(has_image_tokens == s.pixel_values.defined(), "sample ", s.id,
                 has_image_tokens ? " holds image tokens but no image" : " has an image but no image tokens");
     if (s.pixel_values.defined()) images.push_back(s.pixel_values);
-    if (!s.image_grid_thw.empty()) grids.push_back(torch::tensor(s.image_grid_thw, torch::kInt64));
+    if (s.image_grid_thw.defined()) grids.push_back(s.image_grid_thw);
     if (s.region_target.defined()) b.region_target[i].slice(0, 0, s.region_target.size(0)).copy_(s.region_target);
     b.ids.push_back(s.id);
   }
@@ -159,9 +171,9 @@ Batch collate(const std::vector<Sample>& samples, int64_t pad_id, const ModelInt
     const int64_t k = 3 * model.qwen_temporal_patch_size * model.qwen_patch_size * model.qwen_patch_size;
     TORCH_CHECK(grids.size() == images.size(), "every image of a Qwen batch needs its image_grid_thw");
     b.pixel_values = images.empty() ? torch::zeros({0, k}) : torch::cat(images);
-    b.image_grid_thw = grids.empty() ? torch::zeros({0, 3}, torch::kInt64) : torch::stack(grids);
+    b.image_grid_thw = grids.empty() ? torch::zeros({0, 3}, torch::kInt64) : torch::cat(grids);
   } else {
-    b.pixel_values = images.empty() ? torch::zeros({0, 3, model.image_size, model.image_size}) : torch::stack(images);
+    b.pixel_values = images.empty() ? torch::zeros({0, 3, model.image_size, model.image_size}) : torch::cat(images);
   }
   return b;
 }

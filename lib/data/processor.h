@@ -1,12 +1,12 @@
 // Processor: one dataset Example -> one model-ready Sample (token ids and labels through the chat
 // template, the image decoded and preprocessed), and Collator: Samples -> a right-padded Batch.
 //
-// Batch layout (B batch, T tokens, N samples holding an image, S image side, Nv image tokens of the sample
-// holding most): input_ids, labels, attention_mask, visual_mask (B, T); pixel_values (N, 3, S, S), one
-// per sample with image tokens, in batch order (text-only samples have none) — for a Qwen model the
-// patch rows of those images one after another (sum of t h w, K) with image_grid_thw (N, 3), each image
-// its own size and number of tokens; region_target (B, Nv), a sample's "regions" as a distribution over
-// its image tokens (a zero row when it has none, zero past its image tokens).
+// Batch layout (B batch, T tokens, N images in the batch, S image side, Nv image tokens of the sample
+// holding most): input_ids, labels, attention_mask, visual_mask (B, T); pixel_values (N, 3, S, S), the
+// images of the samples in batch order and within a sample in text order (text-only samples have none)
+// — for a Qwen model the patch rows of those images one after another (sum of t h w, K) with
+// image_grid_thw (N, 3), each image its own size and number of tokens; region_target (B, Nv), a sample's
+// "regions" as a distribution over its image tokens (a zero row when it has none, zero past its image tokens).
 #pragma once
 #include <torch/torch.h>
 
@@ -24,10 +24,10 @@ namespace modalign {
 
 struct Sample {
   std::vector<int64_t> input_ids, labels;
-  torch::Tensor pixel_values;  // (3, S, S) (Qwen: (t h w, K) patch rows), undefined for a text-only sample
+  torch::Tensor pixel_values;  // (n, 3, S, S) (Qwen: (sum of t h w, K) patch rows), undefined for a text-only sample
   std::string id;
   torch::Tensor region_target;  // (Nv) float32 summing to 1, undefined without "regions"
-  std::vector<int64_t> image_grid_thw;  // Qwen: (t, h, w) patches of the image
+  torch::Tensor image_grid_thw;  // Qwen: (n, 3) int64, the (t, h, w) patches of each image
 };
 
 struct Batch {
@@ -75,13 +75,13 @@ class Processor {
  private:
   // Tokenised with the example's image span, its image preprocessed (and regions' target) into `s`.
   Sample make_sample(const Example& example, bool prompt_only, const Sample* full) const;
-  // The example's image file, confined to data.image_folder unless allowed otherwise.
-  std::string image_path(const Example& example) const;
-  // The example's image preprocessed into s.pixel_values (s.region_target when it has regions,
+  // The example's `image`-th image file, confined to data.image_folder unless allowed otherwise.
+  std::string image_path(const Example& example, size_t image) const;
+  // The example's images preprocessed into s.pixel_values (s.region_target when it has regions,
   // s.image_grid_thw for Qwen).
   void load_pixels(const Example& example, Sample& s) const;
-  // Image tokens the example's image takes (Qwen: from its header's size; LLaVA: num_patches).
-  int64_t image_tokens(const Example& example) const;
+  // Image tokens each of the example's images takes (Qwen: from the file header's size; LLaVA: num_patches).
+  std::vector<int64_t> image_tokens(const Example& example) const;
   DataConfig config_;
   ModelInterface model_;
   std::shared_ptr<Tokenizer> tokenizer_;

@@ -58,6 +58,14 @@ class TrainerTest : public ::testing::Test {
     c.losses = {dual};
     return c;
   }
+  // A Qwen2.5-VL config.json of the golden file's shapes with the benchmark's vocabulary.
+  static std::string qwen_config() {
+    return dir_->write("qwen_config.json", R"({"model_type": "qwen2_5_vl", "image_token_id": 3,
+      "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+      "vision_config": {"depth": 4, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "patch_size": 4,
+      "window_size": 16, "fullatt_block_indexes": [1, 3], "out_hidden_size": 32}})");
+  }
   static test::TempDir* dir_;
 };
 test::TempDir* TrainerTest::dir_ = nullptr;
@@ -109,13 +117,8 @@ TEST_F(TrainerTest, ResumeIsBitwiseEqualWithAttentionKlOn) {
 TEST_F(TrainerTest, QwenFamilyTrainsWithAlignmentLossesAndResumesBitwise) {
   // A Qwen2.5-VL of the golden file's shapes with the benchmark's vocabulary: the 16-pixel synth images
   // are resized to 32 x 32 (image_min_pixels 1024), 8 x 8 patches, 16 image tokens in 4 windows.
-  std::string hf = dir_->write("qwen_config.json", R"({"model_type": "qwen2_5_vl", "image_token_id": 3,
-    "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
-    "vision_config": {"depth": 4, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "patch_size": 4,
-    "window_size": 16, "fullatt_block_indexes": [1, 3], "out_hidden_size": 32}})");
   RunConfig c = config("qwen_resume");
-  c.model.hf_config = hf;
+  c.model.hf_config = qwen_config();
   c.data.image_min_pixels = 1024;
   LossEntry kl;
   kl.name = "attention_kl";
@@ -131,6 +134,34 @@ TEST_F(TrainerTest, QwenFamilyTrainsWithAlignmentLossesAndResumesBitwise) {
     EXPECT_FALSE(torch::equal(first[i].second, last[i].second));
   }
   EXPECT_TRUE(found);
+}
+
+TEST_F(TrainerTest, SamplesWithSeveralImagesTrainInBothFamilies) {
+  // Every other training sample holds two images (its own and its neighbour's, two placeholders): LLaVA
+  // (fixed spans) and Qwen2.5-VL (spans of 16 tokens per 32-px image) train on them with dual_channel,
+  // and the loader's batches really carry more images than samples.
+  nlohmann::json j = nlohmann::json::parse(test::read_text((dir_->path() / "data/train.json").string()));
+  for (size_t i = 0; i + 1 < j.size(); i += 2) {
+    j[i]["image"] = {j[i]["image"], j[i + 1]["image"]};
+    j[i].erase("regions");
+    std::string& q = j[i]["conversations"][0]["value"].get_ref<std::string&>();
+    q = "<image>\n<image>\n" + q.substr(q.find('\n') + 1);
+  }
+  const std::string multi = dir_->write("data/multi.json", j.dump());
+  for (bool qwen : {false, true}) {
+    RunConfig c = config(qwen ? "multi_qwen" : "multi_llava");
+    c.data.train_files = {multi};
+    if (qwen) c.model.hf_config = qwen_config(), c.data.image_min_pixels = 1024;
+    c.checkpoint.save_steps = 0;
+    TrainResult r = Trainer(c).train();
+    ASSERT_EQ(r.steps, 6);
+    for (double l : r.losses) EXPECT_TRUE(std::isfinite(l));
+    ModelShapes shapes = shapes_from_hf_config(c.model.hf_config);
+    auto processor = build_processor(c, shapes);
+    Batch b = processor->collate({processor->process(load_dataset(multi)[0]), processor->process(load_dataset(multi)[1])});
+    EXPECT_EQ(qwen ? b.image_grid_thw.size(0) : b.pixel_values.size(0), 3);
+    EXPECT_EQ(b.visual_mask.sum(1)[0].item<int64_t>(), 2 * b.visual_mask.sum(1)[1].item<int64_t>());
+  }
 }
 
 TEST_F(TrainerTest, RegionAndSinkLossesTrainEndToEndAndFall) {

@@ -52,7 +52,7 @@ class Data : public ::testing::Test {
     Example e;
     e.id = "ex";
     e.where = "test.json[0]";
-    e.image = image;
+    if (!image.empty()) e.images = {image};
     e.turns = std::move(turns);
     return e;
   }
@@ -160,7 +160,7 @@ TEST_F(Data, VicunaTemplateStringAndLabelsTokenByToken) {
   for (const auto& s : render(e, ChatTemplate::VicunaV1)) text += s.text;
   EXPECT_EQ(text, std::string(kVicunaSystem) +
                       " USER: <image>\nWhat colour is the circle? ASSISTANT: red</s>USER: And the square? ASSISTANT: blue</s>");
-  TokenizeOptions o{ChatTemplate::VicunaV1, 3, 16, 512, false};
+  TokenizeOptions o{ChatTemplate::VicunaV1, 3, {16}, 512, false};
   TokenizedExample t = tokenize_example(e, *tokenizer_, o);
   std::vector<int64_t> expected{1};
   std::vector<int64_t> labels{-100};
@@ -192,7 +192,7 @@ TEST_F(Data, VicunaTemplateStringAndLabelsTokenByToken) {
 TEST_F(Data, Qwen2VlTemplateWithTheQwenTokenizer) {
   Tokenizer qwen(std::string(MODALIGN_TEST_DATA_DIR) + "/golden/tokenizers/qwen2_subset.json");
   Example e = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}, {true, "How many shapes are there?"}, {false, "two"}});
-  TokenizeOptions o{ChatTemplate::Qwen2VL, 151655, 4, 512, false};
+  TokenizeOptions o{ChatTemplate::Qwen2VL, 151655, {4}, 512, false};
   TokenizedExample t = tokenize_example(e, qwen, o);
   std::vector<int64_t> expected, labels;
   auto add = [&](const std::vector<int64_t>& ids, bool trained) {
@@ -226,7 +226,7 @@ TEST_F(Data, Qwen2VlTemplateWithTheQwenTokenizer) {
 
 TEST_F(Data, PlainTemplate) {
   Example e = example({{true, "<image>\nDescribe."}, {false, "a red circle"}});
-  TokenizedExample t = tokenize_example(e, *tokenizer_, {ChatTemplate::Plain, 3, 16, 512, false});
+  TokenizedExample t = tokenize_example(e, *tokenizer_, {ChatTemplate::Plain, 3, {16}, 512, false});
   std::vector<int64_t> expected{1};
   expected.insert(expected.end(), 16, 3);
   std::vector<int64_t> caption = enc("a red circle");
@@ -249,13 +249,13 @@ TEST_F(Data, TokenisationMismatchIsAnError) {
   Tokenizer::train(path, (dir.path() / "t.model").string(), o);
   Tokenizer merging((dir.path() / "t.model").string());
   Example e = example({{true, "is it?"}, {false, "yes"}}, "");
-  test::expect_error<DataError>([&] { tokenize_example(e, merging, {ChatTemplate::VicunaV1, 3, 16, 512, false}); },
+  test::expect_error<DataError>([&] { tokenize_example(e, merging, {ChatTemplate::VicunaV1, 3, {}, 512, false}); },
                                 {"test.json[0] (id ex)", "tokenisation mismatch"});
 }
 
 TEST_F(Data, TruncationNeverCutsTheImageSpan) {
   Example e = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red and blue and green and yellow"}});
-  TokenizeOptions o{ChatTemplate::Plain, 3, 16, 512, false};
+  TokenizeOptions o{ChatTemplate::Plain, 3, {16}, 512, false};
   size_t full = tokenize_example(e, *tokenizer_, o).input_ids.size();
   o.max_length = static_cast<int64_t>(full) - 2;  // cuts the caption: fine
   TokenizedExample t = tokenize_example(e, *tokenizer_, o);
@@ -308,6 +308,30 @@ TEST_F(BadData, Messages) {
   expect_bad("n.json", "[{\"id\": \"s10\", \"image\": \"a.png\", \"regions\": [[5, 0, 2, 1]], " + turns + "}]",
              {"(id s10): region [5,0,2,1] is empty"});
   test::expect_error<DataError>([&] { load_dataset((dir_.path() / "none.json").string()); }, {"none.json: cannot open"});
+}
+
+TEST_F(BadData, SeveralImagesNeedOnePlaceholderEachInHumanTurns) {
+  const std::string two = "\"conversations\": [{\"from\": \"human\", \"value\": \"<image> left\"}, {\"from\": \"gpt\", "
+                          "\"value\": \"a\"}, {\"from\": \"human\", \"value\": \"and <image>?\"}, {\"from\": \"gpt\", \"value\": \"b\"}]";
+  std::string path = dir_.write("multi.json", "[{\"id\": \"m\", \"image\": [\"a.png\", \"b.png\"], " + two + "},"
+                                              " {\"id\": \"n\", \"images\": [\"c.png\"], " + two.substr(0, two.find(", {\"from\": \"human\", \"value\": \"and")) + "]}]");
+  auto examples = load_dataset(path);
+  EXPECT_EQ(examples[0].images, (std::vector<std::string>{"a.png", "b.png"}));
+  EXPECT_EQ(examples[0].turns[0].value, "<image> left");  // several images: placeholders stay where they are
+  EXPECT_EQ(examples[0].turns[2].value, "and <image>?");
+  EXPECT_EQ(examples[1].images, (std::vector<std::string>{"c.png"}));
+  EXPECT_EQ(examples[1].turns[0].value, "<image>\nleft");  // one image: moved to the start, as LLaVA does
+  expect_bad("p.json", "[{\"id\": \"s11\", \"image\": [\"a.png\", \"b.png\", \"c.png\"], " + two + "}]",
+             {"(id s11): the sample has 3 images but its text holds 2 <image> placeholders"});
+  expect_bad("q.json", "[{\"id\": \"s12\", \"image\": [\"a.png\", \"b.png\"], \"regions\": [[0, 0, 1, 1]], " + two + "}]",
+             {"(id s12): \"regions\" given for a sample with 2 images"});
+  expect_bad("r.json", "[{\"id\": \"s13\", \"image\": \"a.png\", \"images\": [\"b.png\"], " + two + "}]",
+             {"(id s13): give either \"image\" or \"images\""});
+  expect_bad("s.json", "[{\"id\": \"s14\", \"image\": [\"a.png\", 3], " + two + "}]",
+             {"(id s14): \"image\" must be a path or a list of paths, got 3"});
+  expect_bad("t.json", "[{\"id\": \"s15\", \"image\": [\"a.png\", \"b.png\"], \"conversations\": [{\"from\": \"human\", "
+                       "\"value\": \"<image>\"}, {\"from\": \"gpt\", \"value\": \"<image>\"}]}]",
+             {"(id s15): <image> appears in turn 1; only human turns may hold it"});
 }
 
 TEST_F(BadData, PlaceholderMovesToTheStart) {
@@ -442,7 +466,7 @@ TEST_F(Data, LoaderIsDeterministicAndRestartsFromItsCursor) {
 
 TEST_F(Data, LoaderSkipsAndCountsOrFailsOnBadSamples) {
   auto examples = std::make_shared<std::vector<Example>>(load_dataset(synth_dir() + "/train.json"));
-  (*examples)[3].image = "images/missing.png";
+  (*examples)[3].images = {"images/missing.png"};
   auto processor = std::make_shared<Processor>(config(), ModelInterface{16, 16, 3, 512});
   SamplerOptions so{{static_cast<int64_t>(examples->size())}, {}, 11, 4, {}, 0, 1};
   DataLoader skipping(examples, processor, Sampler(so), LoaderOptions{BadSamplePolicy::Skip, 2, 2, {}});
@@ -602,7 +626,7 @@ TEST_F(Data, QwenProcessorGivesEachImageItsOwnSpan) {
   EXPECT_EQ(count(sa), 4);
   EXPECT_EQ(count(sb), 15);
   EXPECT_EQ(processor.length(b), static_cast<int64_t>(sb.input_ids.size()));  // from the header only
-  EXPECT_EQ(sb.image_grid_thw, (std::vector<int64_t>{1, 6, 10}));
+  EXPECT_TRUE(torch::equal(sb.image_grid_thw, torch::tensor({{1, 6, 10}})));
   Batch batch = processor.collate({sa, processor.process(example({{true, "Hello"}, {false, "hi"}}, "")), sb});
   EXPECT_EQ(batch.pixel_values.sizes(), (std::vector<int64_t>{16 + 60, 96}));
   EXPECT_TRUE(torch::equal(batch.image_grid_thw, torch::tensor({{1, 4, 4}, {1, 6, 10}})));
@@ -613,6 +637,51 @@ TEST_F(Data, QwenProcessorGivesEachImageItsOwnSpan) {
   c.model_max_length = 20;
   Processor tight(c, qwen);
   test::expect_error<DataError>([&] { tight.process(b); }, {"(id ex)"});
+}
+
+// A sample with two images of different sizes: each placeholder becomes its own image's span, in text order,
+// the patch rows and grids follow that order, and the batch concatenates them sample by sample.
+TEST_F(Data, SeveralImagesInOneSampleKeepTheirOrder) {
+  DataConfig c = config();
+  c.image_min_pixels = 64;
+  const ModelInterface qwen{0, 0, 3, 512, 4, 2, 2};
+  Processor processor(c, qwen);
+  save_png(synth_dir() + "/images/wide.png", RgbImage{40, 24, std::vector<uint8_t>(40 * 24 * 3, 128)});
+  Example two = example({{true, "<image>\nWhat colour is the circle?"}, {false, "red"}, {true, "And here <image>?"}, {false, "blue"}});
+  two.images = {"images/wide.png", "images/train_00000.png"};
+  Sample s = processor.process(two);
+  EXPECT_TRUE(torch::equal(s.image_grid_thw, torch::tensor({{1, 6, 10}, {1, 4, 4}})));
+  EXPECT_EQ(s.pixel_values.size(0), 60 + 16);
+  // The spans: 15 image tokens in the first human turn, 4 in the second, with text between them.
+  std::vector<std::pair<size_t, size_t>> spans;  // (start, length)
+  for (size_t i = 0; i < s.input_ids.size(); ++i)
+    if (s.input_ids[i] == 3 && (i == 0 || s.input_ids[i - 1] != 3)) spans.emplace_back(i, 0);
+    else if (s.input_ids[i] != 3 && i > 0 && s.input_ids[i - 1] == 3) spans.back().second = i - spans.back().first;
+  ASSERT_EQ(spans.size(), 2u);
+  EXPECT_EQ(spans[0].second, 15u);
+  EXPECT_EQ(spans[1].second, 4u);
+  EXPECT_EQ(processor.length(two), static_cast<int64_t>(s.input_ids.size()));
+  // The first span's first patch row is the grey image's, the second's the synth image's.
+  Example grey = example({{true, "<image>\nWhat?"}, {false, "red"}}, "images/wide.png");
+  Example synth = example({{true, "<image>\nWhat?"}, {false, "red"}});
+  EXPECT_TRUE(torch::equal(s.pixel_values.slice(0, 0, 60), processor.process(grey).pixel_values));
+  EXPECT_TRUE(torch::equal(s.pixel_values.slice(0, 60), processor.process(synth).pixel_values));
+  Batch batch = processor.collate({processor.process(synth), s});
+  EXPECT_TRUE(torch::equal(batch.image_grid_thw, torch::tensor({{1, 4, 4}, {1, 6, 10}, {1, 4, 4}})));
+  EXPECT_EQ(batch.visual_mask.sum(1)[1].item<int64_t>(), 19);
+
+  // LLaVA: every image takes num_patches tokens; pixel_values stack the images in the same order.
+  Processor llava(config(), ModelInterface{16, 16, 3, 512});
+  Sample l = llava.process(two);
+  ASSERT_EQ(l.pixel_values.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
+  EXPECT_TRUE(torch::equal(l.pixel_values[1], llava.process(synth).pixel_values[0]));
+  EXPECT_EQ(std::count(l.input_ids.begin(), l.input_ids.end(), 3), 32);
+  Batch lb = llava.collate({llava.process(synth), l});
+  EXPECT_EQ(lb.pixel_values.size(0), 3);
+  // A template sample with fewer placeholders than images is an error naming it.
+  Example short_text = two;
+  short_text.turns[2].value = "And here?";
+  test::expect_error<DataError>([&] { llava.process(short_text); }, {"(id ex)", "1 <image> placeholders for 2 images"});
 }
 
 }  // namespace

@@ -198,6 +198,33 @@ TEST_F(QwenGolden, ImagesInOneBatchNeverAttendToEachOther) {
   EXPECT_LT(max_abs(alone, g("vision_features").slice(0, 16)), 1e-9);
 }
 
+TEST_F(QwenGolden, TwoImagesInOneSampleTakeTheirOwnFeaturesAndPositions) {
+  // One sample holding both golden images (16 then 8 merged tokens) with text around and between them:
+  // each span gets its own image's features, in order, and M-RoPE positions by hand: text 0 1, image 0
+  // at base 2 (rows and cols 2..5), text resumes at 6, image 1 at base 7 (rows 7..8, cols 7..10), then 11 12.
+  VisionLanguageModel model = load_model(torch::kFloat64);
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> ids{10, 11};
+  ids.insert(ids.end(), 16, 5);
+  ids.push_back(12);
+  ids.insert(ids.end(), 8, 5);
+  ids.insert(ids.end(), {13, 14});
+  torch::Tensor input = torch::tensor(ids).unsqueeze(0), mask = torch::ones_like(input);
+  torch::Tensor pos = qwen_position_ids(model->shapes, input, mask, g("image_grid_thw"));
+  std::vector<int64_t> t{0, 1}, h{0, 1}, w{0, 1};
+  for (int64_t y = 0; y < 4; ++y)
+    for (int64_t x = 0; x < 4; ++x) t.push_back(2), h.push_back(2 + y), w.push_back(2 + x);
+  t.push_back(6), h.push_back(6), w.push_back(6);
+  for (int64_t y = 0; y < 2; ++y)
+    for (int64_t x = 0; x < 4; ++x) t.push_back(7), h.push_back(7 + y), w.push_back(7 + x);
+  for (int64_t p : {11, 12}) t.push_back(p), h.push_back(p), w.push_back(p);
+  EXPECT_TRUE(torch::equal(pos, torch::stack({torch::tensor(t), torch::tensor(h), torch::tensor(w)}).unsqueeze(1)));
+  torch::Tensor visual = input == 5;
+  torch::Tensor embeds = model->embed(input, visual, g("pixel_values"), g("image_grid_thw"));  // (1, 29, D)
+  EXPECT_LT(max_abs(embeds[0].index({visual[0]}), g("vision_features")), 1e-12);
+  EXPECT_LT(max_abs(embeds[0][18], model->language_model->embed_tokens(torch::tensor({12}))[0]), 1e-15);
+}
+
 TEST_F(QwenGolden, AlignerAndPerImageKeyProbabilitiesWithSpansOfTwoLengths) {
   // The MODA aligner (non-trivial gamma) on the Qwen decoder, and probs_to_visual when sample 0 holds 16
   // image tokens and sample 1 holds 8: columns past a sample's span are zero, the others are P at its
