@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """modalign vs a plain PyTorch-Python step on the same work, plus the machine's GEMM limit (`make bench`).
 
-    /usr/bin/python3 bench/compare.py [--presets demo small] [--rounds 3] [--build build]
+    /usr/bin/python3 bench/compare.py [--presets demo qwen2_5_vl_demo small] [--rounds 3] [--build build]
 
 The GEMM rate is measured at the start and at the end; the higher counts. Per preset (bench/configs/<preset>.yaml): `step_bench export` writes the initial weights, the batches the
 trainer will draw and spec.json; then, for each round, CE only and CE + dual_channel run on both sides
@@ -12,7 +12,8 @@ results to <build>/bench/compare.md and compare.json.
 FLOPs: one formula for both sides, the matmul work of the plain implementation (forward, and twice that
 backward where parameters train): vision layers (all of them, as output_hidden_states runs them; backward
 only up to the feature layer and only when the tower trains), projector, decoder projections and
-attention products, and the LM head at every position.
+attention products, and the LM head at every position; for Qwen2.5-VL the tower's blocks with attention
+per image or per window, as configured, and the merger.
 """
 import argparse
 import json
@@ -23,7 +24,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"
-SETTINGS = {"demo": {"warmup": 3, "steps": 10}, "small": {"warmup": 2, "steps": 4}}
+SETTINGS = {"demo": {"warmup": 3, "steps": 10}, "qwen2_5_vl_demo": {"warmup": 3, "steps": 10},
+            "small": {"warmup": 2, "steps": 4}}
 
 
 def run_json(cmd):
@@ -32,17 +34,50 @@ def run_json(cmd):
 
 
 def batch_shapes(path):
-    """[(samples, tokens, images)] per step, from the safetensors header of step_bench's batches."""
+    """[(samples, tokens, images, Qwen grids or None)] per step, from step_bench's batches."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
+        body = f.read()
     steps = sorted({int(k.split(".")[0]) for k in header if k != "__metadata__"})
-    return [(*header[f"{i}.input_ids"]["shape"], header[f"{i}.pixel_values"]["shape"][0]) for i in steps]
+    out = []
+    for i in steps:
+        grids = None
+        if f"{i}.image_grid_thw" in header:
+            entry = header[f"{i}.image_grid_thw"]
+            begin, end = entry["data_offsets"]
+            flat = [int.from_bytes(body[k:k + 8], "little") for k in range(begin, end, 8)]
+            grids = [flat[k:k + 3] for k in range(0, len(flat), 3)]
+        ids = header[f"{i}.input_ids"]["shape"]
+        out.append((ids[0], ids[1], len(grids) if grids is not None else header[f"{i}.pixel_values"]["shape"][0], grids))
+    return out
 
 
-def plain_flops(spec, b, seq, images):
+def qwen_vision_flops(spec, grids):
+    """Qwen2.5-VL tower: patch embed, blocks (attention per image in full blocks, per window in the others)
+    and merger; forward, plus twice that backward when the tower trains (the merger always trains here)."""
+    v, frozen = spec["shapes"]["qwen_vision"], spec["freeze"]
+    c, i, m = v["hidden_size"], v["intermediate_size"], v["spatial_merge_size"]
+    ws = v["window_size"] // m // v["patch_size"]
+    n = sum(t * h * w for t, h, w in grids)
+    full = sum(t * (h * w) ** 2 for t, h, w in grids)
+    windowed = 0
+    for t, h, w in grids:
+        sides = [[min(ws, g // m - k) * m for k in range(0, g // m, ws)] for g in (h, w)]
+        windowed += t * sum((a * b) ** 2 for a in sides[0] for b in sides[1])
+    vt = 1 if frozen["vision_tower"] else 3
+    patch = 2 * n * v["in_channels"] * v["temporal_patch_size"] * v["patch_size"] ** 2 * c
+    blocks = sum(2 * n * (4 * c * c + 3 * c * i) + 4 * c * (full if k in v["fullatt_block_indexes"] else windowed)
+                 for k in range(v["depth"]))
+    merger = 2 * (n // (m * m)) * (m * m * c) * (m * m * c + v["out_hidden_size"])
+    return (patch + blocks) * vt + merger * (1 if frozen["projector"] else 3)
+
+
+def plain_flops(spec, b, seq, images, grids=None):
     """Matmul FLOPs of one step of the plain implementation (see the module docstring)."""
     s, frozen = spec["shapes"], spec["freeze"]
+    if s.get("family") == "qwen2_5_vl":
+        return qwen_vision_flops(spec, grids) + decoder_flops(s["text"], frozen, b, seq)
     v, t = s["vision"], s["text"]
     p = (v["image_size"] // v["patch_size"]) ** 2
     dv, iv, lv = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
@@ -51,14 +86,20 @@ def plain_flops(spec, b, seq, images):
     patch = 2 * images * p * v["num_channels"] * v["patch_size"] ** 2 * dv
     layer = 2 * images * (p + 1) * (4 * dv * dv + 2 * dv * iv) + 4 * images * (p + 1) ** 2 * dv
     vision = patch * vt + layer * (used * vt + (lv - used))
+    d = t["hidden_size"]
+    proj = 2 * images * p * (dv * d + (d * d if s["projector"] == "mlp2x_gelu" else 0)) * (1 if frozen["projector"] else 3)
+    return vision + proj + decoder_flops(t, frozen, b, seq)
+
+
+def decoder_flops(t, frozen, b, seq):
+    """Decoder projections, attention products and the LM head at every position."""
     d, i, h, g = t["hidden_size"], t["intermediate_size"], t["num_attention_heads"], t["num_key_value_heads"]
     hd = d // h
     rows = b * seq
     lm = 1 if frozen["language_model"] else 3
-    proj = 2 * images * p * (dv * d + (d * d if s["projector"] == "mlp2x_gelu" else 0)) * (1 if frozen["projector"] else 3)
     dec = t["num_hidden_layers"] * (2 * rows * (2 * d * h * hd + 2 * d * g * hd + 3 * d * i) + 4 * b * h * seq * seq * hd)
     head = 2 * rows * d * t["vocab_size"]
-    return vision + proj + (dec + head) * lm
+    return (dec + head) * lm
 
 
 def summary(xs):
@@ -67,7 +108,7 @@ def summary(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--presets", nargs="+", default=["demo", "small"])
+    ap.add_argument("--presets", nargs="+", default=["demo", "qwen2_5_vl_demo", "small"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--build", default="build")
     args = ap.parse_args()

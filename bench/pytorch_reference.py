@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The PyTorch-Python peer of modalign's step benchmark: the same LLaVA architecture, weights, batches,
+"""The PyTorch-Python peer of modalign's step benchmark: the same LLaVA or Qwen2.5-VL architecture, weights, batches,
 optimizer and losses, written plainly as a PyTorch user would (the way LLaVA's train.py and Hugging Face
 modelling code do it: eager attention, attention maps for the aligned layers, logits and CE at every
 position, the whole CLIP encoder run with its hidden states collected).
@@ -249,6 +249,211 @@ class Llava(nn.Module):
         return logits, maps, visual
 
 
+# ---- Qwen2.5-VL (Hugging Face's modeling_qwen2_5_vl, written plainly) --------------------------------------
+class QwenRmsNorm(RmsNorm):
+    def __init__(self, d):
+        super().__init__(d, 1e-6)
+
+
+class QwenVisionAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d = c["hidden_size"]
+        self.heads = c["num_heads"]
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x, lengths, cos, sin):  # x (N, d); eager attention per image or window, as transformers
+        n, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, 3, self.heads, -1).permute(1, 2, 0, 3).unbind(0)  # (heads, N, hd) each
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        outs = []
+        for qc, kc, vc in zip(*(t.split(lengths, 1) for t in (q, k, v))):
+            attn = torch.softmax(qc @ kc.transpose(-1, -2) / math.sqrt(qc.shape[-1]), dim=-1)
+            outs.append(attn @ vc)
+        return self.proj(torch.cat(outs, 1).transpose(0, 1).reshape(n, d))
+
+
+class QwenVisionMlp(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, i = c["hidden_size"], c["intermediate_size"]
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(d, i), nn.Linear(d, i), nn.Linear(i, d)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class QwenVisionBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm1, self.norm2 = QwenRmsNorm(c["hidden_size"]), QwenRmsNorm(c["hidden_size"])
+        self.attn, self.mlp = QwenVisionAttention(c), QwenVisionMlp(c)
+
+    def forward(self, x, lengths, cos, sin):
+        x = x + self.attn(self.norm1(x), lengths, cos, sin)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.shape = (c["in_channels"], c["temporal_patch_size"], c["patch_size"], c["patch_size"])
+        self.proj = nn.Conv3d(c["in_channels"], c["hidden_size"], self.shape[1:], stride=self.shape[1:], bias=False)
+
+    def forward(self, pixels):
+        return self.proj(pixels.view(-1, *self.shape)).view(pixels.shape[0], -1)
+
+
+class PatchMerger(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        width = c["hidden_size"] * c["spatial_merge_size"] ** 2
+        self.ln_q = QwenRmsNorm(c["hidden_size"])
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, c["out_hidden_size"]))
+
+    def forward(self, x):
+        return self.mlp(self.ln_q(x).view(-1, self.mlp[0].in_features))
+
+
+class QwenVision(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.patch_embed = PatchEmbed(c)
+        self.blocks = nn.ModuleList(QwenVisionBlock(c) for _ in range(c["depth"]))
+        self.merger = PatchMerger(c)
+
+    def rotary(self, grid):  # (N, head_dim / 2) angles: rows then cols, patches in merge-block order
+        m, dim = self.c["spatial_merge_size"], self.c["hidden_size"] // self.c["num_heads"] // 2
+        ids = []
+        for t, h, w in grid.tolist():
+            hp = torch.arange(h)[:, None].expand(h, w).reshape(h // m, m, w // m, m).permute(0, 2, 1, 3).flatten()
+            wp = torch.arange(w)[None].expand(h, w).reshape(h // m, m, w // m, m).permute(0, 2, 1, 3).flatten()
+            ids.append(torch.stack([hp, wp], -1).repeat(t, 1))
+        ids = torch.cat(ids)
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+        table = torch.outer(torch.arange(int(grid[:, 1:].max()), dtype=torch.float), inv_freq)
+        return table[ids].flatten(1)
+
+    def window_index(self, grid):  # merged-token order window by window, and window lengths in patches
+        m = self.c["spatial_merge_size"]
+        ws = self.c["window_size"] // m // self.c["patch_size"]
+        index, lengths, offset = [], [], 0
+        for t, h, w in grid.tolist():
+            gh, gw = h // m, w // m
+            idx = torch.arange(t * gh * gw).reshape(t, gh, gw)
+            ph, pw = (ws - gh % ws) % ws, (ws - gw % ws) % ws
+            idx = F.pad(idx, (0, pw, 0, ph), value=-100)
+            nh, nw = (gh + ph) // ws, (gw + pw) // ws
+            idx = idx.reshape(t, nh, ws, nw, ws).permute(0, 1, 3, 2, 4).reshape(t, nh * nw, ws * ws)
+            counts = (idx != -100).sum(-1).flatten()
+            flat = idx.flatten()
+            index.append(flat[flat != -100] + offset)
+            lengths += [int(c) * m * m for c in counts if c > 0]
+            offset += t * gh * gw
+        return torch.cat(index), lengths
+
+    def forward(self, pixels, grid):
+        unit = self.c["spatial_merge_size"] ** 2
+        x = self.patch_embed(pixels)
+        angles = self.rotary(grid)
+        order, window_lengths = self.window_index(grid)
+        x = x.view(-1, unit, x.shape[-1])[order].flatten(0, 1)
+        angles = angles.view(-1, unit, angles.shape[-1])[order].flatten(0, 1)
+        emb = torch.cat([angles, angles], -1)
+        cos, sin = emb.cos()[None], emb.sin()[None]
+        image_lengths = (grid[:, 1] * grid[:, 2]).repeat_interleave(grid[:, 0]).tolist()
+        for i, block in enumerate(self.blocks):
+            full = i in self.c["fullatt_block_indexes"]
+            x = block(x, image_lengths if full else window_lengths, cos, sin)
+        return self.merger(x)[torch.argsort(order)]
+
+
+def qwen_rope_index(input_ids, attention_mask, grid, image_token, merge):
+    """(3, B, T) M-RoPE positions as transformers' get_rope_index for images (Qwen2.5-VL: frame 0)."""
+    b, t = input_ids.shape
+    pos = torch.ones(3, b, t, dtype=torch.long)
+    image = 0
+    for s in range(b):
+        ids = input_ids[s][attention_mask[s].bool()].tolist()
+        parts, i, start = [], 0, 0
+        while i <= len(ids):
+            if i == len(ids) or ids[i] == image_token:
+                text = i - start
+                base = parts[-1].max() + 1 if parts else 0
+                parts.append(torch.arange(text).expand(3, -1) + base)
+                if i == len(ids):
+                    break
+                gt, gh, gw = grid[image].tolist()
+                gh, gw = gh // merge, gw // merge
+                base = parts[-1].max() + 1 if parts[-1].numel() else base
+                hh = torch.arange(gh)[:, None].expand(gh, gw).flatten().repeat(gt)
+                ww = torch.arange(gw)[None].expand(gh, gw).flatten().repeat(gt)
+                parts.append(torch.stack([torch.zeros_like(hh), hh, ww]) + base)
+                i += gt * gh * gw
+                start = i
+                image += 1
+            else:
+                i += 1
+        pos[:, s, attention_mask[s].bool()] = torch.cat(parts, 1)
+    return pos
+
+
+class QwenAttention(LlamaAttention):
+    def __init__(self, c):
+        super().__init__(c)
+        d = c["hidden_size"]
+        self.q_proj = nn.Linear(d, self.heads * self.hd, bias=True)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.hd, bias=True)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.hd, bias=True)
+
+
+class QwenLayer(LlamaLayer):
+    def __init__(self, c):
+        super().__init__(c)
+        self.self_attn = QwenAttention(c)
+
+
+class Qwen25VL(nn.Module):
+    def __init__(self, s, freeze_vision):
+        super().__init__()
+        self.s, self.freeze_vision = s, freeze_vision
+        c = s["text"]
+        self.visual = QwenVision(s["qwen_vision"])
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
+        self.model.layers = nn.ModuleList(QwenLayer(c) for _ in range(c["num_hidden_layers"]))
+        self.model.norm = RmsNorm(c["hidden_size"], c["rms_norm_eps"])
+        if not c["tie_word_embeddings"]:
+            self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+
+    def forward(self, input_ids, attention_mask, pixel_values, grid, attn_layers):
+        c, (b, t) = self.s["text"], input_ids.shape
+        visual = (input_ids == self.s["image_token_index"]) & attention_mask.bool()
+        embeds = self.model.embed_tokens(input_ids)
+        if pixel_values.shape[0] > 0:
+            embeds = embeds.masked_scatter(visual[..., None], self.visual(pixel_values, grid))
+        # M-RoPE: the head's channels split by mrope_section into (t, h, w) rows, twice.
+        pos = qwen_rope_index(input_ids, attention_mask, grid, self.s["image_token_index"],
+                              self.s["qwen_vision"]["spatial_merge_size"]).double()
+        hd = c["hidden_size"] // c["num_attention_heads"]
+        inv_freq = 1.0 / c["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        freqs = pos[..., None] * inv_freq
+        emb = torch.cat([freqs, freqs], -1)  # (3, B, T, hd)
+        rows = [i % 3 for i in range(6)]
+        pick = lambda table: torch.cat([part[r] for r, part in zip(rows, table.split(c["mrope_section"] * 2, -1))], -1)
+        cos, sin = pick(emb.cos()).float()[:, None], pick(emb.sin()).float()[:, None]
+        allowed = (torch.ones(t, t, dtype=torch.bool).tril()[None] & attention_mask.bool()[:, None])[:, None]
+        h, maps = embeds, {}
+        for i, layer in enumerate(self.model.layers):
+            h, attn = layer(h, cos, sin, allowed)
+            if i in attn_layers:
+                maps[i] = attn
+        h = self.model.norm(h)
+        head = self.lm_head.weight if not c["tie_word_embeddings"] else self.model.embed_tokens.weight
+        return h @ head.t(), maps, visual
+
+
 # ---- losses, as in losses/ -----------------------------------------------------------------------------
 def text_ce(logits, labels):
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
@@ -308,13 +513,18 @@ def main():
     spec = json.load(open(f"{args.dir}/spec.json"))
     torch.set_num_threads(spec["threads"])
     s, opt = spec["shapes"], spec["optimizer"]
-    model = Llava(s, spec["freeze"]["vision_tower"])
+    qwen = s.get("family") == "qwen2_5_vl"
+    model = (Qwen25VL if qwen else Llava)(s, spec["freeze"]["vision_tower"])
     weights = load_safetensors(f"{args.dir}/weights.safetensors")
+    if qwen:  # modalign's own names for the decoder (`language_model.`): the Hub's are `model.*` and `lm_head.*`
+        weights = {k[len("language_model."):] if k.startswith("language_model.") else k: v for k, v in weights.items()}
     model.load_state_dict(weights, strict=True)
     for name, p in model.named_parameters():
-        frozen = any(spec["freeze"][k] and name.startswith(prefix) for k, prefix in
-                     (("vision_tower", "vision_tower."), ("projector", "multi_modal_projector."),
-                      ("language_model", "language_model.")))
+        prefixes = ((("vision_tower", "visual.blocks."), ("vision_tower", "visual.patch_embed."),
+                     ("projector", "visual.merger."), ("language_model", "model."), ("language_model", "lm_head."))
+                    if qwen else (("vision_tower", "vision_tower."), ("projector", "multi_modal_projector."),
+                                  ("language_model", "language_model.")))
+        frozen = any(spec["freeze"][k] and name.startswith(prefix) for k, prefix in prefixes)
         p.requires_grad_(not frozen)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -333,7 +543,10 @@ def main():
         labels, pixels = batches[f"{i}.labels"], batches[f"{i}.pixel_values"]
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        logits, maps, visual = model(ids, mask, pixels, attn_layers)
+        if qwen:
+            logits, maps, visual = model(ids, mask, pixels, batches[f"{i}.image_grid_thw"], attn_layers)
+        else:
+            logits, maps, visual = model(ids, mask, pixels, attn_layers)
         loss = text_ce(logits, labels)
         for a in aligners:
             loss = loss + a["weight"] * dual_channel(a, maps, labels, mask.bool(), visual)

@@ -59,7 +59,16 @@ double gemm_gflops(int64_t n, int reps) {
 json shapes_json(const ModelShapes& s) {
   const auto& v = s.vision;
   const auto& t = s.text;
-  return {{"vision",
+  const auto& q = s.qwen_vision;
+  if (s.family == ModelFamily::Qwen2VL) throw std::invalid_argument("step_bench: the PyTorch peer implements Qwen2.5-VL, not Qwen2-VL");
+  return {{"family", s.is_qwen() ? "qwen2_5_vl" : "llava"},
+          {"qwen_vision",
+           {{"depth", q.depth}, {"hidden_size", q.hidden_size}, {"intermediate_size", q.intermediate_size},
+            {"num_heads", q.num_heads}, {"in_channels", q.in_channels}, {"patch_size", q.patch_size},
+            {"temporal_patch_size", q.temporal_patch_size}, {"spatial_merge_size", q.spatial_merge_size},
+            {"window_size", q.window_size}, {"fullatt_block_indexes", q.fullatt_block_indexes},
+            {"out_hidden_size", q.out_hidden_size}}},
+          {"vision",
            {{"hidden_size", v.hidden_size}, {"intermediate_size", v.intermediate_size},
             {"num_hidden_layers", v.num_hidden_layers}, {"num_attention_heads", v.num_attention_heads},
             {"image_size", v.image_size}, {"patch_size", v.patch_size}, {"num_channels", v.num_channels},
@@ -68,7 +77,8 @@ json shapes_json(const ModelShapes& s) {
            {{"vocab_size", t.vocab_size}, {"hidden_size", t.hidden_size}, {"intermediate_size", t.intermediate_size},
             {"num_hidden_layers", t.num_hidden_layers}, {"num_attention_heads", t.num_attention_heads},
             {"num_key_value_heads", t.num_key_value_heads}, {"rms_norm_eps", t.rms_norm_eps},
-            {"rope_theta", t.rope_theta}, {"tie_word_embeddings", t.tie_word_embeddings}}},
+            {"rope_theta", t.rope_theta}, {"tie_word_embeddings", t.tie_word_embeddings},
+            {"attention_bias", t.attention_bias}, {"mrope_section", t.mrope_section}}},
           {"projector", s.projector == ProjectorKind::Mlp2xGelu ? "mlp2x_gelu" : "linear"},
           {"vision_feature_layer", s.vision_feature_layer},
           {"image_token_index", s.image_token_index}};
@@ -120,8 +130,8 @@ NamedTensors trainer_batches(const RunConfig& c, int64_t steps) {
   for (int64_t i = 0; i < steps; ++i) {
     Batch b = loader.next();
     for (auto [name, t] : {std::pair{"input_ids", b.input_ids}, {"attention_mask", b.attention_mask},
-                           {"labels", b.labels}, {"pixel_values", b.pixel_values}})
-      out.emplace_back(std::to_string(i) + "." + name, t.contiguous());
+                           {"labels", b.labels}, {"pixel_values", b.pixel_values}, {"image_grid_thw", b.image_grid_thw}})
+      if (t.defined()) out.emplace_back(std::to_string(i) + "." + name, t.contiguous());
   }
   return out;
 }
