@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """modalign vs a plain PyTorch-Python step on the same work, plus the machine's GEMM limit (`make bench`).
 
-    /usr/bin/python3 bench/compare.py [--presets demo qwen2_5_vl_demo small] [--rounds 3] [--build build]
+    /usr/bin/python3 bench/compare.py [--presets demo qwen2_5_vl small] [--rounds 3] [--build build]
 
 The GEMM rate is measured at the start and at the end; the higher counts. Per preset (bench/configs/<preset>.yaml): `step_bench export` writes the initial weights, the batches the
 trainer will draw and spec.json; then, for each round, CE only and CE + dual_channel run on both sides
@@ -24,7 +24,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"
-SETTINGS = {"demo": {"warmup": 3, "steps": 10}, "qwen2_5_vl_demo": {"warmup": 3, "steps": 10},
+SETTINGS = {"demo": {"warmup": 3, "steps": 10}, "qwen2_5_vl": {"warmup": 3, "steps": 10},
             "small": {"warmup": 2, "steps": 4}}
 
 
@@ -108,7 +108,7 @@ def summary(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--presets", nargs="+", default=["demo", "qwen2_5_vl_demo", "small"])
+    ap.add_argument("--presets", nargs="+", default=["demo", "qwen2_5_vl", "small"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--build", default="build")
     args = ap.parse_args()

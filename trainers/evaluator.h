@@ -66,6 +66,7 @@ class Evaluator {
   GenerationConfig generation_;
   int64_t batch_size_;
   torch::Generator sampler_;
+  torch::Tensor undecodable_;  // (V') bool: ids the tokenizer lacks, or the image token; never generated
 };
 
 // Lower case, letters, digits and spaces only, trimmed: how answers and references are compared.

@@ -887,8 +887,12 @@ std::string HfTokenizer::decode(const std::vector<int64_t>& ids, bool skip_speci
   return lossy_utf8(out);
 }
 
+bool HfTokenizer::has_id(int64_t id) const {
+  return id >= 0 && id < vocab_size() && !impl_->tokens[static_cast<size_t>(id)].empty();
+}
+
 std::string HfTokenizer::id_to_token(int64_t id) const {
-  if (id < 0 || id >= vocab_size() || impl_->tokens[static_cast<size_t>(id)].empty())
+  if (!has_id(id))
     throw TokenizerError(impl_->path + ": no token has id " + std::to_string(id));
   return impl_->tokens[static_cast<size_t>(id)];
 }

@@ -28,6 +28,7 @@ class HfTokenizer {
   // Invalid UTF-8 (a character cut between ids) becomes U+FFFD, as in Hugging Face.
   std::string decode(const std::vector<int64_t>& ids, bool skip_special = true) const;
   std::string id_to_token(int64_t id) const;  // the vocabulary's string ("Ġworld"); throws for unknown ids
+  bool has_id(int64_t id) const;
   int64_t token_to_id(const std::string& token) const;  // -1 when absent
 
   int64_t vocab_size() const;  // largest id + 1 (model vocabulary and added tokens)

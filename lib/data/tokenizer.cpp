@@ -142,6 +142,8 @@ int64_t Tokenizer::piece_to_id(const std::string& piece) const {
   return shim().piece_to_id(handle_, piece.c_str());
 }
 
+bool Tokenizer::has_id(int64_t id) const { return hf_ ? hf_->has_id(id) : id >= 0 && id < vocab_size_; }
+
 std::string Tokenizer::id_to_piece(int64_t id) const {
   if (hf_) return hf_->id_to_token(id);
   char piece[256] = {0};

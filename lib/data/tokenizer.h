@@ -34,6 +34,7 @@ class Tokenizer {
   std::string decode(const std::vector<int64_t>& ids) const;  // special tokens left out
   int64_t piece_to_id(const std::string& piece) const;        // unk_id() when absent
   std::string id_to_piece(int64_t id) const;                  // "▁Hello", "Ġworld"; throws for a bad id
+  bool has_id(int64_t id) const;  // a piece or added token has this id (a cut tokenizer.json has holes)
   int64_t vocab_size() const { return vocab_size_; }
   int64_t bos_id() const { return bos_; }
   int64_t eos_id() const { return eos_; }

@@ -35,11 +35,11 @@ ModelShapes preset_shapes(const std::string& name) {
     s.image_token_index = 5;
     return s;
   }
-  if (name == "qwen2_5_vl_demo") {  // the `demo` decoder with a Qwen2.5-VL tower: 8-pixel patches, 2 x 2 windows
-    s.family = ModelFamily::Qwen2_5VL;
+  if (name == "qwen2_5_vl_demo") {  // the `demo` decoder with the real Qwen vocabulary (151,936 rows, tied) and a
+    s.family = ModelFamily::Qwen2_5VL;  // Qwen2.5-VL tower: 8-pixel patches, 2 x 2 windows
     s.qwen_vision = {4, 192, 512, 4, 3, 8, 2, 2, 32, {1, 3}, 256};
-    s.text = {512, 256, 688, 6, 8, 4, 1e-6, 1e6, true, true, {4, 6, 6}};
-    s.image_token_index = 3;
+    s.text = {151936, 256, 688, 6, 8, 4, 1e-6, 1e6, true, true, {4, 6, 6}};
+    s.image_token_index = 151655;  // <|image_pad|>
     return s;
   }
   if (name == "qwen2_5_vl_3b" || name == "qwen2_5_vl_7b") {  // the released models' config.json shapes

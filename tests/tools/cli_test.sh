@@ -77,11 +77,12 @@ printf 'model: {hf_config: %s/config.json}\nlosses: [{name: attention_kl}]\n' "$
 check convert 0 "wrote $tmp/export.safetensors" "$bin" convert -c "$tmp/model_only.yaml" --checkpoint "$tmp/run" \
   --out "$tmp/export.safetensors" --merge-lora
 check convert-inspect 0 'language_model.model.norm.weight' "$bin" inspect "$tmp/export.safetensors"
-# The Qwen2.5-VL family through the CLI: a 2-step run of the qwen2_5_vl_demo preset (the 16-pixel images
-# become 64 x 64 by min_pixels: 16 image tokens), probe, generate, and convert writing the Hub names.
+# The Qwen2.5-VL family through the CLI: a 2-step run of the qwen2_5_vl_demo preset (the real Qwen vocabulary,
+# the Qwen2 tokenizer.json subset and ChatML; the 16-pixel images become 64 x 64 by min_pixels: 16 image
+# tokens), probe, generate, and convert writing the Hub names.
 cat > "$tmp/qwen.yaml" <<Y
 model: {preset: qwen2_5_vl_demo}
-data: {train_files: [data/train.json], image_folder: data, tokenizer: data/tokenizer.model, chat_template: vicuna_v1}
+data: {train_files: [data/train.json], image_folder: data, tokenizer: $qwen, chat_template: qwen2_vl}
 train: {output_dir: run-qwen, max_steps: 2, per_device_train_batch_size: 4, num_threads: 1}
 losses: [{name: dual_channel}, {name: attention_kl}]
 logging: {progress: plain}

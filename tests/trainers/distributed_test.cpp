@@ -158,6 +158,28 @@ TEST_F(DataParallelRun, TwoProcessesTrainLikeOneWithTheirCombinedBatch) {
       << test::read_text(other + ".log");
 }
 
+TEST_F(DataParallelRun, QwenWithLoraTrainsLikeOneProcess) {
+  // A tiny Qwen2.5-VL (the golden file's shapes, the fixture's vocabulary; 32-px images = 16 tokens in 4
+  // windows) with LoRA on every linear layer: 2 processes of batch 2 follow 1 process of batch 4.
+  dir_->write("qwen_config.json", R"({"model_type": "qwen2_5_vl", "image_token_id": 3,
+    "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+    "vision_config": {"depth": 4, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2, "patch_size": 4,
+    "window_size": 16, "fullatt_block_indexes": [1, 3], "out_hidden_size": 32}})");
+  const std::string qwen = fmt::format("--set model.hf_config={}/qwen_config.json --set data.image_min_pixels=1024 "
+                                       "--set train.lora_rank=4 --set train.max_steps=6",
+                                       dir_->path().string());
+  const std::string one = (dir_->path() / "qwen_one").string(), two = (dir_->path() / "qwen_two").string();
+  ASSERT_EQ(train(one, 1, 4, qwen), 0) << test::read_text(one + ".log");
+  ASSERT_EQ(train(two, 2, 2, qwen), 0) << test::read_text(two + ".log");
+  std::vector<double> l1 = losses(one), l2 = losses(two);
+  ASSERT_EQ(l1.size(), 6u);
+  ASSERT_EQ(l2.size(), 6u);
+  for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l1[i], l2[i], 1e-5 * std::max(1.0, std::abs(l1[i]))) << "step " << i + 1;
+  EXPECT_NE(l1.front(), l1.back());  // LoRA trained something
+  expect_same_weights(one + "/step-000006", two + "/step-000006", 1e-5);
+}
+
 #endif  // MODALIGN_CLI
 
 }  // namespace

@@ -53,6 +53,14 @@ TEST(HfTokenizer, QwenMatchesHuggingFaceOnHardStrings) {
   EXPECT_EQ(tok.id_to_token(1879), "Ġworld");
   EXPECT_EQ(tok.token_to_id("<|im_end|>"), 151645);
   EXPECT_EQ(tok.token_to_id("no such token"), -1);
+  // The cut file has holes (ids of pieces it dropped): has_id says which ids exist, so generation never
+  // picks one it could not decode.
+  EXPECT_TRUE(tok.has_id(1879));
+  EXPECT_TRUE(tok.has_id(151668));
+  EXPECT_FALSE(tok.has_id(48331));
+  EXPECT_FALSE(tok.has_id(-1));
+  EXPECT_FALSE(tok.has_id(151669));
+  test::expect_error<TokenizerError>([&] { tok.decode({48331}); }, {"no token has id 48331"});
 }
 
 TEST(HfTokenizer, QwenAddedTokensNfcAndDecoding) {
