@@ -2,7 +2,7 @@
 //   step_bench gemm  [--threads N]                     fp32 GEMM rate of this machine (GFLOP/s)
 //   step_bench loader CONFIG                            data loader samples/s (0 and data.num_workers threads)
 //   step_bench export CONFIG --steps N --out DIR            what the PyTorch peer needs for the same work
-//   step_bench train CONFIG --losses ce|config --warmup W --steps N
+//   step_bench train CONFIG --losses ce|config --warmup W --steps N [--set KEY=VALUE ...]
 //   step_bench generate CONFIG --split FILE [--checkpoint DIR] [--rounds R]
 //                                                       eval answers/s with the KV cache and with full re-forwards
 // `export` writes the Trainer's initial weights, the first N batches it will consume and spec.json
@@ -137,8 +137,9 @@ NamedTensors trainer_batches(const RunConfig& c, int64_t steps) {
 }
 
 // The config as the benchmark runs it: W + N steps, no evaluation, no checkpoint, `ce` = no alignment loss.
-RunConfig bench_config(const std::string& config_path, const std::string& losses, int64_t total_steps) {
-  RunConfig config = load_run_config({config_path}, {});
+RunConfig bench_config(const std::string& config_path, const std::string& losses, int64_t total_steps,
+                       const std::vector<std::string>& overrides = {}) {
+  RunConfig config = load_run_config({config_path}, overrides);
   if (losses == "ce") config.losses.clear();
   else if (losses != "config") throw std::invalid_argument("--losses must be ce or config, got " + losses);
   config.train.max_steps = total_steps;
@@ -160,8 +161,8 @@ int run_export(const std::string& config_path, const std::string& losses, int64_
 }
 
 int run_train(const std::string& config_path, const std::string& losses, int64_t warmup, int64_t steps,
-              const std::string& profile) {
-  RunConfig config = bench_config(config_path, losses, warmup + steps);
+              const std::string& profile, const std::vector<std::string>& overrides) {
+  RunConfig config = bench_config(config_path, losses, warmup + steps, overrides);
   fs::remove_all(config.train.output_dir);
   Trainer trainer(config);
   TrainResult r;
@@ -263,6 +264,8 @@ int main(int argc, char** argv) {
   train->add_option("--warmup", warmup, "untimed steps first");
   train->add_option("--steps", steps, "timed steps");
   train->add_option("--profile", out, "write a LibTorch profiler trace (Chrome JSON) of all steps here");
+  std::vector<std::string> overrides;
+  train->add_option("--set", overrides, "config override KEY=VALUE (repeatable), as `modalign train --set`");
   CLI::App* exp = app.add_subcommand("export", "initial weights, batches and spec.json for the PyTorch peer");
   exp->add_option("config", config, "run config")->required()->check(CLI::ExistingFile);
   exp->add_option("--losses", losses, "ce = text CE only, config = the config's losses");
@@ -288,7 +291,7 @@ int main(int argc, char** argv) {
     if (loader->parsed()) return run_loader(config);
     if (generate->parsed()) return run_generate(config, split, checkpoint, rounds);
     if (exp->parsed()) return run_export(config, losses, steps, out);
-    return run_train(config, losses, warmup, steps, out);
+    return run_train(config, losses, warmup, steps, out, overrides);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "step_bench: %s\n", e.what());
     return 1;

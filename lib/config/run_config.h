@@ -156,6 +156,7 @@ struct TrainConfig {
   double lora_alpha = 16.0;
   double lora_dropout = 0.0;
   std::string lora_target = "all-linear";
+  bool gradient_checkpointing = false;  // recompute each decoder layer and vision block in the backward pass
 
   template <class V>
   void visit(V& v) {
@@ -197,6 +198,9 @@ struct TrainConfig {
     v.field("lora_alpha", lora_alpha, "LoRA scale numerator (scale = alpha / rank)", Range::positive());
     v.field("lora_dropout", lora_dropout, "dropout on the LoRA input", Range{0.0, 1.0, false, true});
     v.field("lora_target", lora_target, "regex over linear layer names, or all-linear");
+    v.field("gradient_checkpointing", gradient_checkpointing,
+            "keep only each decoder layer's (and trained vision block's) input and recompute it in the backward pass "
+            "(less memory, about one more forward)");
   }
 };
 

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "lib/model/fused_ops.h"
+#include "lib/model/recompute.h"
 
 namespace modalign {
 namespace nn = torch::nn;
@@ -248,8 +249,20 @@ torch::Tensor LanguageModelImpl::forward(const torch::Tensor& embeds, const Deco
     bool tapped = std::find(request.layers.begin(), request.layers.end(), l) != request.layers.end();
     LayerTap tap;
     tap.layer = l;
-    h = layers[l]->as<LlamaDecoderLayerImpl>()->forward(h, ctx, tapped ? &tap : nullptr, request,
-                                                        cache ? &cache->layers[static_cast<size_t>(l)] : nullptr);
+    if (gradient_checkpointing && !cache) {  // the layer's output and taps, recomputed in the backward pass
+      std::shared_ptr<torch::nn::Module> layer = layers[l];
+      BlockFn run = [layer, ctx, request, tapped, l](const torch::Tensor& x) {
+        LayerTap t;
+        t.layer = l;
+        torch::Tensor out = layer->as<LlamaDecoderLayerImpl>()->forward(x, ctx, tapped ? &t : nullptr, request);
+        return std::vector<torch::Tensor>{out, t.visual_mass, t.key_mass, t.probs_to_visual, t.probs};
+      };
+      std::vector<torch::Tensor> out = recompute_in_backward(run, h, layer->parameters());
+      h = out[0], tap.visual_mass = out[1], tap.key_mass = out[2], tap.probs_to_visual = out[3], tap.probs = out[4];
+    } else {
+      h = layers[l]->as<LlamaDecoderLayerImpl>()->forward(h, ctx, tapped ? &tap : nullptr, request,
+                                                          cache ? &cache->layers[static_cast<size_t>(l)] : nullptr);
+    }
     if (tapped) taps.push_back(std::move(tap));
   }
   return norm(h);

@@ -128,6 +128,7 @@ struct LanguageModelImpl : torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
   Linear lm_head{nullptr};  // null when tie_word_embeddings
+  bool gradient_checkpointing = false;  // training forwards keep only each layer's input (lib/model/recompute)
 };
 TORCH_MODULE(LanguageModel);
 

@@ -6,6 +6,7 @@
 
 #include "lib/model/attention_core.h"
 #include "lib/model/decoder.h"
+#include "lib/model/recompute.h"
 
 namespace modalign {
 namespace nn = torch::nn;
@@ -212,7 +213,12 @@ torch::Tensor QwenVisionModelImpl::encode(const torch::Tensor& pixel_values, con
   for (int64_t b = 0; b < shapes.depth; ++b) {
     const auto& full = shapes.fullatt_block_indexes;
     bool windowed = shapes.window_size > 0 && std::find(full.begin(), full.end(), b) == full.end();
-    x = blocks[b]->as<QwenVisionBlockImpl>()->forward(x, cos, sin, windowed ? layout.cu_window_seqlens : layout.cu_seqlens);
+    std::shared_ptr<torch::nn::Module> block = blocks[b];
+    std::vector<int64_t> segments = windowed ? layout.cu_window_seqlens : layout.cu_seqlens;
+    auto run = [block, cos, sin, segments](const torch::Tensor& in) {
+      return std::vector<torch::Tensor>{block->as<QwenVisionBlockImpl>()->forward(in, cos, sin, segments)};
+    };
+    x = gradient_checkpointing ? recompute_in_backward(run, x, block->parameters())[0] : run(x)[0];
   }
   return x;
 }

@@ -69,6 +69,7 @@ struct QwenVisionModelImpl : torch::nn::Module {
   torch::nn::ModuleList blocks{nullptr};
   QwenVisionNorm merger_ln_q{nullptr};                     // `merger.ln_q`
   Linear merger_fc1{nullptr}, merger_fc2{nullptr};         // `merger.mlp.0`, `merger.mlp.2`
+  bool gradient_checkpointing = false;  // training forwards keep only each block's input (lib/model/recompute)
 };
 TORCH_MODULE(QwenVisionModel);
 

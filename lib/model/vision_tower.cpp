@@ -2,6 +2,7 @@
 
 #include "lib/model/attention_core.h"
 #include "lib/model/fused_ops.h"
+#include "lib/model/recompute.h"
 
 namespace modalign {
 namespace nn = torch::nn;
@@ -88,7 +89,11 @@ torch::Tensor VisionTowerImpl::forward(const torch::Tensor& pixel_values) {
               "VisionTower expects pixel_values (N, ", shapes.num_channels, ", ", shapes.image_size, ", ",
               shapes.image_size, "), got ", pixel_values.sizes());
   torch::Tensor h = vision_model->pre_layrnorm(vision_model->embeddings(pixel_values));  // hidden_states[0]
-  for (int64_t i = 0; i < layers_used; ++i) h = vision_model->layers[i]->as<ClipEncoderLayerImpl>()->forward(h);
+  for (int64_t i = 0; i < layers_used; ++i) {
+    std::shared_ptr<torch::nn::Module> layer = vision_model->layers[i];
+    auto run = [layer](const torch::Tensor& x) { return std::vector<torch::Tensor>{layer->as<ClipEncoderLayerImpl>()->forward(x)}; };
+    h = gradient_checkpointing ? recompute_in_backward(run, h, layer->parameters())[0] : run(h)[0];
+  }
   return h.slice(1, 1);  // (N, P, D): class token dropped
 }
 

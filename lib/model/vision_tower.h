@@ -59,6 +59,7 @@ struct VisionTowerImpl : torch::nn::Module {
   VisionShapes shapes;
   int64_t layers_used;
   ClipVisionModel vision_model{nullptr};
+  bool gradient_checkpointing = false;  // training forwards keep only each layer's input (lib/model/recompute)
 };
 TORCH_MODULE(VisionTower);
 

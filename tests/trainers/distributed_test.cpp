@@ -158,9 +158,10 @@ TEST_F(DataParallelRun, TwoProcessesTrainLikeOneWithTheirCombinedBatch) {
       << test::read_text(other + ".log");
 }
 
-TEST_F(DataParallelRun, QwenWithLoraTrainsLikeOneProcess) {
+TEST_F(DataParallelRun, QwenWithLoraAndCheckpointingTrainsLikeOneProcess) {
   // A tiny Qwen2.5-VL (the golden file's shapes, the fixture's vocabulary; 32-px images = 16 tokens in 4
-  // windows) with LoRA on every linear layer: 2 processes of batch 2 follow 1 process of batch 4.
+  // windows) with LoRA on every linear layer: 2 processes of batch 2 follow 1 process of batch 4, with and
+  // without activation checkpointing.
   dir_->write("qwen_config.json", R"({"model_type": "qwen2_5_vl", "image_token_id": 3,
     "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
@@ -178,6 +179,13 @@ TEST_F(DataParallelRun, QwenWithLoraTrainsLikeOneProcess) {
   for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l1[i], l2[i], 1e-5 * std::max(1.0, std::abs(l1[i]))) << "step " << i + 1;
   EXPECT_NE(l1.front(), l1.back());  // LoRA trained something
   expect_same_weights(one + "/step-000006", two + "/step-000006", 1e-5);
+  // The same with activation checkpointing on both processes (the tower trains too: its blocks recompute).
+  const std::string recomputed = (dir_->path() / "qwen_two_recomputed").string();
+  ASSERT_EQ(train(recomputed, 2, 2, qwen + " --set train.gradient_checkpointing=true"), 0) << test::read_text(recomputed + ".log");
+  std::vector<double> l3 = losses(recomputed);
+  ASSERT_EQ(l3.size(), 6u);
+  for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l1[i], l3[i], 1e-5 * std::max(1.0, std::abs(l1[i]))) << "step " << i + 1;
+  expect_same_weights(one + "/step-000006", recomputed + "/step-000006", 1e-5);
 }
 
 #endif  // MODALIGN_CLI

@@ -114,6 +114,14 @@ TEST_F(TrainerTest, ResumeIsBitwiseEqualWithAttentionKlOn) {
   expect_bitwise_resume(c, dir_->path(), "kl_resume");
 }
 
+TEST_F(TrainerTest, ResumeIsBitwiseEqualWithActivationCheckpointing) {
+  // Recomputed layers (decoder and the training CLIP tower) with accumulation and dual_channel: a resumed run
+  // ends bitwise where the straight one did.
+  RunConfig c = config("recompute_resume");
+  c.train.gradient_checkpointing = true;
+  expect_bitwise_resume(c, dir_->path(), "recompute_resume");
+}
+
 TEST_F(TrainerTest, QwenFamilyTrainsWithAlignmentLossesAndResumesBitwise) {
   // A Qwen2.5-VL of the golden file's shapes with the benchmark's vocabulary: the 16-pixel synth images
   // are resized to 32 x 32 (image_min_pixels 1024), 8 x 8 patches, 16 image tokens in 4 windows.
