@@ -188,24 +188,28 @@ class LlamaLayer(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, layer=LlamaLayer):
         super().__init__()
         self.c = c
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
-        self.model.layers = nn.ModuleList(LlamaLayer(c) for _ in range(c["num_hidden_layers"]))
+        self.model.layers = nn.ModuleList(layer(c) for _ in range(c["num_hidden_layers"]))
         self.model.norm = RmsNorm(c["hidden_size"], c["rms_norm_eps"])
         if not c["tie_word_embeddings"]:
             self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
 
-    def forward(self, embeds, attention_mask, attn_layers):
-        c, (b, t, _) = self.c, embeds.shape
+    def rotary(self, pos):  # positions (..., B, T) float64 -> the (..., B, T, hd) angle table
+        c = self.c
         hd = c["hidden_size"] // c["num_attention_heads"]
-        pos = (attention_mask.long().cumsum(1) - 1).clamp_min(0).double()
         inv_freq = 1.0 / c["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
         freqs = pos[..., None] * inv_freq
-        emb = torch.cat([freqs, freqs], -1)[:, None]
-        cos, sin = emb.cos().float(), emb.sin().float()
+        return torch.cat([freqs, freqs], -1)
+
+    def forward(self, embeds, attention_mask, attn_layers, cos=None, sin=None):  # cos, sin (B, 1, T, hd)
+        c, (b, t, _) = self.c, embeds.shape
+        if cos is None:
+            emb = self.rotary((attention_mask.long().cumsum(1) - 1).clamp_min(0).double())[:, None]
+            cos, sin = emb.cos().float(), emb.sin().float()
         allowed = (torch.ones(t, t, dtype=torch.bool).tril()[None] & attention_mask.bool()[:, None])[:, None]
         h, maps = embeds, {}
         for i, layer in enumerate(self.model.layers):
@@ -414,21 +418,14 @@ class QwenLayer(LlamaLayer):
         self.self_attn = QwenAttention(c)
 
 
-class Qwen25VL(nn.Module):
+class Qwen25VL(LanguageModel):  # the Hub layout: `visual.*`, `model.*`, `lm_head`
     def __init__(self, s, freeze_vision):
-        super().__init__()
+        super().__init__(s["text"], QwenLayer)
         self.s, self.freeze_vision = s, freeze_vision
-        c = s["text"]
         self.visual = QwenVision(s["qwen_vision"])
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
-        self.model.layers = nn.ModuleList(QwenLayer(c) for _ in range(c["num_hidden_layers"]))
-        self.model.norm = RmsNorm(c["hidden_size"], c["rms_norm_eps"])
-        if not c["tie_word_embeddings"]:
-            self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
 
     def forward(self, input_ids, attention_mask, pixel_values, grid, attn_layers):
-        c, (b, t) = self.s["text"], input_ids.shape
+        c = self.c
         visual = (input_ids == self.s["image_token_index"]) & attention_mask.bool()
         embeds = self.model.embed_tokens(input_ids)
         if pixel_values.shape[0] > 0:
@@ -436,22 +433,12 @@ class Qwen25VL(nn.Module):
         # M-RoPE: the head's channels split by mrope_section into (t, h, w) rows, twice.
         pos = qwen_rope_index(input_ids, attention_mask, grid, self.s["image_token_index"],
                               self.s["qwen_vision"]["spatial_merge_size"]).double()
-        hd = c["hidden_size"] // c["num_attention_heads"]
-        inv_freq = 1.0 / c["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-        freqs = pos[..., None] * inv_freq
-        emb = torch.cat([freqs, freqs], -1)  # (3, B, T, hd)
+        emb = self.rotary(pos)  # (3, B, T, hd)
         rows = [i % 3 for i in range(6)]
         pick = lambda table: torch.cat([part[r] for r, part in zip(rows, table.split(c["mrope_section"] * 2, -1))], -1)
-        cos, sin = pick(emb.cos()).float()[:, None], pick(emb.sin()).float()[:, None]
-        allowed = (torch.ones(t, t, dtype=torch.bool).tril()[None] & attention_mask.bool()[:, None])[:, None]
-        h, maps = embeds, {}
-        for i, layer in enumerate(self.model.layers):
-            h, attn = layer(h, cos, sin, allowed)
-            if i in attn_layers:
-                maps[i] = attn
-        h = self.model.norm(h)
-        head = self.lm_head.weight if not c["tie_word_embeddings"] else self.model.embed_tokens.weight
-        return h @ head.t(), maps, visual
+        logits, maps = super().forward(embeds, attention_mask, attn_layers, pick(emb.cos()).float()[:, None],
+                                       pick(emb.sin()).float()[:, None])
+        return logits, maps, visual
 
 
 # ---- losses, as in losses/ -----------------------------------------------------------------------------

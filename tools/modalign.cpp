@@ -20,6 +20,7 @@
 #include "trainers/components.h"
 #include "trainers/launcher.h"
 #include "trainers/lora.h"
+#include "trainers/memory_plan.h"
 #include "trainers/probe.h"
 #include "trainers/trainer.h"
 
@@ -68,6 +69,20 @@ int run_config(const ConfigArgs& args, bool defaults) {
     return 0;
   }
   std::cout << modalign::dump_config(modalign::load_run_config(args.files, args.overrides));
+  return 0;
+}
+
+struct PlanArgs {
+  int64_t nproc = 0, seq_len = 0, image_tokens = 0;
+  double memory_gib = 0;
+};
+
+// The memory a run needs per rank, from the config alone (no weights are read).
+int run_plan(const ConfigArgs& args, const PlanArgs& p) {
+  modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
+  const modalign::ModelShapes shapes = modalign::shapes_from_config(config.model);
+  const modalign::MemoryPlan plan = modalign::plan_memory(config, shapes, p.seq_len, p.image_tokens);
+  std::printf("%s", modalign::format_plan(plan, config, p.nproc > 0 ? p.nproc : config.distributed.nproc, p.memory_gib).c_str());
   return 0;
 }
 
@@ -288,6 +303,19 @@ int main(int argc, char** argv) {
   config->add_flag("--defaults", defaults, "print every key with its default and help");
   config->add_flag("--dump", dump, "print the resolved YAML a run with these files and overrides would use");
   config->callback([&] { code = run_config(config_args, defaults); });
+
+  ConfigArgs plan_args;
+  PlanArgs plan_opts;
+  CLI::App* plan = app.add_subcommand("plan", "memory per rank of a run: weights, gradients, optimizer state, activations");
+  plan_args.add_to(plan);
+  plan->add_option("--nproc", plan_opts.nproc, "data-parallel ranks (default: distributed.nproc)")->check(CLI::PositiveNumber);
+  plan->add_option("--memory-gib", plan_opts.memory_gib, "say whether the run fits this many GiB per rank");
+  plan->add_option("--seq-len", plan_opts.seq_len, "tokens per sample, image span included (default: data.model_max_length)")
+      ->check(CLI::PositiveNumber);
+  plan->add_option("--image-tokens", plan_opts.image_tokens,
+                   "image tokens per sample (default: LLaVA num_patches; Qwen: what data.image_max_pixels allows)")
+      ->check(CLI::PositiveNumber);
+  plan->callback([&] { code = run_plan(plan_args, plan_opts); });
 
   ConfigArgs train_args;
   int64_t nproc = 0;

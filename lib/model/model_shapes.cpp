@@ -207,7 +207,7 @@ void check_shapes(const ModelShapes& s) {
   require(s.initializer_range > 0, "initializer_range must be positive");
 }
 
-int64_t count_parameters(const ModelShapes& s) {
+ParameterCounts parameter_counts(const ModelShapes& s) {
   const auto& v = s.vision;
   const auto& t = s.text;
   const auto& q = s.qwen_vision;
@@ -215,8 +215,9 @@ int64_t count_parameters(const ModelShapes& s) {
   // Qwen2-VL blocks: LayerNorms with bias, fc1/fc2; Qwen2.5-VL: RMSNorms, gate/up/down with bias.
   const int64_t qwen_block = 3 * qd * qd + 3 * qd + qd * qd + qd +
                              (s.family == ModelFamily::Qwen2VL ? 2 * qd * qi + qi + qd + 4 * qd : 3 * qd * qi + 2 * qi + qd + 2 * qd);
-  const int64_t qwen_vision = qd * q.patch_dim() + q.depth * qwen_block + (s.family == ModelFamily::Qwen2VL ? 2 * qd : qd) +
-                              merged * merged + merged + merged * q.out_hidden_size + q.out_hidden_size;
+  const int64_t qwen_tower = qd * q.patch_dim() + q.depth * qwen_block;
+  const int64_t qwen_merger = (s.family == ModelFamily::Qwen2VL ? 2 * qd : qd) + merged * merged + merged +
+                              merged * q.out_hidden_size + q.out_hidden_size;
   int64_t vis_layer = 4 * (v.hidden_size * v.hidden_size + v.hidden_size) + 2 * v.hidden_size * v.intermediate_size +
                       v.intermediate_size + v.hidden_size + 4 * v.hidden_size;
   int64_t vision = v.hidden_size * v.num_channels * v.patch_size * v.patch_size + v.hidden_size +
@@ -230,7 +231,9 @@ int64_t count_parameters(const ModelShapes& s) {
                        2 * t.hidden_size + aligner + (t.attention_bias ? t.hidden_size + 2 * kv : 0);
   int64_t text = t.vocab_size * t.hidden_size * (t.tie_word_embeddings ? 1 : 2) + t.num_hidden_layers * text_layer +
                  t.hidden_size;
-  return (s.is_qwen() ? qwen_vision : vision + projector) + text;
+  return s.is_qwen() ? ParameterCounts{qwen_tower, qwen_merger, text} : ParameterCounts{vision, projector, text};
 }
+
+int64_t count_parameters(const ModelShapes& s) { return parameter_counts(s).total(); }
 
 }  // namespace modalign

@@ -93,7 +93,14 @@ ModelShapes shapes_from_hf_config(const std::string& path);
 // Rejects inconsistent shapes (heads not dividing the width, odd head dim, feature layer out of range).
 void check_shapes(const ModelShapes& shapes);
 
-// Number of parameters a model of these shapes has.
-int64_t count_parameters(const ModelShapes& shapes);
+// Parameters of a model of these shapes, by the parts the trainer freezes separately.
+struct ParameterCounts {
+  int64_t vision_tower = 0;    // LLaVA `vision_tower`; Qwen `visual` but its merger
+  int64_t projector = 0;       // LLaVA `multi_modal_projector`; Qwen `visual.merger`
+  int64_t language_model = 0;  // the decoder, its embeddings and head (and the MODA aligners)
+  int64_t total() const { return vision_tower + projector + language_model; }
+};
+ParameterCounts parameter_counts(const ModelShapes& shapes);
+int64_t count_parameters(const ModelShapes& shapes);  // parameter_counts(shapes).total()
 
 }  // namespace modalign

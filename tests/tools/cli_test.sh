@@ -12,7 +12,7 @@ check() {  # name, expected exit code, regex the output must match, command...
   else bad "$name: exit $code (want $want), output:"; echo "$out" | head -20; fi
 }
 check help 0 'train.*fine-tune' "$bin" --help
-for sub in train eval probe generate synth inspect convert config tokenize; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
+for sub in train eval probe generate synth inspect convert config tokenize plan; do check "help-$sub" 0 "^ *$sub " "$bin" --help; done
 check version 0 'modalign 0\.1\.0' "$bin" --version
 check defaults 0 'learning_rate: 2e-05  # peak learning rate' "$bin" config --defaults
 printf 'train:\n  learning_rate: 1e-4\n' > "$tmp/a.yaml"
@@ -96,6 +96,14 @@ check qwen-convert 0 "wrote $tmp/qwen.safetensors" "$bin" convert -c "$tmp/qwen.
   --out "$tmp/qwen.safetensors"
 check qwen-convert-names 0 '^  model\.layers\.0\.self_attn\.q_proj\.bias ' "$bin" inspect "$tmp/qwen.safetensors"
 check qwen-convert-merger 0 '^  visual\.merger\.mlp\.0\.weight ' "$bin" inspect "$tmp/qwen.safetensors"
+# plan: the 7B Qwen shapes from the preset alone (no weights), LoRA on a bfloat16 base (the merger trains too),
+# 2,048 tokens per sample.
+printf 'model: {preset: qwen2_5_vl_7b, dtype: bfloat16}\ntrain: {lora_rank: 8, per_device_train_batch_size: 1}\ndata: {model_max_length: 2048}\n' > "$tmp/plan7b.yaml"
+check plan-7b 0 '^parameters: 8312351744 \(vision tower 631975680, projector 44574464, language model 7615616512, LoRA 20185088\); trainable: 64759552' \
+  "$bin" plan -c "$tmp/plan7b.yaml"
+check plan-fits-with-checkpointing 0 'fits in 24 GiB per rank as configured \(gradient_checkpointing: false\): no; with gradient_checkpointing: true it would' \
+  "$bin" plan -c "$tmp/plan7b.yaml" --memory-gib 24
+check plan-too-small 0 'fits in 8 GiB per rank as configured \(gradient_checkpointing: false\): no$' "$bin" plan -c "$tmp/plan7b.yaml" --memory-gib 8
 # tokenize with the fixture's SentencePiece model: --add-special puts BOS (1) first; the ids decode back.
 check tokenize-spm 0 '^1 [0-9 ]+$' "$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?' --add-special
 ids=$("$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?')

@@ -94,6 +94,14 @@ void expect_same(const Pass& a, const Pass& b) {
   EXPECT_GT(largest, 1e-3);  // the gradients compared are not all zero
 }
 
+// A golden file's model weights (every tensor not named golden.*).
+NamedTensors weights_of(const SafetensorsFile& golden) {
+  NamedTensors out;
+  for (const auto& e : golden.entries())
+    if (e.name.rfind("golden.", 0) != 0) out.emplace_back(e.name, golden.tensor(e.name));
+  return out;
+}
+
 void set_checkpointing(VisionLanguageModel& model, bool on) {
   model->language_model->gradient_checkpointing = on;
   if (model->visual) model->visual->gradient_checkpointing = on;
@@ -106,9 +114,7 @@ TEST(Recompute, CheckpointedQwenLayersAndBlocksGiveTheSameTapsLossAndGradients) 
   // run trains (adapters and aligners only: the layers' inputs need none).
   SafetensorsFile golden(test::qwen_golden_path());
   auto g = [&](const std::string& n) { return golden.tensor("golden." + n); };
-  NamedTensors weights;
-  for (const auto& e : golden.entries())
-    if (e.name.rfind("golden.", 0) != 0) weights.emplace_back(e.name, golden.tensor(e.name));
+  const NamedTensors weights = weights_of(golden);
   ModelShapes s = preset_shapes("qwen2_5_vl_tiny");
   s.moda_aligner = true;
   Forward forward = [&](VisionLanguageModel& m, const TapRequest& taps) {
@@ -142,9 +148,7 @@ TEST(Recompute, CheckpointedLlavaLayersGiveTheSameTapsLossAndGradients) {
   // The LLaVA golden weights in float64, everything training: CLIP layers and decoder layers checkpointed.
   SafetensorsFile golden(test::golden_path());
   auto g = [&](const std::string& n) { return golden.tensor("golden." + n); };
-  NamedTensors weights;
-  for (const auto& e : golden.entries())
-    if (e.name.rfind("golden.", 0) != 0) weights.emplace_back(e.name, golden.tensor(e.name));
+  const NamedTensors weights = weights_of(golden);
   ModelShapes s = preset_shapes("tiny");
   ExpandedInputs in = expand_image_tokens(g("input_ids"), g("attention_mask"), g("labels"), s.image_token_index,
                                           s.vision.num_patches());
