@@ -46,20 +46,19 @@ Evaluator::Evaluator(VisionLanguageModel model, std::shared_ptr<const Processor>
       processor_(std::move(processor)),
       generation_(std::move(generation)),
       batch_size_(batch_size),
-      sampler_(at::detail::createCPUGenerator(static_cast<uint64_t>(generation_.seed))) {}
+      sampler_(at::detail::createCPUGenerator(static_cast<uint64_t>(generation_.seed))) {
+  // Only ids the tokenizer can decode are generated (the model's padded rows and a cut tokenizer's holes are
+  // not), and never the image token.
+  const Tokenizer& tok = processor_->tokenizer();
+  undecodable_ = torch::zeros({tok.vocab_size()}, torch::kBool);
+  auto u = undecodable_.accessor<bool, 1>();
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) u[id] = !tok.has_id(id);
+  const int64_t image = processor_->model().image_token_index;
+  if (image < tok.vocab_size()) u[image] = true;
+}
 
 torch::Tensor Evaluator::next_tokens(torch::Tensor logits) {
-  const Tokenizer& tok = processor_->tokenizer();
-  // Only ids the tokenizer can decode (the model's padded rows and a cut tokenizer's holes are not), and
-  // never the image token.
-  if (!undecodable_.defined()) {
-    undecodable_ = torch::zeros({tok.vocab_size()}, torch::kBool);
-    auto u = undecodable_.accessor<bool, 1>();
-    for (int64_t id = 0; id < tok.vocab_size(); ++id) u[id] = !tok.has_id(id);
-    const int64_t image = processor_->model().image_token_index;
-    if (image < tok.vocab_size()) u[image] = true;
-  }
-  logits = logits.slice(-1, 0, tok.vocab_size()).to(torch::kFloat32).cpu().masked_fill(undecodable_, -INFINITY);  // (B, V')
+  logits = logits.slice(-1, 0, undecodable_.size(0)).to(torch::kFloat32).cpu().masked_fill(undecodable_, -INFINITY);  // (B, V')
   if (!generation_.do_sample) return logits.argmax(-1);
   torch::Tensor probs = torch::softmax(logits / generation_.temperature, -1);
   if (generation_.top_p < 1.0) {  // keep the smallest head of the sorted distribution reaching top_p

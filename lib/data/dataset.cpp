@@ -41,8 +41,8 @@ Example parse_record(const nlohmann::json& j, const std::string& where) {
   }
   const bool has_image = j.contains("image") && !j["image"].is_null(), has_images = j.contains("images") && !j["images"].is_null();
   if (has_image && has_images) throw fail("give either \"image\" or \"images\", not both");
-  if ((has_image || has_images) && j[has_image ? "image" : "images"] != "") {  // "" = text only, as before
-    const char* key = has_image ? "image" : "images";
+  const char* key = has_image ? "image" : "images";
+  if ((has_image || has_images) && j[key] != "") {  // "" = text only, as before
     const nlohmann::json& v = j[key];
     for (const auto& path : v.is_array() ? v : nlohmann::json::array({v})) {
       if (!path.is_string() || path.get<std::string>().empty())

@@ -216,9 +216,9 @@ torch::Tensor QwenVisionModelImpl::encode(const torch::Tensor& pixel_values, con
     std::shared_ptr<torch::nn::Module> block = blocks[b];
     std::vector<int64_t> segments = windowed ? layout.cu_window_seqlens : layout.cu_seqlens;
     auto run = [block, cos, sin, segments](const torch::Tensor& in) {
-      return std::vector<torch::Tensor>{block->as<QwenVisionBlockImpl>()->forward(in, cos, sin, segments)};
+      return block->as<QwenVisionBlockImpl>()->forward(in, cos, sin, segments);
     };
-    x = gradient_checkpointing ? recompute_in_backward(run, x, block->parameters())[0] : run(x)[0];
+    x = run_block(gradient_checkpointing, run, x, *block);
   }
   return x;
 }

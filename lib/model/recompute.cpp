@@ -83,4 +83,11 @@ std::vector<torch::Tensor> recompute_in_backward(const BlockFn& fn, const torch:
   return all;
 }
 
+torch::Tensor run_block(bool recompute, const std::function<torch::Tensor(const torch::Tensor&)>& fn,
+                        const torch::Tensor& x, const torch::nn::Module& module) {
+  if (!recompute) return fn(x);
+  return recompute_in_backward([fn](const torch::Tensor& in) { return std::vector<torch::Tensor>{fn(in)}; }, x,
+                               module.parameters())[0];
+}
+
 }  // namespace modalign

@@ -19,4 +19,8 @@ using BlockFn = std::function<std::vector<torch::Tensor>(const torch::Tensor& x)
 std::vector<torch::Tensor> recompute_in_backward(const BlockFn& fn, const torch::Tensor& x,
                                                  const std::vector<torch::Tensor>& params);
 
+// A block with one output, `module`'s parameters: fn(x), through recompute_in_backward when `recompute`.
+torch::Tensor run_block(bool recompute, const std::function<torch::Tensor(const torch::Tensor&)>& fn,
+                        const torch::Tensor& x, const torch::nn::Module& module);
+
 }  // namespace modalign

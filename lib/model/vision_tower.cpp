@@ -91,8 +91,8 @@ torch::Tensor VisionTowerImpl::forward(const torch::Tensor& pixel_values) {
   torch::Tensor h = vision_model->pre_layrnorm(vision_model->embeddings(pixel_values));  // hidden_states[0]
   for (int64_t i = 0; i < layers_used; ++i) {
     std::shared_ptr<torch::nn::Module> layer = vision_model->layers[i];
-    auto run = [layer](const torch::Tensor& x) { return std::vector<torch::Tensor>{layer->as<ClipEncoderLayerImpl>()->forward(x)}; };
-    h = gradient_checkpointing ? recompute_in_backward(run, h, layer->parameters())[0] : run(h)[0];
+    h = run_block(gradient_checkpointing, [layer](const torch::Tensor& x) { return layer->as<ClipEncoderLayerImpl>()->forward(x); },
+                  h, *layer);
   }
   return h.slice(1, 1);  // (N, P, D): class token dropped
 }
