@@ -9,8 +9,6 @@ namespace {
 
 const std::string kEos = "</s>";
 
-std::string sample_name(const Example& e) { return e.where + (e.id.empty() ? "" : " (id " + e.id + ")"); }
-
 // Text with `<image>` and `</s>` markers -> ids (image `next_image`, then the next, ... expanded; EOS for </s>).
 std::vector<int64_t> encode_with_specials(const std::string& text, const Tokenizer& tok, const TokenizeOptions& o,
                                           const Example& e, size_t& next_image) {
@@ -24,20 +22,20 @@ std::vector<int64_t> encode_with_specials(const std::string& text, const Tokeniz
       for (int64_t id : tok.encode(chunk)) {
         if (id == o.image_token_index)
           throw DataError(fmt::format("{}: the tokenizer gives id {} (the model's image_token_index) for text '{}'",
-                                      sample_name(e), id, chunk.substr(0, 60)));
+                                      describe(e), id, chunk.substr(0, 60)));
         ids.push_back(id);
       }
     if (next == std::string::npos) break;
     if (next == img) {
       if (next_image >= o.image_tokens.size())
         throw DataError(fmt::format("{}: the text holds more <image> placeholders than the sample's {} images",
-                                    sample_name(e), o.image_tokens.size()));
+                                    describe(e), o.image_tokens.size()));
       ids.insert(ids.end(), o.image_tokens[next_image++], o.image_token_index);
       pos = img + std::string(kImagePlaceholder).size();
     } else {
       if (tok.eos_id() < 0)
         throw DataError(fmt::format("{}: the template ends turns with </s> but {} names no EOS token (eos_token in "
-                                    "tokenizer_config.json)", sample_name(e), tok.path()));
+                                    "tokenizer_config.json)", describe(e), tok.path()));
       ids.push_back(tok.eos_id());
       pos = eos + kEos.size();
     }
@@ -109,7 +107,7 @@ TokenizedExample tokenize_example(const Example& e, const Tokenizer& tok, const 
   size_t images = 0, per_turn_images = 0;
   std::vector<int64_t> all = encode_with_specials(whole, tok, o, e, images);
   if (images != o.image_tokens.size())
-    throw DataError(fmt::format("{}: the text holds {} <image> placeholders for {} images", sample_name(e), images,
+    throw DataError(fmt::format("{}: the text holds {} <image> placeholders for {} images", describe(e), images,
                                 o.image_tokens.size()));
   out.input_ids.insert(out.input_ids.end(), all.begin(), all.end());
   if (bos) out.labels.push_back(-100);
@@ -122,7 +120,7 @@ TokenizedExample tokenize_example(const Example& e, const Tokenizer& tok, const 
   if (per_turn != out.input_ids.size())
     throw DataError(fmt::format("{}: tokenisation mismatch: the turns give {} tokens, the whole conversation {} "
                                 "(a turn boundary falls inside a token)",
-                                sample_name(e), per_turn, out.input_ids.size()));
+                                describe(e), per_turn, out.input_ids.size()));
   for (size_t i = 0; i < out.labels.size(); ++i)  // labels come from the whole tokenisation
     if (out.labels[i] != -100) out.labels[i] = out.input_ids[i];
 
@@ -132,14 +130,14 @@ TokenizedExample tokenize_example(const Example& e, const Tokenizer& tok, const 
     int64_t image_end = last_image == out.input_ids.rend() ? 0 : n - (last_image - out.input_ids.rbegin());
     if (image_end > o.max_length)
       throw DataError(fmt::format("{}: cannot fit: the image span ends at token {} but model_max_length is {}",
-                                  sample_name(e), image_end, o.max_length));
+                                  describe(e), image_end, o.max_length));
     if (o.prompt_only)
-      throw DataError(fmt::format("{}: the prompt has {} tokens, more than model_max_length {}", sample_name(e), n, o.max_length));
+      throw DataError(fmt::format("{}: the prompt has {} tokens, more than model_max_length {}", describe(e), n, o.max_length));
     out.input_ids.resize(static_cast<size_t>(o.max_length));
     out.labels.resize(static_cast<size_t>(o.max_length));
   }
   if (!o.prompt_only && std::all_of(out.labels.begin(), out.labels.end(), [](int64_t l) { return l == -100; }))
-    throw DataError(fmt::format("{}: no trained token left{}", sample_name(e),
+    throw DataError(fmt::format("{}: no trained token left{}", describe(e),
                                 n > o.max_length ? fmt::format(" after truncation to model_max_length {}", o.max_length) : ""));
   return out;
 }

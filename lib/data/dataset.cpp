@@ -23,12 +23,16 @@ std::string trim(const std::string& s) {
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
+}  // namespace
+
+std::string describe(const Example& e) { return e.where + (e.id.empty() ? "" : " (id " + e.id + ")"); }
+
+namespace {
+
 Example parse_record(const nlohmann::json& j, const std::string& where) {
   Example e;
   e.where = where;
-  auto fail = [&](const std::string& msg) -> DataError {
-    return DataError(fmt::format("{}{}: {}", where, e.id.empty() ? "" : " (id " + e.id + ")", msg));
-  };
+  auto fail = [&](const std::string& msg) -> DataError { return DataError(fmt::format("{}: {}", describe(e), msg)); };
   if (!j.is_object()) throw fail("a sample must be a JSON object");
   if (j.contains("id")) e.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
   if (j.contains("hint") && !j["hint"].is_null()) {

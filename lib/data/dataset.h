@@ -34,6 +34,9 @@ struct Example {
   std::vector<std::array<double, 4>> regions;  // optional "regions": boxes x0, y0, x1, y1 in image pixels
 };
 
+// How messages name a sample: "file:line (id X)", or without the id when it has none.
+std::string describe(const Example& e);
+
 // Reads and checks one dataset file. Alternating human/gpt turns starting with human, at least one gpt
 // turn. One image: at most one `<image>`, only in the first human turn (moved to its start, followed by a
 // newline, as LLaVA does; added there when the text has none). Several images: exactly one `<image>` per

@@ -7,12 +7,6 @@
 #include <filesystem>
 
 namespace modalign {
-namespace {
-
-// "file[i] (id x)": how errors name a sample.
-std::string where(const Example& e) { return e.where + (e.id.empty() ? "" : " (id " + e.id + ")"); }
-
-}  // namespace
 
 Batch Batch::to(torch::Device device) const {
   Batch b = *this;
@@ -78,7 +72,7 @@ std::vector<int64_t> Processor::image_tokens(const Example& example) const {
       const int64_t cell = model_.qwen_patch_size * model_.qwen_merge_size;
       tokens[i] = (rh / cell) * (rw / cell);
     } catch (const DataError& e) {
-      throw DataError(fmt::format("{}: {}", where(example), e.what()));
+      throw DataError(fmt::format("{}: {}", describe(example), e.what()));
     }
   }
   return tokens;
@@ -102,7 +96,7 @@ std::string Processor::image_path(const Example& example, size_t image) const {
   if (end != folder.end() && !config_.allow_paths_outside_image_folder)
     throw DataError(fmt::format("{}: image '{}' resolves to {}, outside data.image_folder {} (set "
                                 "data.allow_paths_outside_image_folder: true to allow it)",
-                                where(example), file,
+                                describe(example), file,
                                 resolved.string(), folder.string()));
   return path;
 }
@@ -127,7 +121,7 @@ void Processor::load_pixels(const Example& example, Sample& s) const {
       if (s.region_target.defined() && s.region_target.sum().item<double>() <= 0)  // regions: one image only
         throw DataError(fmt::format("{}: no region lies inside the {}x{} image", path, image.width, image.height));
     } catch (const DataError& e) {
-      throw DataError(fmt::format("{}: {}", where(example), e.what()));
+      throw DataError(fmt::format("{}: {}", describe(example), e.what()));
     }
   }
   s.pixel_values = torch::cat(pixels);

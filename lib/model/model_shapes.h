@@ -76,7 +76,7 @@ struct ModelShapes {  // LlavaConfig, Qwen2VLConfig, Qwen2_5_VLConfig
   }
 };
 
-// "tiny" (tests, the golden file's shapes), "demo" (~10 M parameters), "small" (~100 M),
+// "tiny" (tests, the golden file's shapes), "demo" (~6.4 M parameters), "small" (~100 M),
 // "llava-1.5-7b" (the real model's shapes); "qwen2_5_vl_tiny" (the Qwen golden file's shapes),
 // "qwen2_vl_tiny" (the same sizes in the Qwen2-VL layout), "qwen2_5_vl_demo" (`demo`'s decoder with the
 // real Qwen vocabulary, a Qwen2.5-VL tower for the synthetic benchmark), "qwen2_5_vl_3b", "qwen2_5_vl_7b".
