@@ -23,9 +23,8 @@ VisionLanguageModel build_model(const RunConfig& config) {
   VisionLanguageModel model = build_model(config.model);
   if (!config.model.weights.empty()) load_weights(*model, config.model.weights, /*strict=*/!config.model.moda_aligner);
   if (config.train.lora_rank > 0) apply_lora(*model, config.train);
-  model->language_model->gradient_checkpointing = config.train.gradient_checkpointing;
-  if (model->vision_tower) model->vision_tower->gradient_checkpointing = config.train.gradient_checkpointing;
-  if (model->visual) model->visual->gradient_checkpointing = config.train.gradient_checkpointing;
+  model->set_gradient_checkpointing(config.train.gradient_checkpointing);
+  if (config.train.bf16) model->autocast_dtype = torch::kBFloat16;
   return model;
 }
 

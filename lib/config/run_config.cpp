@@ -50,6 +50,9 @@ void validate(const RunConfig& c) {
   check(d.image_std.size() == 3, fmt::format("data.image_std needs 3 values (RGB), got {}", d.image_std.size()));
   for (double s : d.image_std) check(s > 0, fmt::format("data.image_std: {} is not positive", s));
 
+  check(!t.bf16 || c.model.dtype == Dtype::Float32,
+        "train.bf16 keeps float32 master weights and casts to bfloat16 per matmul: it needs model.dtype float32 "
+        "(model.dtype bfloat16 alone makes weights and optimizer state bfloat16 too)");
   check(!(c.distributed.backend == Backend::Nccl && c.model.device != DeviceKind::Cuda),
         "distributed.backend nccl needs model.device cuda (use gloo on CPU)");
 

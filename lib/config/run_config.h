@@ -157,6 +157,7 @@ struct TrainConfig {
   double lora_dropout = 0.0;
   std::string lora_target = "all-linear";
   bool gradient_checkpointing = false;  // recompute each decoder layer and vision block in the backward pass
+  bool bf16 = false;                    // mixed precision: bf16 matmuls, float32 weights and optimizer state
 
   template <class V>
   void visit(V& v) {
@@ -201,6 +202,9 @@ struct TrainConfig {
     v.field("gradient_checkpointing", gradient_checkpointing,
             "keep only each decoder layer's (and trained vision block's) input and recompute it in the backward pass "
             "(less memory, about one more forward)");
+    v.field("bf16", bf16,
+            "mixed precision: matrix products in bfloat16 (autocast), float32 master weights, optimizer state, norms, "
+            "softmax statistics, losses and taps; needs model.dtype float32");
   }
 };
 

@@ -4,6 +4,8 @@
 
 #include <limits>
 
+#include "lib/model/precision.h"
+
 // The BLAS that LibTorch links (libblas.so.3), Fortran interface.
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
@@ -153,42 +155,96 @@ struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> 
   }
 };
 
+// bf16 q, k, v (mixed precision): the same products as batched bf16 GEMMs over the (sample, key/value head)
+// blocks (oneDNN through LibTorch, fast with AVX512-BF16), the softmax, its statistics, P and the taps in
+// float32. Autocast is off inside: every dtype below is chosen here.
+struct AttentionCoreBf16Function : torch::autograd::Function<AttentionCoreBf16Function> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& bias, const torch::Tensor& allowed,
+                               bool empty_rows, const torch::Tensor& sets) {
+    AutocastScope explicit_types(MixedPrecision{q.device().type()});
+    const Dims n = dims_of(q, k, sets);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(n.d));
+    torch::Tensor qg = q.transpose(1, 2).contiguous().view({n.b, n.g, n.r() * n.t, n.d});  // (B, G, rT, d)
+    torch::Tensor kg = k.permute({0, 2, 1, 3}), vg = v.permute({0, 2, 1, 3});            // (B, G, T, d)
+    torch::Tensor p = torch::matmul(qg, kg.transpose(-1, -2)).to(torch::kFloat32).mul_(scale);  // (B, G, rT, T)
+    p = p.view({n.b, n.h, n.t, n.t});
+    if (bias.numel() > 0) p.add_(bias);
+    p = torch::softmax(p, -1);                                                              // (B, H, T, T) float32
+    torch::Tensor pg = p.view({n.b, n.g, n.r() * n.t, n.t});
+    torch::Tensor out = torch::matmul(pg.to(q.scalar_type()), vg).view({n.b, n.h, n.t, n.d});  // bf16
+    torch::Tensor mass = torch::matmul(p, sets.unsqueeze(1));                               // (B, H, T, S) float32
+    ctx->save_for_backward({qg, k, v, sets});
+    ctx->saved_data["p"] = p;
+    if (empty_rows) ctx->saved_data["allowed"] = allowed;
+    return {out.transpose(1, 2).contiguous(), mass};  // out (B, T, H, d)
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor &qg = saved[0], &k = saved[1], &v = saved[2], &sets = saved[3];
+    AutocastScope explicit_types(MixedPrecision{qg.device().type()});
+    const torch::Tensor p = ctx->saved_data["p"].toTensor();  // (B, H, T, T) float32
+    const int64_t b = k.size(0), t = k.size(1), g = k.size(2), d = k.size(3), h = p.size(1), rt = (h / g) * t;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const auto low = qg.scalar_type();
+    torch::Tensor kg = k.permute({0, 2, 1, 3}), vg = v.permute({0, 2, 1, 3});  // (B, G, T, d)
+    torch::Tensor d_out = grads[0].defined() ? grads[0].to(low).transpose(1, 2).contiguous().view({b, g, rt, d})
+                                             : torch::zeros_like(qg);                       // (B, G, rT, d)
+    torch::Tensor d_p = torch::matmul(d_out, vg.transpose(-1, -2)).to(torch::kFloat32).view({b, h, t, t});
+    if (grads[1].defined() && sets.size(2) > 0) d_p.add_(torch::matmul(grads[1].to(torch::kFloat32), sets.transpose(1, 2).unsqueeze(1)));
+    torch::Tensor d_s = torch::_softmax_backward_data(d_p, p, -1, torch::kFloat32).mul_(scale);
+    if (ctx->saved_data.count("allowed")) d_s.masked_fill_(~ctx->saved_data["allowed"].toTensor(), 0);
+    torch::Tensor dsg = d_s.to(low).view({b, g, rt, t});
+    torch::Tensor dq = torch::matmul(dsg, kg).view({b, h, t, d}).transpose(1, 2).contiguous();   // (B, T, H, d)
+    torch::Tensor dk = torch::matmul(dsg.transpose(-1, -2), qg).permute({0, 2, 1, 3}).contiguous();  // (B, T, G, d)
+    torch::Tensor dv = torch::matmul(p.view({b, g, rt, t}).to(low).transpose(-1, -2), d_out).permute({0, 2, 1, 3}).contiguous();
+    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 bool attention_core_supported(const torch::Tensor& q) {
-  return q.device().is_cpu() && (q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64);
+  const auto t = q.scalar_type();
+  return q.device().is_cpu() && (t == torch::kFloat32 || t == torch::kFloat64 || t == torch::kBFloat16);
 }
 
 AttentionMask make_attention_mask(const torch::Tensor& allowed, torch::ScalarType dtype) {
   TORCH_CHECK(allowed.dim() == 4 && allowed.size(1) == 1 && allowed.size(2) == allowed.size(3) &&
                   allowed.scalar_type() == torch::kBool,
               "make_attention_mask expects allowed (B, 1, T, T) bool, got ", allowed.sizes(), " ", allowed.scalar_type());
-  const double lowest = dtype == torch::kFloat64 ? std::numeric_limits<double>::lowest()
-                                                 : static_cast<double>(std::numeric_limits<float>::lowest());
-  torch::Tensor bias = torch::zeros(allowed.sizes(), allowed.options().dtype(dtype)).masked_fill_(~allowed, lowest);
+  const bool f64 = dtype == torch::kFloat64;  // float32 otherwise: bf16 scores are added to it in float32
+  const double lowest = f64 ? std::numeric_limits<double>::lowest() : static_cast<double>(std::numeric_limits<float>::lowest());
+  torch::Tensor bias = torch::zeros(allowed.sizes(), allowed.options().dtype(f64 ? torch::kFloat64 : torch::kFloat32))
+                           .masked_fill_(~allowed, lowest);
   return {allowed.contiguous(), bias, !allowed.any(-1).all().item<bool>()};
 }
 
 AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    const AttentionMask& mask, const torch::Tensor& sets) {
-  TORCH_CHECK(attention_core_supported(q), "attention_core needs CPU float32/float64 tensors, got ", q.options());
+  TORCH_CHECK(attention_core_supported(q), "attention_core needs CPU float32/float64/bfloat16 tensors, got ", q.options());
+  const bool bf16 = q.scalar_type() == torch::kBFloat16;
+  const torch::ScalarType wide = bf16 ? torch::kFloat32 : q.scalar_type();  // mask, sets, P and mass
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && k.size(0) == q.size(0) &&
                   k.size(1) == q.size(1) && k.size(3) == q.size(3) && q.size(2) % k.size(2) == 0,
               "attention_core expects q (B, T, H, d) and k, v (B, T, G, d) with H % G == 0, got ", q.sizes(), ", ",
               k.sizes(), ", ", v.sizes());
   const int64_t b = q.size(0), t = q.size(1);
   if (mask.allowed.defined())
-    TORCH_CHECK(mask.allowed.size(0) == b && mask.allowed.size(2) == t && mask.bias.scalar_type() == q.scalar_type(),
+    TORCH_CHECK(mask.allowed.size(0) == b && mask.allowed.size(2) == t && mask.bias.scalar_type() == wide,
                 "attention_core: mask (", mask.allowed.sizes(), ", ", mask.bias.scalar_type(), ") does not fit q ",
                 q.sizes(), " ", q.scalar_type());
-  torch::Tensor s = sets.defined() ? sets.to(q.scalar_type()).contiguous() : torch::zeros({b, t, 0}, q.options());
+  torch::Tensor s = sets.defined() ? sets.to(wide).contiguous() : torch::zeros({b, t, 0}, q.options().dtype(wide));
   TORCH_CHECK(s.dim() == 3 && s.size(0) == b && s.size(1) == t, "attention_core expects sets (B, T, S), got ", s.sizes());
   // Custom functions take defined tensors only: an empty bias means "no mask".
   const bool masked = mask.allowed.defined();
-  auto outs = AttentionCoreFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(),
-                                           masked ? mask.bias : torch::empty({0}, q.options()),
-                                           masked ? mask.allowed : torch::empty({0}, q.options().dtype(torch::kBool)),
-                                           mask.empty_rows, s);
+  torch::Tensor bias = masked ? mask.bias : torch::empty({0}, q.options().dtype(wide));
+  torch::Tensor allowed = masked ? mask.allowed : torch::empty({0}, q.options().dtype(torch::kBool));
+  auto outs = bf16 ? AttentionCoreBf16Function::apply(q, k.to(q.scalar_type()).contiguous(),
+                                                      v.to(q.scalar_type()).contiguous(), bias, allowed, mask.empty_rows, s)
+                   : AttentionCoreFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(), bias, allowed,
+                                                  mask.empty_rows, s);
   return {outs[0], outs[1]};
 }
 

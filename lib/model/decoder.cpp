@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "lib/model/fused_ops.h"
+#include "lib/model/precision.h"
 #include "lib/model/recompute.h"
 
 namespace modalign {
@@ -78,7 +79,8 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
     return fused_rope(x, cos, sin);
   const int64_t half = x.size(-1) / 2;
   torch::Tensor rotated = torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);  // rotate_half
-  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
+  const torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  return (x.to(wide) * cos.to(wide) + rotated.to(wide) * sin.to(wide)).to(x.scalar_type());  // bf16: float tables
 }
 
 RmsNormImpl::RmsNormImpl(int64_t dim, double eps_)
@@ -163,7 +165,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
   torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.mask.allowed, lowest), -1);  // (B, H, T, T)
   if (tap) {
-    fill_tap(torch::matmul(p, sets.unsqueeze(1)));  // (B, H, T, 1+K)
+    AutocastScope wide_taps(MixedPrecision{p.device().type()});  // taps stay float32 under mixed precision
+    fill_tap(torch::matmul(p, sets.unsqueeze(1)));                // (B, H, T, 1+K)
     if (request.probs_to_visual) {
       const int64_t nv = ctx.visual_index.size(1);
       torch::Tensor idx = ctx.visual_index.view({b, 1, 1, nv}).expand({b, heads, t, nv});

@@ -2,17 +2,20 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "lib/model/precision.h"
+
 namespace modalign {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// What the backward pass needs besides x: the block, the generator state it ran with, which of its outputs
-// were defined (only those are the node's outputs) and which inputs want gradients.
+// What the backward pass needs besides x: the block, the generator and autocast state it ran with, which of
+// its outputs were defined (only those are the node's outputs) and which inputs want gradients.
 struct Block : torch::CustomClassHolder {
   BlockFn fn;
   torch::Tensor rng_state;
+  MixedPrecision precision;
   std::vector<bool> defined;
   std::vector<bool> wants_grad;  // x, then each parameter
 };
@@ -21,6 +24,7 @@ struct RecomputeFunction : torch::autograd::Function<RecomputeFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, torch::TensorList params,
                                c10::intrusive_ptr<Block> block) {
     block->rng_state = at::detail::getDefaultCPUGenerator().get_state();
+    block->precision = MixedPrecision::current(x.device().type());
     block->wants_grad.push_back(x.requires_grad());
     for (const auto& p : params) block->wants_grad.push_back(p.requires_grad());
     variable_list outputs;
@@ -41,6 +45,7 @@ struct RecomputeFunction : torch::autograd::Function<RecomputeFunction> {
     std::vector<torch::Tensor> outputs;
     {
       torch::AutoGradMode grad(true);
+      AutocastScope autocast(block->precision);  // the backward pass runs outside the forward's scope
       at::Generator gen = at::detail::getDefaultCPUGenerator();
       torch::Tensor now = gen.get_state();
       gen.set_state(block->rng_state);

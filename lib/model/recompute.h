@@ -15,7 +15,8 @@ using BlockFn = std::function<std::vector<torch::Tensor>(const torch::Tensor& x)
 // fn(x), computed without a graph; its outputs carry one autograd node that, in backward, recomputes fn
 // from x and returns the gradients of x and of `params` (the block's parameters; those that do not require
 // grad get none). When neither x nor any of `params` requires grad, or grad mode is off, this is fn(x).
-// The CPU generator's state is restored for the recomputation, so dropout draws the same masks.
+// The CPU generator's state and the autocast state are restored for the recomputation, so dropout draws
+// the same masks and bf16 mixed precision computes the same values.
 std::vector<torch::Tensor> recompute_in_backward(const BlockFn& fn, const torch::Tensor& x,
                                                  const std::vector<torch::Tensor>& params);
 

@@ -1,5 +1,7 @@
 #include "lib/model/vision_language_model.h"
 
+#include "lib/model/precision.h"
+
 namespace modalign {
 namespace nn = torch::nn;
 
@@ -74,6 +76,17 @@ torch::Tensor VisionLanguageModelImpl::embed(const torch::Tensor& input_ids, con
   return embeds.masked_scatter(visual_mask.unsqueeze(-1), features.to(embeds.scalar_type()));
 }
 
+void VisionLanguageModelImpl::set_gradient_checkpointing(bool on) {
+  language_model->gradient_checkpointing = on;
+  if (vision_tower) vision_tower->gradient_checkpointing = on;
+  if (visual) visual->gradient_checkpointing = on;
+}
+
+namespace {
+// The autocast scope of a forward on `like`'s device in the model's autocast_dtype.
+MixedPrecision precision(const torch::Tensor& like, torch::ScalarType dtype) { return {like.device().type(), dtype}; }
+}  // namespace
+
 ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                              const torch::Tensor& pixel_values, const TapRequest& taps,
                                              const torch::Tensor& logit_positions, const torch::Tensor& prompt_mask,
@@ -81,6 +94,7 @@ ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, con
   TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
               "input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
               attention_mask.sizes());
+  AutocastScope autocast(precision(input_ids, autocast_dtype));
   ModelOutput out;
   torch::Tensor real = attention_mask.to(torch::kBool);
   out.visual_mask = (input_ids == shapes.image_token_index) & real;
@@ -89,7 +103,8 @@ ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, con
   DecoderContext ctx =
       make_decoder_context(shapes.text, real, out.visual_mask, embeds.scalar_type(), prompt_mask, positions);
   torch::Tensor hidden = language_model(embeds, ctx, taps, out.taps);
-  out.logits = language_model->logits(logit_positions.defined() ? hidden.index({logit_positions.to(torch::kBool)}) : hidden);
+  out.logits = language_model->logits(logit_positions.defined() ? hidden.index({logit_positions.to(torch::kBool)}) : hidden)
+                   .to(hidden.scalar_type());  // float32 under autocast
   return out;
 }
 
@@ -99,6 +114,7 @@ torch::Tensor VisionLanguageModelImpl::prefill(const torch::Tensor& input_ids, c
   TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
               "prefill: input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
               attention_mask.sizes());
+  AutocastScope autocast(precision(input_ids, autocast_dtype));
   torch::Tensor real = attention_mask.to(torch::kBool);
   TORCH_CHECK(real.any(1).all().item<bool>(), "prefill: every prompt needs at least one real token");
   torch::Tensor visual = (input_ids == shapes.image_token_index) & real;
@@ -113,14 +129,16 @@ torch::Tensor VisionLanguageModelImpl::prefill(const torch::Tensor& input_ids, c
   // position so far (a text token's t, h and w are equal, so 1-D RoPE at that position is the same).
   cache.next_position = positions.defined() ? positions.masked_fill(~real.unsqueeze(0), 0).amax({0, 2}) + 1 : count;
   torch::Tensor last = (count - 1).view({-1, 1, 1}).expand({-1, 1, hidden.size(2)});
-  return language_model->logits(hidden.gather(1, last).squeeze(1));  // (B, V)
+  return language_model->logits(hidden.gather(1, last).squeeze(1)).to(hidden.scalar_type());  // (B, V)
 }
 
 torch::Tensor VisionLanguageModelImpl::decode(const torch::Tensor& next_ids, KvCache& cache) {
   TORCH_CHECK(next_ids.dim() == 1 && next_ids.size(0) == cache.valid.size(0), "decode: next_ids must be (B) = (",
               cache.valid.size(0), "), got ", next_ids.sizes());
+  AutocastScope autocast(precision(next_ids, autocast_dtype));
   torch::Tensor embeds = language_model->embed_tokens(next_ids.view({-1, 1}));  // (B, 1, D)
-  return language_model->logits(language_model->decode(embeds, cache).squeeze(1));  // (B, V)
+  torch::Tensor hidden = language_model->decode(embeds, cache).squeeze(1);      // (B, D)
+  return language_model->logits(hidden).to(hidden.scalar_type());              // (B, V)
 }
 
 torch::Tensor qwen_position_ids(const ModelShapes& shapes, const torch::Tensor& input_ids,

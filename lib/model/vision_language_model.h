@@ -65,7 +65,13 @@ struct VisionLanguageModelImpl : torch::nn::Module {
   torch::Tensor embed(const torch::Tensor& input_ids, const torch::Tensor& visual_mask,
                       const torch::Tensor& pixel_values, const torch::Tensor& image_grid_thw = {});
 
+  // Activation checkpointing of every decoder layer and vision block (train.gradient_checkpointing).
+  void set_gradient_checkpointing(bool on);
+
   ModelShapes shapes;
+  // Mixed precision (train.bf16): forward, prefill and decode run under autocast in this dtype, float32
+  // weights cast per forward; kFloat32 = off. Logits and taps are float32 either way.
+  torch::ScalarType autocast_dtype = torch::kFloat32;
   VisionTower vision_tower{nullptr};          // LLaVA
   Projector multi_modal_projector{nullptr};  // LLaVA
   QwenVisionModel visual{nullptr};           // Qwen

@@ -71,8 +71,11 @@ class TrainerTest : public ::testing::Test {
 test::TempDir* TrainerTest::dir_ = nullptr;
 
 // Runs `c` to step 6, then again from its step-3 checkpoint in `name`_resumed: both end bitwise equal.
-void expect_bitwise_resume(const RunConfig& c, const fs::path& root, const std::string& name) {
+// The straight run's result goes to `straight` when given.
+void expect_bitwise_resume(const RunConfig& c, const fs::path& root, const std::string& name,
+                           TrainResult* straight_out = nullptr) {
   TrainResult straight = Trainer(c).train();
+  if (straight_out) *straight_out = straight;
   ASSERT_EQ(straight.steps, 6);
   for (double l : straight.losses) EXPECT_TRUE(std::isfinite(l));
   fs::create_directories(root / (name + "_resumed"));
@@ -120,6 +123,33 @@ TEST_F(TrainerTest, ResumeIsBitwiseEqualWithActivationCheckpointing) {
   RunConfig c = config("recompute_resume");
   c.train.gradient_checkpointing = true;
   expect_bitwise_resume(c, dir_->path(), "recompute_resume");
+}
+
+TEST_F(TrainerTest, Bf16MixedPrecisionResumesBitwiseAndTracksFloat32) {
+  // train.bf16 with the tower training, accumulation, dual_channel and activation checkpointing: a resumed
+  // run ends bitwise where the straight one did; the checkpoint's weights stay float32 (the master copy);
+  // the losses differ from a float32 run's (the matmuls did run in bf16) by little.
+  RunConfig c = config("bf16_resume");
+  c.train.bf16 = true;
+  c.train.gradient_checkpointing = true;
+  TrainResult bf16;
+  expect_bitwise_resume(c, dir_->path(), "bf16_resume", &bf16);
+  TrainResult f32 = Trainer(config("bf16_vs_f32")).train();
+  ASSERT_EQ(f32.losses.size(), bf16.losses.size());
+  EXPECT_NE(f32.losses[0], bf16.losses[0]);
+  for (size_t i = 0; i < f32.losses.size(); ++i)
+    EXPECT_NEAR(bf16.losses[i], f32.losses[i], 0.02 * f32.losses[i]) << "step " << i + 1;
+  for (const auto& [name, t] : load_tensors((dir_->path() / "bf16_resume/step-000006/model.safetensors").string()))
+    EXPECT_EQ(t.scalar_type(), torch::kFloat32) << name;
+  // The Qwen family trains under bf16 as well (its vision blocks, windows and merger in bf16).
+  RunConfig q = config("bf16_qwen");
+  q.model.hf_config = qwen_config();
+  q.data.image_min_pixels = 1024;
+  q.train.bf16 = true;
+  q.train.max_steps = 2;
+  TrainResult qwen = Trainer(q).train();
+  ASSERT_EQ(qwen.losses.size(), 2u);
+  for (double l : qwen.losses) EXPECT_TRUE(std::isfinite(l));
 }
 
 TEST_F(TrainerTest, QwenFamilyTrainsWithAlignmentLossesAndResumesBitwise) {

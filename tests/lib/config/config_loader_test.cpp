@@ -231,6 +231,7 @@ TEST_F(ConfigTest, CrossFieldRulesAreReportedTogether) {
   expect_bad("distributed: {nproc: 0}\n", {"distributed.nproc: must be >= 1, got 0"});
   expect_bad("train: {freeze_regex: 'layers.(3'}\n", {"train.freeze_regex: 'layers.(3' is not a valid regular expression"});
   expect_bad("distributed: {backend: nccl}\n", {"distributed.backend nccl needs model.device cuda"});
+  expect_bad("model: {dtype: bfloat16}\ntrain: {bf16: true}\n", {"train.bf16 keeps float32 master weights", "needs model.dtype float32"});
   expect_bad("losses: [{name: dual_channel}, {name: dual_channel}]\n", {"losses[1]: 'dual_channel' is listed twice"});
   expect_bad("data: {image_std: [0.2, 0, 0.2, 0.1]}\n", {"data.image_std needs 3 values (RGB), got 4",
                                                           "data.image_std: 0 is not positive"});

@@ -102,8 +102,45 @@ TEST(AttentionCore, RejectsWhatItCannotRun) {
   torch::Tensor x = torch::randn({2, 5, 3, 4}, torch::kFloat64);
   Reference ref = reference(x, x, x, torch::ones({2, 1, 5, 5}, torch::kBool), torch::ones({2, 5, 1}, torch::kFloat64));
   EXPECT_TRUE(torch::allclose(attention_core(x, x, x).out, ref.out, 1e-12, 1e-12));
-  EXPECT_FALSE(attention_core_supported(torch::zeros({1}, torch::kBFloat16)));
+  EXPECT_FALSE(attention_core_supported(torch::zeros({1}, torch::kHalf)));
+  EXPECT_TRUE(attention_core_supported(torch::zeros({1}, torch::kBFloat16)));
   EXPECT_TRUE(attention_core_supported(torch::zeros({1}, torch::kFloat32)));
+  // A bf16 mask holds float32 values (bf16 scores are added to it in float32).
+  EXPECT_EQ(make_attention_mask(allowed, torch::kBFloat16).bias.scalar_type(), torch::kFloat32);
+}
+
+TEST(AttentionCore, Bf16PathEqualsReferenceWithinBf16RoundingAndKeepsTapsFloat32) {
+  // bf16 q, k, v (mixed precision) with grouped heads, padding, an empty row and taps: outputs and
+  // gradients against the float64 reference on the same (rounded) values; the mass comes back float32.
+  const int64_t b = 3, t = 9;
+  auto qkv = random_qkv(31, b, t, 4, 2, 8);
+  std::vector<torch::Tensor> low, wide;
+  for (const auto& x : qkv) {
+    low.push_back(x.detach().to(torch::kBFloat16).requires_grad_(true));
+    wide.push_back(low.back().detach().to(torch::kFloat64).requires_grad_(true));
+  }
+  torch::Tensor real = torch::ones({b, t}, torch::kBool);
+  real[1].slice(0, 5).fill_(false);
+  real[2][0] = false;
+  torch::Tensor allowed = (torch::ones({t, t}, torch::kBool).tril().unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1);
+  torch::Tensor sets = (torch::rand({b, t, 2}) > 0.5).to(torch::kFloat32);
+  AttentionCoreOutput fused = attention_core(low[0], low[1], low[2], make_attention_mask(allowed, torch::kFloat32), sets);
+  Reference ref = reference(wide[0], wide[1], wide[2], allowed, sets.to(torch::kFloat64));
+  EXPECT_EQ(fused.out.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(fused.mass.scalar_type(), torch::kFloat32);
+  auto rel = [](const torch::Tensor& got, const torch::Tensor& want) {
+    return ((got.to(torch::kFloat64) - want).abs().max() / want.abs().max()).item<double>();
+  };
+  EXPECT_LT(rel(fused.out, ref.out), 4.0 / 256);
+  EXPECT_LT(rel(fused.mass, ref.mass), 4.0 / 256);  // scores are bf16 products, the softmax float32
+  torch::Tensor wo = torch::randn(ref.out.sizes(), torch::kFloat64), wm = torch::randn(ref.mass.sizes(), torch::kFloat64);
+  auto gf = torch::autograd::grad({(fused.out.to(torch::kFloat64) * wo).sum() + (fused.mass.to(torch::kFloat64) * wm).sum()},
+                                  {low[0], low[1], low[2]});
+  auto gr = torch::autograd::grad({(ref.out * wo).sum() + (ref.mass * wm).sum()}, {wide[0], wide[1], wide[2]});
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(gf[i].scalar_type(), torch::kBFloat16);
+    EXPECT_LT(rel(gf[i], gr[i]), 8.0 / 256) << "input " << i;
+  }
 }
 
 }  // namespace

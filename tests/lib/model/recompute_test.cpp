@@ -102,12 +102,6 @@ NamedTensors weights_of(const SafetensorsFile& golden) {
   return out;
 }
 
-void set_checkpointing(VisionLanguageModel& model, bool on) {
-  model->language_model->gradient_checkpointing = on;
-  if (model->visual) model->visual->gradient_checkpointing = on;
-  if (model->vision_tower) model->vision_tower->gradient_checkpointing = on;
-}
-
 TEST(Recompute, CheckpointedQwenLayersAndBlocksGiveTheSameTapsLossAndGradients) {
   // Qwen golden weights in float64 with the MODA aligner acting and LoRA adapters: once with everything
   // training (vision blocks and decoder layers checkpointed, their inputs need gradients), once as a LoRA
@@ -136,7 +130,7 @@ TEST(Recompute, CheckpointedQwenLayersAndBlocksGiveTheSameTapsLossAndGradients) 
         if (p.key().find("lora_B") != std::string::npos) p.value().detach().normal_(0, 0.1);  // adapters act
         p.value().set_requires_grad(adapter || !lora_only);
       }
-      set_checkpointing(model, checkpointing);
+      model->set_gradient_checkpointing(checkpointing);
       passes.push_back(run_pass(model, forward));
     }
     SCOPED_TRACE(lora_only ? "adapters only" : "everything trains");
@@ -160,7 +154,7 @@ TEST(Recompute, CheckpointedLlavaLayersGiveTheSameTapsLossAndGradients) {
     VisionLanguageModel model(s);
     model->to(torch::kFloat64);
     load_weights(*model, weights, "llava golden", /*strict=*/true);
-    set_checkpointing(model, checkpointing);
+    model->set_gradient_checkpointing(checkpointing);
     passes.push_back(run_pass(model, forward));
   }
   expect_same(passes[0], passes[1]);
