@@ -73,13 +73,32 @@ TEST(MemoryPlan, ActivationsScaleWithTheBatchAndFallWithCheckpointing) {
   // The frozen tower keeps nothing; training it adds its layers' values.
   config.train.freeze_vision_tower = false;
   EXPECT_GT(plan_memory(config, s, 160).activations, eight.activations);
-  // bfloat16 halves every byte count.
+  // bfloat16 halves every byte count but the attention probabilities' (float32 either way).
   config.model.dtype = Dtype::BFloat16;
   const MemoryPlan half = plan_memory(config, s, 160);
   config.model.dtype = Dtype::Float32;
   const MemoryPlan full = plan_memory(config, s, 160);
   EXPECT_DOUBLE_EQ(2 * half.weights, full.weights);
-  EXPECT_DOUBLE_EQ(2 * half.activations, full.activations);
+  EXPECT_DOUBLE_EQ(half.attention_probs, full.attention_probs);
+  EXPECT_LT(half.activations, full.activations);
+  EXPECT_GT(half.activations - half.attention_probs, (full.activations - full.attention_probs) / 2);
+  // The decoder's probabilities are 4 bytes x B x heads x T^2 per layer (the tower's do not depend on T):
+  // doubling T adds three times those at T = 160.
+  const MemoryPlan twice = plan_memory(config, s, 320);
+  const double decoder_probs = 4.0 * 8 * static_cast<double>(s.text.num_attention_heads * s.text.num_hidden_layers) * 160 * 160;
+  EXPECT_DOUBLE_EQ(twice.attention_probs - full.attention_probs, 3 * decoder_probs);
+  // Mixed precision: float32 weights, gradients and moments, plus a bf16 copy of every weight; the values
+  // the matmuls save are bf16, the residual stream and the probabilities stay float32.
+  config.train.bf16 = true;
+  const MemoryPlan mixed = plan_memory(config, s, 160);
+  config.train.bf16 = false;
+  EXPECT_EQ(mixed.weights, full.weights);
+  EXPECT_EQ(mixed.optimizer, full.optimizer);
+  EXPECT_EQ(mixed.weight_casts, 2.0 * static_cast<double>(parameter_counts(s).total()));
+  EXPECT_EQ(full.weight_casts, 0);
+  EXPECT_DOUBLE_EQ(mixed.attention_probs, full.attention_probs);
+  EXPECT_LT(mixed.activations, full.activations);
+  EXPECT_GT(mixed.activations, half.activations);
   // A Qwen model's image tokens default to what image_max_pixels allows (28 x 28 pixels per token), and never
   // more than the sequence.
   config.data.image_max_pixels = 28 * 28 * 100;
