@@ -81,8 +81,9 @@ struct PlanArgs {
 int run_plan(const ConfigArgs& args, const PlanArgs& p) {
   modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
   const modalign::ModelShapes shapes = modalign::shapes_from_config(config.model);
-  const modalign::MemoryPlan plan = modalign::plan_memory(config, shapes, p.seq_len, p.image_tokens);
-  std::printf("%s", modalign::format_plan(plan, config, p.nproc > 0 ? p.nproc : config.distributed.nproc, p.memory_gib).c_str());
+  const int64_t nproc = p.nproc > 0 ? p.nproc : config.distributed.nproc;
+  const modalign::MemoryPlan plan = modalign::plan_memory(config, shapes, p.seq_len, p.image_tokens, nproc);
+  std::printf("%s", modalign::format_plan(plan, config, nproc, p.memory_gib).c_str());
   return 0;
 }
 

@@ -141,6 +141,15 @@ void DataParallel::all_reduce_grads(const std::vector<torch::Tensor>& params) {
     if (anywhere[static_cast<int64_t>(i)].item<float>() == 0) params[i].mutable_grad() = torch::Tensor();
 }
 
+std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& t) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int64_t r = 0; r < world_.world_size; ++r) out[0].push_back(torch::empty_like(t, torch::MemoryFormat::Contiguous));
+  std::vector<at::Tensor> in{t.contiguous()};
+  impl_->group->allgather(out, in)->wait();
+  return out[0];
+}
+
 void DataParallel::barrier() { impl_->group->barrier()->wait(); }
 
 }  // namespace modalign

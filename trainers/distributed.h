@@ -1,6 +1,7 @@
 // Data parallel on LibTorch's own c10d: a TCPStore rendezvous and a ProcessGroupGloo (NCCL in builds
 // against a CUDA LibTorch). No model code here: the trainer asks for gradients summed over ranks, the
-// loss counts summed, parameters broadcast from rank 0, and barriers around rank 0's checkpoints.
+// loss counts summed, parameters broadcast from rank 0, and barriers around rank 0's checkpoints; the
+// sharded optimizer (GroupedAdamW::shard) all-gathers the parameter ranges each rank updated.
 //
 // Each collective is bounded by distributed.timeout_s, so a dead or hung peer ends the run with an
 // error instead of a hang (Gloo also fails at once when a peer's socket closes).
@@ -45,6 +46,8 @@ class DataParallel {
   // Sums the gradients of `params` over ranks. A parameter without a gradient on this rank takes part
   // with zeros; one without a gradient on every rank keeps none (as a single process would).
   void all_reduce_grads(const std::vector<torch::Tensor>& params);
+  // Every rank's `t` (same shape and dtype everywhere), in rank order.
+  std::vector<torch::Tensor> all_gather(const torch::Tensor& t);
   void barrier();
 
  private:

@@ -22,7 +22,8 @@ std::string gib(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1024.0
 
 }  // namespace
 
-MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t seq_len, int64_t image_tokens) {
+MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t seq_len, int64_t image_tokens,
+                       int64_t nproc) {
   const TrainConfig& t = config.train;
   MemoryPlan p;
   p.counts = parameter_counts(s);
@@ -37,6 +38,7 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
   p.weights = value * static_cast<double>(p.counts.total() + p.lora);
   p.gradients = value * static_cast<double>(p.trainable);
   p.optimizer = 2 * value * static_cast<double>(p.trainable);  // AdamW moments in the parameters' dtype
+  if (config.distributed.shard_optimizer && nproc > 1) p.optimizer /= static_cast<double>(nproc);  // ZeRO-1
   p.weight_casts = t.bf16 ? 2.0 * static_cast<double>(p.counts.total() + p.lora) : 0;  // autocast's cache
   const double matmul = t.bf16 ? 2.0 : value;  // bytes of what the matmuls produce and save
   const double prob = config.model.dtype == Dtype::Float64 ? 8.0 : 4.0;  // P is float32 for bf16 too
@@ -104,7 +106,10 @@ std::string format_plan(const MemoryPlan& p, const RunConfig& config, int64_t np
       "per rank ({}): batch {} x {} tokens ({} image tokens per sample)\n",
       p.counts.total() + p.lora, p.counts.vision_tower, p.counts.projector, p.counts.language_model,
       p.lora ? fmt::format(", LoRA {}", p.lora) : "", p.trainable,
-      nproc == 1 ? std::string("1 rank") : fmt::format("{} ranks, data parallel keeps a full copy on each", nproc), p.batch,
+      nproc == 1                                  ? std::string("1 rank")
+      : config.distributed.shard_optimizer ? fmt::format("{} ranks, AdamW moments sharded over them", nproc)
+                                           : fmt::format("{} ranks, data parallel keeps a full copy on each", nproc),
+      p.batch,
       p.seq_len, p.image_tokens);
   out += fmt::format("  {:<34}{:>12}\n", "weights", gib(p.weights));
   out += fmt::format("  {:<34}{:>12}\n", "gradients", gib(p.gradients));

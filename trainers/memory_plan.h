@@ -29,7 +29,9 @@ struct MemoryPlan {
 
 // seq_len: tokens per sample (image span included), 0 = data.model_max_length; image_tokens: image tokens
 // per sample in the decoder, 0 = the model's (LLaVA: num_patches; Qwen: what image_max_pixels allows).
-MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& shapes, int64_t seq_len = 0, int64_t image_tokens = 0);
+// nproc: data-parallel ranks (distributed.shard_optimizer divides the AdamW moments by it).
+MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& shapes, int64_t seq_len = 0, int64_t image_tokens = 0,
+                       int64_t nproc = 1);
 
 // The plan as a table for `nproc` ranks, and whether it fits `memory_gib` per rank (0 = no check).
 std::string format_plan(const MemoryPlan& plan, const RunConfig& config, int64_t nproc, double memory_gib);

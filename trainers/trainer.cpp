@@ -252,6 +252,10 @@ void Trainer::prepare() {
   const auto& t = config_.train;
   std::vector<std::string> trainable = apply_freezing(*model_, t);
   optimizer_ = std::make_unique<GroupedAdamW>(*model_, t);
+  if (dp_ && config_.distributed.shard_optimizer) {
+    optimizer_->shard(*dp_);
+    if (leader()) spdlog::info("AdamW moments sharded over {} ranks (ZeRO-1)", dp_->world_size());
+  }
   model_->train();
   std::string resume_dir = config_.checkpoint.resume_from_checkpoint;
   if (resume_dir == "auto") resume_dir = find_latest_checkpoint(t.output_dir).value_or("");

@@ -264,6 +264,7 @@ struct DistributedConfig {
   std::string master_addr = "127.0.0.1";
   int64_t master_port = 29500;
   double timeout_s = 300.0;
+  bool shard_optimizer = false;  // ZeRO-1: each rank keeps and updates AdamW state for 1/nproc of the parameters
 
   template <class V>
   void visit(V& v) {
@@ -272,6 +273,9 @@ struct DistributedConfig {
     v.field("master_addr", master_addr, "rendezvous host (MASTER_ADDR overrides)");
     v.field("master_port", master_port, "rendezvous port (MASTER_PORT overrides)", Range{1, 65535});
     v.field("timeout_s", timeout_s, "collective and rendezvous timeout in seconds", Range::positive());
+    v.field("shard_optimizer", shard_optimizer,
+            "ZeRO-1: each rank keeps AdamW moments for its 1/nproc of the parameters, updates that part and "
+            "all-gathers the result (same values; checkpoints keep the unsharded layout)");
   }
 };
 

@@ -1,6 +1,7 @@
-// trainers/distributed: the collectives on loopback (two ranks as two threads of this process), and
-// with the real binary: 2 processes x batch b train exactly like 1 process x batch 2b (losses and
-// weights to 1e-5, dual_channel on), and checkpoints move between 1 and 2 processes.
+// trainers/distributed: the collectives on loopback (two ranks as two threads of this process), the sharded
+// optimizer (ZeRO-1) against the unsharded one, and with the real binary: 2 processes x batch b train
+// exactly like 1 process x batch 2b (losses and weights to 1e-5, dual_channel on), checkpoints move between
+// 1 and 2 processes, and a sharded run equals an unsharded one bitwise and resumes from and into it.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -14,6 +15,7 @@
 #include "test_util.h"
 #include "tiny_fixture.h"
 #include "trainers/distributed.h"
+#include "trainers/optimizer.h"
 
 namespace modalign {
 namespace {
@@ -61,6 +63,97 @@ TEST(DataParallel, SumsBroadcastsAndKeepsMissingGradientsMissing) {
     EXPECT_TRUE(torch::allclose(s[4], torch::full({5}, 7.0)));                         // rank 0's values
     EXPECT_FALSE(s[5].item<bool>()) << "a parameter without a gradient anywhere must keep none";
   }
+}
+
+// Parameters of awkward sizes: in group order w (5x3), v (4x4) (weight decay), then b (7) (none): 38
+// values, so the two ranks' ranges (19 each) split v.
+struct ThreeParams : torch::nn::Module {
+  ThreeParams() {
+    w = register_parameter("w", torch::zeros({5, 3}));
+    b = register_parameter("b", torch::zeros({7}));
+    v = register_parameter("v", torch::zeros({4, 4}));
+  }
+  void set(const std::vector<torch::Tensor>& values) {
+    torch::NoGradGuard no_grad;
+    w.copy_(values[0]), b.copy_(values[1]), v.copy_(values[2]);
+  }
+  std::vector<torch::Tensor> values() const { return {w.clone(), b.clone(), v.clone()}; }
+  torch::Tensor w, b, v;
+};
+
+TEST(DataParallel, ShardedAdamWEqualsUnshardedBitwiseAndKeepsTheUnshardedStateLayout) {
+  TrainConfig c;
+  c.learning_rate = 1e-2, c.weight_decay = 0.1;
+  torch::manual_seed(12);
+  const std::vector<torch::Tensor> init = {torch::randn({5, 3}), torch::randn({7}), torch::randn({4, 4})};
+  std::vector<std::vector<torch::Tensor>> grads;  // per step; b has none at step 2
+  for (int step = 0; step < 4; ++step)
+    grads.push_back({torch::randn({5, 3}), step == 1 ? torch::Tensor() : torch::randn({7}), torch::randn({4, 4})});
+  auto run_steps = [&](ThreeParams& net, GroupedAdamW& opt, int from, int to) {
+    for (int step = from; step < to; ++step) {
+      net.w.mutable_grad() = grads[step][0].clone(), net.v.mutable_grad() = grads[step][2].clone();
+      net.b.mutable_grad() = grads[step][1].defined() ? grads[step][1].clone() : torch::Tensor();
+      opt.step(0.5 + step, /*grad_scale=*/0.7);
+      opt.zero_grad();
+    }
+  };
+  // Unsharded: steps 1-2, then 3-4.
+  ThreeParams ref;
+  ref.set(init);
+  GroupedAdamW plain(ref, c);
+  run_steps(ref, plain, 0, 2);
+  const std::vector<torch::Tensor> params2 = ref.values();
+  NamedTensors state2 = plain.state();
+  for (auto& entry : state2) entry.second = entry.second.clone();  // state() returns the live moments
+  run_steps(ref, plain, 2, 4);
+  const std::vector<torch::Tensor> params4 = ref.values();
+  const NamedTensors state4 = plain.state();
+
+  auto expect_equal = [](const NamedTensors& a, const NamedTensors& b) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].first, b[i].first);
+      EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+    }
+  };
+  DistributedConfig config;
+  config.timeout_s = 30;
+  const int64_t port = free_port();
+  std::vector<std::vector<torch::Tensor>> seen(2);
+  std::vector<NamedTensors> states(4);
+  auto rank = [&](int64_t r) {
+    WorldInfo world;
+    world.rank = r, world.world_size = 2, world.master_port = port;
+    DataParallel dp(config, world);
+    ThreeParams net;
+    net.set(init);
+    GroupedAdamW sharded(net, c);
+    sharded.shard(dp);
+    run_steps(net, sharded, 0, 2);
+    states[static_cast<size_t>(r)] = sharded.state();  // gathered: the unsharded layout
+    // A sharded optimizer resumed from the unsharded state of step 2.
+    ThreeParams resumed;
+    resumed.set(params2);
+    GroupedAdamW again(resumed, c);
+    again.shard(dp);
+    again.load_state(state2);
+    run_steps(resumed, again, 2, 4);
+    states[static_cast<size_t>(2 + r)] = again.state();
+    seen[static_cast<size_t>(r)] = resumed.values();
+    for (const auto& t : net.values()) seen[static_cast<size_t>(r)].push_back(t);
+  };
+  std::thread t1(rank, 1);
+  rank(0);
+  t1.join();
+  for (int r = 0; r < 2; ++r) {
+    expect_equal(states[static_cast<size_t>(r)], state2);
+    expect_equal(states[static_cast<size_t>(2 + r)], state4);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_TRUE(torch::equal(seen[static_cast<size_t>(r)][i], params4[i])) << "rank " << r << " param " << i;
+      EXPECT_TRUE(torch::equal(seen[static_cast<size_t>(r)][3 + i], params2[i])) << "rank " << r << " param " << i;
+    }
+  }
+  EXPECT_FALSE(torch::equal(params4[1], params2[1])) << "the test must move every parameter";
 }
 
 TEST(DataParallel, RendezvousWithoutPeersTimesOutWithTheAddress) {
@@ -186,6 +279,38 @@ TEST_F(DataParallelRun, QwenWithLoraAndCheckpointingTrainsLikeOneProcess) {
   ASSERT_EQ(l3.size(), 6u);
   for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l1[i], l3[i], 1e-5 * std::max(1.0, std::abs(l1[i]))) << "step " << i + 1;
   expect_same_weights(one + "/step-000006", recomputed + "/step-000006", 1e-5);
+}
+
+TEST_F(DataParallelRun, ShardedOptimizerEqualsUnshardedBitwiseAndResumesEitherWay) {
+  // ZeRO-1 on 2 processes: the same losses and weights as the unsharded 2-process run, bitwise; its
+  // checkpoint (optimizer state gathered into the unsharded layout) resumes unsharded and an unsharded one
+  // resumes sharded, both ending bitwise where the straight runs did.
+  const std::string shard = "--set distributed.shard_optimizer=true";
+  const std::string plain = (dir_->path() / "plain").string(), sharded = (dir_->path() / "sharded").string();
+  ASSERT_EQ(train(plain, 2, 2), 0) << test::read_text(plain + ".log");
+  ASSERT_EQ(train(sharded, 2, 2, shard), 0) << test::read_text(sharded + ".log");
+  EXPECT_NE(test::read_text(sharded + ".log").find("AdamW moments sharded over 2 ranks"), std::string::npos);
+  EXPECT_EQ(test::read_text(plain + ".log").find("sharded"), std::string::npos);
+  EXPECT_EQ(losses(plain), losses(sharded));
+  expect_same_weights(plain + "/step-000020", sharded + "/step-000020", 0);
+  SafetensorsFile a(plain + "/step-000010/optimizer.safetensors"), b(sharded + "/step-000010/optimizer.safetensors");
+  ASSERT_EQ(a.entries().size(), b.entries().size());
+  for (const auto& e : a.entries()) EXPECT_TRUE(torch::equal(a.tensor(e.name), b.tensor(e.name))) << e.name;
+  for (const auto& [from, extra] : {std::pair{sharded, std::string()}, std::pair{plain, shard}}) {
+    const std::string resumed = from + "_resumed";
+    fs::create_directories(resumed);
+    fs::copy(from + "/step-000010", resumed + "/step-000010", fs::copy_options::recursive);
+    ASSERT_EQ(train(resumed, 2, 2, extra + " --set checkpoint.resume_from_checkpoint=auto"), 0)
+        << test::read_text(resumed + ".log");
+    expect_same_weights(plain + "/step-000020", resumed + "/step-000020", 0);
+  }
+  // Under bf16 mixed precision (float32 master weights) as well.
+  const std::string bf16 = "--set model.dtype=float32 --set train.bf16=true --set train.max_steps=6";
+  const std::string plain16 = plain + "_bf16", sharded16 = sharded + "_bf16";
+  ASSERT_EQ(train(plain16, 2, 2, bf16), 0) << test::read_text(plain16 + ".log");
+  ASSERT_EQ(train(sharded16, 2, 2, bf16 + " " + shard), 0) << test::read_text(sharded16 + ".log");
+  EXPECT_EQ(losses(plain16), losses(sharded16));
+  expect_same_weights(plain16 + "/step-000006", sharded16 + "/step-000006", 0);
 }
 
 #endif  // MODALIGN_CLI

@@ -99,6 +99,15 @@ TEST(MemoryPlan, ActivationsScaleWithTheBatchAndFallWithCheckpointing) {
   EXPECT_DOUBLE_EQ(mixed.attention_probs, full.attention_probs);
   EXPECT_LT(mixed.activations, full.activations);
   EXPECT_GT(mixed.activations, half.activations);
+  // ZeRO-1 divides the moments (only them) by the ranks; one rank keeps them all.
+  config.distributed.shard_optimizer = true;
+  const MemoryPlan sharded = plan_memory(config, s, 160, 0, 8);
+  EXPECT_DOUBLE_EQ(8 * sharded.optimizer, full.optimizer);
+  EXPECT_EQ(sharded.gradients, full.gradients);
+  EXPECT_EQ(sharded.weights, full.weights);
+  EXPECT_EQ(plan_memory(config, s, 160, 0, 1).optimizer, full.optimizer);
+  config.distributed.shard_optimizer = false;
+  EXPECT_EQ(plan_memory(config, s, 160, 0, 8).optimizer, full.optimizer);
   // A Qwen model's image tokens default to what image_max_pixels allows (28 x 28 pixels per token), and never
   // more than the sequence.
   config.data.image_max_pixels = 28 * 28 * 100;
