@@ -1,13 +1,19 @@
 #!/usr/bin/python3
 """modalign vs a plain PyTorch-Python step on the same work, plus the machine's GEMM limit (`make bench`).
 
-    /usr/bin/python3 bench/compare.py [--presets demo qwen2_5_vl small] [--rounds 3] [--build build]
+    /usr/bin/python3 bench/compare.py [--presets demo qwen2_5_vl small] [--bf16-presets demo small] [--rounds 3]
+                                      [--build build]
 
 The GEMM rate is measured at the start and at the end; the higher counts. Per preset (bench/configs/<preset>.yaml): `step_bench export` writes the initial weights, the batches the
 trainer will draw and spec.json; then, for each round, CE only and CE + dual_channel run on both sides
 alternately (modalign, PyTorch, modalign, PyTorch, ...), each in a fresh process with untimed warm-up
 steps. First-step losses must agree (1e-4 relative). Prints a markdown table and writes it with the raw
 results to <build>/bench/compare.md and compare.json.
+
+Mixed precision (--bf16-presets): in the same rounds, CE + dual_channel also runs as modalign with
+train.bf16 and as the PyTorch peer under torch.autocast("cpu", bfloat16); a second table gives bf16 against
+float32 (modalign) and modalign bf16 against PyTorch bf16, paired by round, and the loss gap after the
+timed steps.
 
 FLOPs: one formula for both sides, the matmul work of the plain implementation (forward, and twice that
 backward where parameters train): vision layers (all of them, as output_hidden_states runs them; backward
@@ -109,6 +115,7 @@ def summary(xs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", nargs="+", default=["demo", "qwen2_5_vl", "small"])
+    ap.add_argument("--bf16-presets", nargs="*", default=["demo", "small"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
@@ -126,11 +133,14 @@ def main():
         runs = {}
         for r in range(args.rounds):
             for losses in ("ce", "config"):
-                for side in ("modalign", "pytorch"):
-                    cmd = ([bench, "train", config, "--losses", losses] if side == "modalign" else
+                bf16 = losses == "config" and preset in args.bf16_presets
+                for side in ("modalign", "pytorch") + (("modalign_bf16", "pytorch_bf16") if bf16 else ()):
+                    cmd = ([bench, "train", config, "--losses", losses] if side.startswith("modalign") else
                            [PYTHON, "bench/pytorch_reference.py", ref_dir, "--losses", losses])
+                    if side.endswith("bf16"):
+                        cmd += ["--set", "train.bf16=true"] if side.startswith("modalign") else ["--bf16"]
                     res = run_json(cmd + ["--warmup", str(warm), "--steps", str(steps)])
-                    print(f"{preset} round {r + 1} {losses:6s} {side:8s} "
+                    print(f"{preset} round {r + 1} {losses:6s} {side:13s} "
                           f"{statistics.median(res['step_ms']):8.1f} ms/step  loss {res['first_loss']:.6f}", flush=True)
                     acc = runs.setdefault((losses, side), {"step_ms": [], "tok_s": [], "rss": [], "first": [], "last": [],
                                                            "round_ms": []})
@@ -207,9 +217,36 @@ def report(results):
         notes.append(f"{preset}: dual_channel overhead in modalign: step time {100 * statistics.median(dts):+.1f}% "
                      f"(median of paired rounds; range {100 * min(dts):+.1f}% to {100 * max(dts):+.1f}%), "
                      f"peak RSS {100 * dr:+.1f}%")
-    text = "\n".join(lines + [""] + notes)
+    text = "\n".join(lines + [""] + notes) + bf16_report(results)
     print(text)
     return text
+
+
+def bf16_report(results):
+    """Mixed precision rows: modalign float32, modalign bf16, PyTorch bf16 (CE + dual_channel)."""
+    lines = ["", "", "Mixed precision (CE + dual_channel; bf16 = modalign train.bf16 / PyTorch torch.autocast):", "",
+             "| preset | side | ms/step median (min-max) | tokens/s median | peak RSS MB | first loss | last loss | "
+             "vs modalign float32 (paired rounds) | modalign bf16 / PyTorch bf16 (paired rounds) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    any_rows = False
+    for preset, p in results["presets"].items():
+        runs = p["runs"]
+        if "config/modalign_bf16" not in runs:
+            continue
+        any_rows = True
+        base = runs["config/modalign"]["round_ms"]
+        for side in ("modalign", "modalign_bf16", "pytorch", "pytorch_bf16"):
+            r = runs[f"config/{side}"]
+            ms, tk = summary(r["step_ms"]), summary(r["tok_s"])
+            speed = [b / m for b, m in zip(base, r["round_ms"])]
+            vs = f"{statistics.median(speed):.2f}x ({min(speed):.2f}-{max(speed):.2f})" if side != "modalign" else ""
+            peer = ""
+            if side == "modalign_bf16":
+                paired = [q / m for m, q in zip(r["round_ms"], runs["config/pytorch_bf16"]["round_ms"])]
+                peer = f"**{statistics.median(paired):.2f}x** ({min(paired):.2f}-{max(paired):.2f})"
+            lines.append(f"| {preset} | {side.replace('_', ' ')} | {ms[0]:.0f} ({ms[1]:.0f}-{ms[2]:.0f}) | {tk[0]:.0f} | "
+                         f"{max(r['rss']):.0f} | {r['first'][0]:.6f} | {r['last'][0]:.6f} | {vs} | {peer} |")
+    return "\n".join(lines) if any_rows else ""
 
 
 if __name__ == "__main__":

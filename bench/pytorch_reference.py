@@ -4,12 +4,16 @@ optimizer and losses, written plainly as a PyTorch user would (the way LLaVA's t
 modelling code do it: eager attention, attention maps for the aligned layers, logits and CE at every
 position, the whole CLIP encoder run with its hidden states collected).
 
-    /usr/bin/python3 bench/pytorch_reference.py DIR --warmup W --steps N
+    /usr/bin/python3 bench/pytorch_reference.py DIR --warmup W --steps N [--bf16]
+
+--bf16 runs forward and losses under torch.autocast("cpu", dtype=torch.bfloat16), the way Hugging Face's Trainer
+does with bf16=True: float32 weights and AdamW, bf16 matmuls, float32 softmax and losses.
 
 DIR comes from `step_bench export` (weights.safetensors, batches.safetensors, spec.json). Prints one JSON
 line like `step_bench train`: per-step ms and tokens of the N timed steps, first and last loss, peak RSS.
 """
 import argparse
+import contextlib
 import json
 import math
 import resource
@@ -157,8 +161,9 @@ class LlamaAttention(nn.Module):
         k = k.repeat_interleave(self.heads // self.kv_heads, 1)
         v = v.repeat_interleave(self.heads // self.kv_heads, 1)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
-        attn = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1)
-        out = self.o_proj((attn @ v).transpose(1, 2).reshape(b, t, -1))
+        # float32 probabilities under autocast too (as transformers' eager attention), the maps the losses read
+        attn = torch.softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), dim=-1, dtype=torch.float32)
+        out = self.o_proj((attn.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, -1))
         return out, attn
 
 
@@ -248,7 +253,7 @@ class Llava(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vision):
                 features = self.vision_tower.vision_model(pixel_values)[self.s["vision_feature_layer"]][:, 1:]
             features = self.multi_modal_projector(features)
-            embeds = embeds.masked_scatter(visual[..., None], features)
+            embeds = embeds.masked_scatter(visual[..., None], features.to(embeds.dtype))
         logits, maps = self.language_model(embeds, attention_mask, attn_layers)
         return logits, maps, visual
 
@@ -429,7 +434,7 @@ class Qwen25VL(LanguageModel):  # the Hub layout: `visual.*`, `model.*`, `lm_hea
         visual = (input_ids == self.s["image_token_index"]) & attention_mask.bool()
         embeds = self.model.embed_tokens(input_ids)
         if pixel_values.shape[0] > 0:
-            embeds = embeds.masked_scatter(visual[..., None], self.visual(pixel_values, grid))
+            embeds = embeds.masked_scatter(visual[..., None], self.visual(pixel_values, grid).to(embeds.dtype))
         # M-RoPE: the head's channels split by mrope_section into (t, h, w) rows, twice.
         pos = qwen_rope_index(input_ids, attention_mask, grid, self.s["image_token_index"],
                               self.s["qwen_vision"]["spatial_merge_size"]).double()
@@ -496,6 +501,7 @@ def main():
     ap.add_argument("--losses", choices=["ce", "config"], default="config")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--bf16", action="store_true", help="forward and losses under torch.autocast('cpu', bfloat16)")
     args = ap.parse_args()
     spec = json.load(open(f"{args.dir}/spec.json"))
     torch.set_num_threads(spec["threads"])
@@ -530,13 +536,14 @@ def main():
         labels, pixels = batches[f"{i}.labels"], batches[f"{i}.pixel_values"]
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        if qwen:
-            logits, maps, visual = model(ids, mask, pixels, batches[f"{i}.image_grid_thw"], attn_layers)
-        else:
-            logits, maps, visual = model(ids, mask, pixels, attn_layers)
-        loss = text_ce(logits, labels)
-        for a in aligners:
-            loss = loss + a["weight"] * dual_channel(a, maps, labels, mask.bool(), visual)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext():
+            if qwen:
+                logits, maps, visual = model(ids, mask, pixels, batches[f"{i}.image_grid_thw"], attn_layers)
+            else:
+                logits, maps, visual = model(ids, mask, pixels, attn_layers)
+            loss = text_ce(logits, labels)
+            for a in aligners:
+                loss = loss + a["weight"] * dual_channel(a, maps, labels, mask.bool(), visual)
         loss.backward()
         params = [p for _, p in trained if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, opt["max_grad_norm"] if opt["max_grad_norm"] > 0 else float("inf"))
@@ -545,7 +552,7 @@ def main():
         if i >= args.warmup:
             step_ms.append((time.perf_counter() - t0) * 1e3)
             tokens.append(int(mask.sum()))
-    print(json.dumps({"side": "pytorch", "losses": args.losses, "threads": torch.get_num_threads(),
+    print(json.dumps({"side": "pytorch", "losses": args.losses, "bf16": args.bf16, "threads": torch.get_num_threads(),
                       "first_loss": losses[0], "last_loss": losses[-1], "step_ms": step_ms, "step_tokens": tokens,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
