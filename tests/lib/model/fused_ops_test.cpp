@@ -74,43 +74,33 @@ double bf16_error(const torch::Tensor& got, const torch::Tensor& want) {
   return ((got.to(torch::kFloat64) - want).abs().max() / want.abs().max()).item<double>();
 }
 
+// A bf16 kernel's output against its float64 reference on the same (rounded) inputs, and the gradients of
+// sum(out * probe) for one bf16 probe, within `out_ulps` and `grad_ulps` bf16 roundings.
+void expect_bf16_close(const torch::Tensor& fused, const torch::Tensor& ref, const std::vector<torch::Tensor>& low,
+                       const std::vector<torch::Tensor>& high, double out_ulps, double grad_ulps) {
+  EXPECT_LT(bf16_error(fused, ref), out_ulps / 256);
+  torch::Tensor probe = torch::randn(ref.sizes()).to(torch::kBFloat16);
+  auto gf = grads(fused, probe, low), gr = grads(ref, probe.to(torch::kFloat64), high);
+  for (size_t i = 0; i < gf.size(); ++i) EXPECT_LT(bf16_error(gf[i], gr[i]), grad_ulps / 256) << "input " << i;
+}
+
 TEST(FusedOps, Bf16KernelsComputeInFloatAndRoundOnce) {
   // bf16 inputs (already rounded, so the float64 reference sees the same values): outputs and gradients
   // within a few bf16 roundings of the float64 formulas; RMSNorm's statistics and RoPE's tables in float.
   torch::manual_seed(9);
   auto bf = [](torch::Tensor x) { return x.to(torch::kBFloat16).requires_grad_(true); };
   auto wide = [](const torch::Tensor& x) { return x.detach().to(torch::kFloat64).requires_grad_(true); };
-  {
-    torch::Tensor x = bf(torch::randn({3, 5, 64}) * 3), w = bf(torch::randn({64}));
-    torch::Tensor xr = wide(x), wr = wide(w);
-    torch::Tensor fused = fused_rms_norm(x, w, 1e-6), ref = rms_norm_reference(xr, wr, 1e-6);
-    EXPECT_LT(bf16_error(fused, ref), 4.0 / 256);
-    torch::Tensor probe = torch::randn({3, 5, 64}).to(torch::kBFloat16);
-    auto gf = grads(fused, probe, {x, w});
-    auto gr = grads(ref, probe.to(torch::kFloat64), {xr, wr});
-    EXPECT_LT(bf16_error(gf[0], gr[0]), 8.0 / 256);
-    EXPECT_LT(bf16_error(gf[1], gr[1]), 8.0 / 256);
-  }
-  {
-    torch::Tensor x = bf(torch::randn({2, 6, 3, 8})), xr = wide(x);
-    torch::Tensor angles = torch::randn({2, 6, 1, 4}, torch::kFloat64) * 100;  // large positions: float tables matter
-    torch::Tensor cos = torch::cat({angles, angles}, -1).cos(), sin = torch::cat({angles, angles}, -1).sin();
-    torch::Tensor fused = fused_rope(x, cos.to(torch::kFloat32), sin.to(torch::kFloat32)), ref = rope_reference(xr, cos, sin);
-    EXPECT_LT(bf16_error(fused, ref), 2.0 / 256);
-    torch::Tensor probe = torch::randn({2, 6, 3, 8}).to(torch::kBFloat16);
-    EXPECT_LT(bf16_error(grads(fused, probe, {x})[0], grads(ref, probe.to(torch::kFloat64), {xr})[0]), 2.0 / 256);
-  }
-  {
-    torch::Tensor x = bf(torch::randn({3, 4, 10}) * 4), u = bf(torch::randn({3, 4, 10}));
-    torch::Tensor xr = wide(x), ur = wide(u);
-    torch::Tensor fused = fused_gated_silu(x, u, 1.0), ref = torch::silu(xr) * ur;
-    EXPECT_LT(bf16_error(fused, ref), 4.0 / 256);
-    torch::Tensor probe = torch::randn({3, 4, 10}).to(torch::kBFloat16);
-    auto gf = grads(fused, probe, {x, u});
-    auto gr = grads(ref, probe.to(torch::kFloat64), {xr, ur});
-    EXPECT_LT(bf16_error(gf[0], gr[0]), 8.0 / 256);
-    EXPECT_LT(bf16_error(gf[1], gr[1]), 4.0 / 256);
-  }
+  torch::Tensor x = bf(torch::randn({3, 5, 64}) * 3), w = bf(torch::randn({64})), xr = wide(x), wr = wide(w);
+  expect_bf16_close(fused_rms_norm(x, w, 1e-6), rms_norm_reference(xr, wr, 1e-6), {x, w}, {xr, wr}, 4, 8);
+
+  torch::Tensor q = bf(torch::randn({2, 6, 3, 8})), qr = wide(q);
+  torch::Tensor angles = torch::randn({2, 6, 1, 4}, torch::kFloat64) * 100;  // large positions: float tables matter
+  torch::Tensor cos = torch::cat({angles, angles}, -1).cos(), sin = torch::cat({angles, angles}, -1).sin();
+  expect_bf16_close(fused_rope(q, cos.to(torch::kFloat32), sin.to(torch::kFloat32)), rope_reference(qr, cos, sin), {q},
+                    {qr}, 2, 2);
+
+  torch::Tensor g = bf(torch::randn({3, 4, 10}) * 4), u = bf(torch::randn({3, 4, 10})), gr = wide(g), ur = wide(u);
+  expect_bf16_close(fused_gated_silu(g, u, 1.0), torch::silu(gr) * ur, {g, u}, {gr, ur}, 4, 8);
 }
 
 TEST(FusedOps, RejectWhatTheyCannotRun) {
