@@ -80,12 +80,19 @@ DataParallel::DataParallel(const DistributedConfig& config, const WorldInfo& wor
 
 DataParallel::~DataParallel() = default;
 
+namespace {
+// Gloo (LibTorch 1.13, CPU) has no bfloat16: such tensors travel as float32, which holds each value exactly
+// (sums are then rounded once, at the end).
+bool widened(const torch::Tensor& t) { return t.is_cpu() && t.scalar_type() == torch::kBFloat16; }
+torch::Tensor wire(const torch::Tensor& t) { return widened(t) ? t.to(torch::kFloat32) : t.contiguous(); }
+}  // namespace
+
 void DataParallel::broadcast(const std::vector<torch::Tensor>& tensors) {
   torch::NoGradGuard no_grad;
   for (const torch::Tensor& t : tensors) {
-    std::vector<at::Tensor> one{t.is_contiguous() ? t : t.contiguous()};
+    std::vector<at::Tensor> one{wire(t)};
     impl_->group->broadcast(one)->wait();
-    if (!t.is_contiguous()) t.copy_(one[0]);
+    if (!one[0].is_same(t)) t.copy_(one[0]);
   }
 }
 
@@ -111,7 +118,7 @@ void DataParallel::all_reduce_sum(const std::vector<torch::Tensor>& tensors) {
   for (size_t b = 0; b < buckets.size(); ++b) {
     std::vector<torch::Tensor> parts;
     for (const auto& t : buckets[b]) parts.push_back(t.reshape({-1}));
-    flat[b] = {torch::cat(parts)};
+    flat[b] = {wire(torch::cat(parts))};
     works.push_back(impl_->group->allreduce(flat[b]));
   }
   for (size_t b = 0; b < buckets.size(); ++b) {
@@ -143,10 +150,12 @@ void DataParallel::all_reduce_grads(const std::vector<torch::Tensor>& params) {
 
 std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& t) {
   torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> in{wire(t)};
   std::vector<std::vector<at::Tensor>> out(1);
-  for (int64_t r = 0; r < world_.world_size; ++r) out[0].push_back(torch::empty_like(t, torch::MemoryFormat::Contiguous));
-  std::vector<at::Tensor> in{t.contiguous()};
+  for (int64_t r = 0; r < world_.world_size; ++r) out[0].push_back(torch::empty_like(in[0], torch::MemoryFormat::Contiguous));
   impl_->group->allgather(out, in)->wait();
+  if (widened(t))
+    for (auto& part : out[0]) part = part.to(t.scalar_type());
   return out[0];
 }
 

@@ -49,8 +49,13 @@ TEST(DataParallel, SumsBroadcastsAndKeepsMissingGradientsMissing) {
     dp.all_reduce_grads({p0, p1, p2});
     torch::Tensor c = torch::full({5}, static_cast<double>(r) + 7.0);
     dp.broadcast({c});
+    // bfloat16, which Gloo lacks (it travels as float32).
+    torch::Tensor h = torch::full({3}, 1.5 + static_cast<double>(r), torch::kBFloat16);
+    torch::Tensor hb = torch::full({2}, 0.25 + static_cast<double>(r), torch::kBFloat16);
+    dp.all_reduce_sum({h});
+    dp.broadcast({hb});
     dp.barrier();
-    seen[static_cast<size_t>(r)] = {a, b, p0.grad(), p1.grad(), c, torch::tensor(p2.grad().defined())};
+    seen[static_cast<size_t>(r)] = {a, b, p0.grad(), p1.grad(), c, torch::tensor(p2.grad().defined()), h, hb};
   };
   std::thread t1(rank, 1);
   rank(0);
@@ -62,16 +67,18 @@ TEST(DataParallel, SumsBroadcastsAndKeepsMissingGradientsMissing) {
     EXPECT_TRUE(torch::allclose(s[3], torch::full({2}, 30.0)));
     EXPECT_TRUE(torch::allclose(s[4], torch::full({5}, 7.0)));                         // rank 0's values
     EXPECT_FALSE(s[5].item<bool>()) << "a parameter without a gradient anywhere must keep none";
+    EXPECT_TRUE(torch::equal(s[6], torch::full({3}, 4.0, torch::kBFloat16)));   // 1.5 + 2.5
+    EXPECT_TRUE(torch::equal(s[7], torch::full({2}, 0.25, torch::kBFloat16)));  // rank 0's
   }
 }
 
 // Parameters of awkward sizes: in group order w (5x3), v (4x4) (weight decay), then b (7) (none): 38
 // values, so the two ranks' ranges (19 each) split v.
 struct ThreeParams : torch::nn::Module {
-  ThreeParams() {
-    w = register_parameter("w", torch::zeros({5, 3}));
-    b = register_parameter("b", torch::zeros({7}));
-    v = register_parameter("v", torch::zeros({4, 4}));
+  explicit ThreeParams(torch::ScalarType dtype) {
+    w = register_parameter("w", torch::zeros({5, 3}, dtype));
+    b = register_parameter("b", torch::zeros({7}, dtype));
+    v = register_parameter("v", torch::zeros({4, 4}, dtype));
   }
   void set(const std::vector<torch::Tensor>& values) {
     torch::NoGradGuard no_grad;
@@ -81,7 +88,8 @@ struct ThreeParams : torch::nn::Module {
   torch::Tensor w, b, v;
 };
 
-TEST(DataParallel, ShardedAdamWEqualsUnshardedBitwiseAndKeepsTheUnshardedStateLayout) {
+// Two ranks (threads) run a sharded GroupedAdamW over ThreeParams of `dtype`; the unsharded one runs alone.
+void expect_sharded_equals_unsharded(torch::ScalarType dtype) {
   TrainConfig c;
   c.learning_rate = 1e-2, c.weight_decay = 0.1;
   torch::manual_seed(12);
@@ -91,14 +99,14 @@ TEST(DataParallel, ShardedAdamWEqualsUnshardedBitwiseAndKeepsTheUnshardedStateLa
     grads.push_back({torch::randn({5, 3}), step == 1 ? torch::Tensor() : torch::randn({7}), torch::randn({4, 4})});
   auto run_steps = [&](ThreeParams& net, GroupedAdamW& opt, int from, int to) {
     for (int step = from; step < to; ++step) {
-      net.w.mutable_grad() = grads[step][0].clone(), net.v.mutable_grad() = grads[step][2].clone();
-      net.b.mutable_grad() = grads[step][1].defined() ? grads[step][1].clone() : torch::Tensor();
+      net.w.mutable_grad() = grads[step][0].to(dtype).clone(), net.v.mutable_grad() = grads[step][2].to(dtype).clone();
+      net.b.mutable_grad() = grads[step][1].defined() ? grads[step][1].to(dtype).clone() : torch::Tensor();
       opt.step(0.5 + step, /*grad_scale=*/0.7);
       opt.zero_grad();
     }
   };
   // Unsharded: steps 1-2, then 3-4.
-  ThreeParams ref;
+  ThreeParams ref(dtype);
   ref.set(init);
   GroupedAdamW plain(ref, c);
   run_steps(ref, plain, 0, 2);
@@ -125,14 +133,14 @@ TEST(DataParallel, ShardedAdamWEqualsUnshardedBitwiseAndKeepsTheUnshardedStateLa
     WorldInfo world;
     world.rank = r, world.world_size = 2, world.master_port = port;
     DataParallel dp(config, world);
-    ThreeParams net;
+    ThreeParams net(dtype);
     net.set(init);
     GroupedAdamW sharded(net, c);
     sharded.shard(dp);
     run_steps(net, sharded, 0, 2);
     states[static_cast<size_t>(r)] = sharded.state();  // gathered: the unsharded layout
     // A sharded optimizer resumed from the unsharded state of step 2.
-    ThreeParams resumed;
+    ThreeParams resumed(dtype);
     resumed.set(params2);
     GroupedAdamW again(resumed, c);
     again.shard(dp);
@@ -154,6 +162,14 @@ TEST(DataParallel, ShardedAdamWEqualsUnshardedBitwiseAndKeepsTheUnshardedStateLa
     }
   }
   EXPECT_FALSE(torch::equal(params4[1], params2[1])) << "the test must move every parameter";
+}
+
+TEST(DataParallel, ShardedAdamWEqualsUnshardedBitwiseAndKeepsTheUnshardedStateLayout) {
+  // float32 takes the fused update, bfloat16 the tensor-operator one (against LibTorch's AdamW unsharded).
+  for (torch::ScalarType dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    expect_sharded_equals_unsharded(dtype);
+  }
 }
 
 TEST(DataParallel, RendezvousWithoutPeersTimesOutWithTheAddress) {
