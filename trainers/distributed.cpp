@@ -15,6 +15,7 @@ namespace modalign {
 namespace {
 
 constexpr int64_t kBucketBytes = 25 << 20;  // as torch DDP's default bucket_cap_mb
+constexpr size_t kBucketsInFlight = 4;      // all-reduces launched before the oldest is waited for
 
 }  // namespace
 
@@ -113,22 +114,28 @@ void DataParallel::all_reduce_sum(const std::vector<torch::Tensor>& tensors) {
     buckets[it->second].push_back(t);
     bytes[it->second] += n;
   }
+  // At most kBucketsInFlight flat copies exist at a time (a 7B model's gradients would otherwise be copied
+  // whole before the first wait).
   std::vector<std::vector<at::Tensor>> flat(buckets.size());
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  for (size_t b = 0; b < buckets.size(); ++b) {
-    std::vector<torch::Tensor> parts;
-    for (const auto& t : buckets[b]) parts.push_back(t.reshape({-1}));
-    flat[b] = {wire(torch::cat(parts))};
-    works.push_back(impl_->group->allreduce(flat[b]));
-  }
-  for (size_t b = 0; b < buckets.size(); ++b) {
+  std::vector<c10::intrusive_ptr<c10d::Work>> works(buckets.size());
+  auto finish = [&](size_t b) {
     works[b]->wait();
     int64_t offset = 0;
     for (const auto& t : buckets[b]) {
       t.copy_(flat[b][0].slice(0, offset, offset + t.numel()).view(t.sizes()));
       offset += t.numel();
     }
+    flat[b].clear();
+  };
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    std::vector<torch::Tensor> parts;
+    for (const auto& t : buckets[b]) parts.push_back(t.reshape({-1}));
+    flat[b] = {wire(torch::cat(parts))};
+    works[b] = impl_->group->allreduce(flat[b]);
+    if (b >= kBucketsInFlight) finish(b - kBucketsInFlight);
   }
+  for (size_t b = buckets.size() > kBucketsInFlight ? buckets.size() - kBucketsInFlight : 0; b < buckets.size(); ++b)
+    finish(b);
 }
 
 void DataParallel::all_reduce_grads(const std::vector<torch::Tensor>& params) {

@@ -40,8 +40,8 @@ class DataParallel {
 
   // Copies rank 0's values into every rank's tensors (in place).
   void broadcast(const std::vector<torch::Tensor>& tensors);
-  // Sums in place over ranks. Tensors are flattened into buckets of one dtype and ~bucket_mb, one
-  // collective per bucket, all launched before the first wait.
+  // Sums in place over ranks. Tensors are flattened into buckets of one dtype and ~25 MB (a larger tensor
+  // is a bucket of its own), one collective per bucket, at most 4 in flight (so at most 4 buckets' copies).
   void all_reduce_sum(const std::vector<torch::Tensor>& tensors);
   // Sums the gradients of `params` over ranks. A parameter without a gradient on this rank takes part
   // with zeros; one without a gradient on every rank keeps none (as a single process would).

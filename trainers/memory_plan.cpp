@@ -38,7 +38,16 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
   p.weights = value * static_cast<double>(p.counts.total() + p.lora);
   p.gradients = value * static_cast<double>(p.trainable);
   p.optimizer = 2 * value * static_cast<double>(p.trainable);  // AdamW moments in the parameters' dtype
-  if (config.distributed.shard_optimizer && nproc > 1) p.optimizer /= static_cast<double>(nproc);  // ZeRO-1
+  const bool sharded = config.distributed.shard_optimizer && nproc > 1;
+  if (sharded) p.optimizer /= static_cast<double>(nproc);  // ZeRO-1
+  // Data parallel all-reduces the gradients through flat copies of 25 MB buckets, 4 in flight (one of them
+  // may be the largest trained tensor, the embedding or LM head); ZeRO-1 adds its all-gather round (nproc + 1
+  // buffers of 16 MB).
+  const double bucket = 25 << 20;
+  const double largest_tensor = lm_trains ? value * static_cast<double>(x.vocab_size * x.hidden_size) : bucket;
+  if (nproc > 1)
+    p.collectives = std::min(p.gradients, 3 * bucket + std::max(bucket, largest_tensor)) +
+                    (sharded ? static_cast<double>(nproc + 1) * (16 << 20) : 0);
   p.weight_casts = t.bf16 ? 2.0 * static_cast<double>(p.counts.total() + p.lora) : 0;  // autocast's cache
   const double matmul = t.bf16 ? 2.0 : value;  // bytes of what the matmuls produce and save
   const double prob = config.model.dtype == Dtype::Float64 ? 8.0 : 4.0;  // P is float32 for bf16 too
@@ -115,6 +124,7 @@ std::string format_plan(const MemoryPlan& p, const RunConfig& config, int64_t np
   out += fmt::format("  {:<34}{:>12}\n", "gradients", gib(p.gradients));
   out += fmt::format("  {:<34}{:>12}\n", "optimizer state (AdamW moments)", gib(p.optimizer));
   if (t.bf16) out += fmt::format("  {:<34}{:>12}\n", "bf16 weight copies (train.bf16)", gib(p.weight_casts));
+  if (nproc > 1) out += fmt::format("  {:<34}{:>12}\n", "data-parallel buffers", gib(p.collectives));
   out += fmt::format("  {:<34}{:>12}\n", "activations", gib(p.activations));
   out += fmt::format("  {:<34}{:>12}\n", "  of which attention probabilities", gib(p.attention_probs));
   out += fmt::format("  {:<34}{:>12}\n", "  with gradient_checkpointing", gib(p.activations_checkpointed));

@@ -20,9 +20,10 @@ struct MemoryPlan {
   // Bytes per rank.
   double weights = 0, gradients = 0, optimizer = 0, weight_casts = 0, activations = 0, activations_checkpointed = 0;
   double attention_probs = 0;  // the part of `activations` that is attention probabilities
+  double collectives = 0;      // data parallel: the gradient buckets in flight (and ZeRO-1's gather rounds)
   double process = 0;          // LibTorch, BLAS and loader buffers: a constant measured on this project's builds
   double total(bool checkpointing) const {
-    return weights + gradients + optimizer + weight_casts + process +
+    return weights + gradients + optimizer + weight_casts + collectives + process +
            (checkpointing ? activations_checkpointed : activations);
   }
 };

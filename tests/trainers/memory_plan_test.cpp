@@ -106,8 +106,14 @@ TEST(MemoryPlan, ActivationsScaleWithTheBatchAndFallWithCheckpointing) {
   EXPECT_EQ(sharded.gradients, full.gradients);
   EXPECT_EQ(sharded.weights, full.weights);
   EXPECT_EQ(plan_memory(config, s, 160, 0, 1).optimizer, full.optimizer);
+  // Data parallel holds the buckets in flight: three of 25 MB and the embedding's (small's LM trains here);
+  // ZeRO-1 its gather round too.
+  const double in_flight = 3.0 * (25 << 20) + 4.0 * static_cast<double>(s.text.vocab_size * s.text.hidden_size);
+  EXPECT_EQ(full.collectives, 0);
+  EXPECT_DOUBLE_EQ(sharded.collectives, in_flight + 9.0 * (16 << 20));
   config.distributed.shard_optimizer = false;
   EXPECT_EQ(plan_memory(config, s, 160, 0, 8).optimizer, full.optimizer);
+  EXPECT_DOUBLE_EQ(plan_memory(config, s, 160, 0, 8).collectives, in_flight);
   // A Qwen model's image tokens default to what image_max_pixels allows (28 x 28 pixels per token), and never
   // more than the sequence.
   config.data.image_max_pixels = 28 * 28 * 100;
