@@ -1,5 +1,7 @@
 #include "lib/model/vision_language_model.h"
 
+#include <optional>
+
 #include "lib/model/precision.h"
 
 namespace modalign {
@@ -83,8 +85,11 @@ void VisionLanguageModelImpl::set_gradient_checkpointing(bool on) {
 }
 
 namespace {
-// The autocast scope of a forward on `like`'s device in the model's autocast_dtype.
-MixedPrecision precision(const torch::Tensor& like, torch::ScalarType dtype) { return {like.device().type(), dtype}; }
+// Opens the model's autocast scope for a forward on `like`'s device; none when the model has no autocast
+// dtype, so that a caller's own autocast (an external trainer's) still applies inside.
+void enter_autocast(std::optional<AutocastScope>& scope, const torch::Tensor& like, torch::ScalarType dtype) {
+  if (dtype != torch::kFloat32) scope.emplace(MixedPrecision{like.device().type(), dtype});
+}
 }  // namespace
 
 ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
@@ -94,7 +99,8 @@ ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, con
   TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
               "input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
               attention_mask.sizes());
-  AutocastScope autocast(precision(input_ids, autocast_dtype));
+  std::optional<AutocastScope> autocast;
+  enter_autocast(autocast, input_ids, autocast_dtype);
   ModelOutput out;
   torch::Tensor real = attention_mask.to(torch::kBool);
   out.visual_mask = (input_ids == shapes.image_token_index) & real;
@@ -114,7 +120,8 @@ torch::Tensor VisionLanguageModelImpl::prefill(const torch::Tensor& input_ids, c
   TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
               "prefill: input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
               attention_mask.sizes());
-  AutocastScope autocast(precision(input_ids, autocast_dtype));
+  std::optional<AutocastScope> autocast;
+  enter_autocast(autocast, input_ids, autocast_dtype);
   torch::Tensor real = attention_mask.to(torch::kBool);
   TORCH_CHECK(real.any(1).all().item<bool>(), "prefill: every prompt needs at least one real token");
   torch::Tensor visual = (input_ids == shapes.image_token_index) & real;
@@ -135,7 +142,8 @@ torch::Tensor VisionLanguageModelImpl::prefill(const torch::Tensor& input_ids, c
 torch::Tensor VisionLanguageModelImpl::decode(const torch::Tensor& next_ids, KvCache& cache) {
   TORCH_CHECK(next_ids.dim() == 1 && next_ids.size(0) == cache.valid.size(0), "decode: next_ids must be (B) = (",
               cache.valid.size(0), "), got ", next_ids.sizes());
-  AutocastScope autocast(precision(next_ids, autocast_dtype));
+  std::optional<AutocastScope> autocast;
+  enter_autocast(autocast, next_ids, autocast_dtype);
   torch::Tensor embeds = language_model->embed_tokens(next_ids.view({-1, 1}));  // (B, 1, D)
   torch::Tensor hidden = language_model->decode(embeds, cache).squeeze(1);      // (B, D)
   return language_model->logits(hidden).to(hidden.scalar_type());              // (B, V)

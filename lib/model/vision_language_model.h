@@ -70,7 +70,8 @@ struct VisionLanguageModelImpl : torch::nn::Module {
 
   ModelShapes shapes;
   // Mixed precision (train.bf16): forward, prefill and decode run under autocast in this dtype, float32
-  // weights cast per forward; kFloat32 = off. Logits and taps are float32 either way.
+  // weights cast per forward; kFloat32 = the model opens no autocast scope (a caller's own still applies).
+  // Logits and taps are float32 either way.
   torch::ScalarType autocast_dtype = torch::kFloat32;
   VisionTower vision_tower{nullptr};          // LLaVA
   Projector multi_modal_projector{nullptr};  // LLaVA

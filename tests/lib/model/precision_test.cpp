@@ -128,6 +128,20 @@ TEST(Precision, Bf16ModelTracksFloat32AndItsAlignmentGradientsPointTheSameWay) {
   EXPECT_EQ(bf16->decode(logits.argmax(-1), cache).scalar_type(), torch::kFloat32);
 }
 
+TEST(Precision, AFloat32ModelKeepsTheCallersAutocast) {
+  // An external trainer that wraps the forward in its own autocast gets bf16 arithmetic (the model opens no
+  // scope of its own when its autocast_dtype is float32), and float32 logits either way.
+  Inputs in = inputs();
+  VisionLanguageModel model = tiny_float32(torch::kFloat32);
+  torch::NoGradGuard no_grad;
+  torch::Tensor plain = model->forward(in.ids, in.mask, in.pixels).logits;
+  AutocastScope caller(MixedPrecision{torch::kCPU, torch::kBFloat16});
+  torch::Tensor wrapped = model->forward(in.ids, in.mask, in.pixels).logits;
+  EXPECT_EQ(wrapped.scalar_type(), torch::kFloat32);
+  EXPECT_FALSE(torch::equal(plain, wrapped));
+  EXPECT_LT((plain - wrapped).abs().max().item<double>(), 0.05 * plain.abs().max().item<double>());
+}
+
 TEST(Precision, CheckpointedBf16LayersReplayAutocastExactly) {
   // The vision tower and decoder checkpointed: the recomputation runs in the backward pass, outside the
   // forward's autocast scope; replaying the captured state gives the plain bf16 pass's values exactly.
