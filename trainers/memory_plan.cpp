@@ -93,8 +93,9 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
       vision_probs = static_cast<double>(s.vision_layers_used()) * full;
     }
     const double vl = s.is_qwen() ? static_cast<double>(s.qwen_vision.depth) : static_cast<double>(s.vision_layers_used());
-    vision_layer = vision_tokens * saved_per_token(vd, vd, vi, value, matmul) + full;
-    vision = vl * vision_tokens * saved_per_token(vd, vd, vi, value, matmul) + vision_probs;
+    const double vision_values = vision_tokens * saved_per_token(vd, vd, vi, value, matmul);  // one block's
+    vision_layer = vision_values + full;
+    vision = vl * vision_values + vision_probs;
     vision_ckpt = value * vision_tokens * vl * static_cast<double>(vd);
     p.attention_probs += vision_probs;
   }

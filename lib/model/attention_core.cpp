@@ -225,7 +225,7 @@ AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& 
                                    const AttentionMask& mask, const torch::Tensor& sets) {
   TORCH_CHECK(attention_core_supported(q), "attention_core needs CPU float32/float64/bfloat16 tensors, got ", q.options());
   const bool bf16 = q.scalar_type() == torch::kBFloat16;
-  const torch::ScalarType wide = bf16 ? torch::kFloat32 : q.scalar_type();  // mask, sets, P and mass
+  const torch::ScalarType wide = wide_type(q.scalar_type());  // mask, sets, P and mass
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && k.size(0) == q.size(0) &&
                   k.size(1) == q.size(1) && k.size(3) == q.size(3) && q.size(2) % k.size(2) == 0,
               "attention_core expects q (B, T, H, d) and k, v (B, T, G, d) with H % G == 0, got ", q.sizes(), ", ",

@@ -69,7 +69,7 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables(const TextShapes& s, const t
     freqs = positions.to(torch::kFloat64).unsqueeze(-1) * inv_freq;
   }
   torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);               // (B, T, 1, d)
-  torch::ScalarType table_type = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::ScalarType table_type = wide_type(dtype);
   return {emb.cos().to(table_type), emb.sin().to(table_type)};
 }
 
@@ -79,7 +79,7 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
     return fused_rope(x, cos, sin);
   const int64_t half = x.size(-1) / 2;
   torch::Tensor rotated = torch::cat({-x.slice(-1, half), x.slice(-1, 0, half)}, -1);  // rotate_half
-  const torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const torch::ScalarType wide = wide_type(x.scalar_type());
   return (x.to(wide) * cos.to(wide) + rotated.to(wide) * sin.to(wide)).to(x.scalar_type());  // bf16: float tables
 }
 
@@ -88,7 +88,7 @@ RmsNormImpl::RmsNormImpl(int64_t dim, double eps_)
 
 torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
   if (fused_ops_supported(x) && weight.scalar_type() == x.scalar_type()) return fused_rms_norm(x, weight, eps);
-  torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::ScalarType wide = wide_type(x.scalar_type());
   torch::Tensor h = x.to(wide);
   h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
   return weight * h.to(x.scalar_type());
@@ -131,7 +131,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   torch::Tensor q = apply_rope(q_proj(x).view({b, t, heads, head_dim}), ctx.cos, ctx.sin);     // (B, T, H, d)
   torch::Tensor k = apply_rope(k_proj(x).view({b, t, kv_heads, head_dim}), ctx.cos, ctx.sin);  // (B, T, G, d)
   torch::Tensor v = v_proj(x).view({b, t, kv_heads, head_dim});                                // (B, T, G, d)
-  torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::ScalarType wide = wide_type(x.scalar_type());
   // Key sets whose attention mass a tap returns: image keys, then any requested ones: (B, T, 1+K)
   torch::Tensor sets;
   if (tap) {
@@ -189,7 +189,7 @@ torch::Tensor LlamaAttentionImpl::decode(const torch::Tensor& x, const torch::Te
   cache.v = torch::cat({cache.v, v}, 1);
   TORCH_CHECK(valid.sizes() == torch::IntArrayRef({b, cache.k.size(1)}), "decode: valid must be (B, L+1) = (", b, ", ",
               cache.k.size(1), "), got ", valid.sizes());
-  torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::ScalarType wide = wide_type(x.scalar_type());
   // Query head h reads key/value head h / r: (B, G, r, d) x (B, G, d, L+1)
   torch::Tensor scores = torch::matmul(q.view({b, kv_heads, r, head_dim}), cache.k.permute({0, 2, 3, 1})).to(wide) /
                          std::sqrt(static_cast<double>(head_dim));
@@ -284,7 +284,8 @@ torch::Tensor LanguageModelImpl::decode(const torch::Tensor& embeds, KvCache& ca
 }
 
 torch::Tensor LanguageModelImpl::logits(const torch::Tensor& hidden) {
-  return lm_head ? lm_head(hidden) : torch::matmul(hidden, embed_tokens->weight.t());
+  // In hidden's dtype: float32 under autocast, whose LM-head product is bf16.
+  return (lm_head ? lm_head(hidden) : torch::matmul(hidden, embed_tokens->weight.t())).to(hidden.scalar_type());
 }
 
 }  // namespace modalign

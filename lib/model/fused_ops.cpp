@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include "lib/model/fused_kernels.h"
+#include "lib/model/precision.h"
 
 namespace modalign {
 namespace {
@@ -12,15 +13,12 @@ using torch::autograd::variable_list;
 // Rows per task so that each task touches at least ~16k values.
 int64_t grain(int64_t row_size) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_size)); }
 
-// The dtype the kernels compute in for values of `t`: float for bf16, else t's own.
-torch::ScalarType acc_type(torch::ScalarType t) { return t == torch::kBFloat16 ? torch::kFloat32 : t; }
-
 #define MODALIGN_DISPATCH(type, name, ...) AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, type, name, __VA_ARGS__)
 
 struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight, double eps) {
     const int64_t dim = x.size(-1), rows = x.numel() / dim;
-    torch::Tensor y = torch::empty_like(x), rstd = torch::empty({rows}, x.options().dtype(acc_type(x.scalar_type())));
+    torch::Tensor y = torch::empty_like(x), rstd = torch::empty({rows}, x.options().dtype(wide_type(x.scalar_type())));
     MODALIGN_DISPATCH(x.scalar_type(), "fused_rms_norm", [&] {
       const scalar_t *xp = x.data_ptr<scalar_t>(), *wp = weight.data_ptr<scalar_t>();
       scalar_t* yp = y.data_ptr<scalar_t>();
@@ -150,7 +148,7 @@ torch::Tensor fused_rope(const torch::Tensor& x, const torch::Tensor& cos, const
   const std::vector<int64_t> table{x.size(0), x.size(1), 1, x.size(3)};
   TORCH_CHECK(cos.sizes() == table && sin.sizes() == table, "fused_rope expects cos and sin ", table, ", got ",
               cos.sizes(), " and ", sin.sizes());
-  const torch::ScalarType acc = acc_type(x.scalar_type());  // bf16 rotates with float tables
+  const torch::ScalarType acc = wide_type(x.scalar_type());  // bf16 rotates with float tables
   return RopeFunction::apply(x.contiguous(), cos.to(acc).contiguous(), sin.to(acc).contiguous());
 }
 

@@ -15,6 +15,10 @@ struct MixedPrecision {
   static MixedPrecision current(torch::DeviceType device);  // this thread's autocast state on `device`
 };
 
+// The dtype values of dtype `t` are computed and kept wide in (statistics, softmax, tables, taps): float64
+// for float64, float32 for everything narrower (float32, bf16, fp16).
+inline torch::ScalarType wide_type(torch::ScalarType t) { return t == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32; }
+
 // Sets `mp` for its scope and restores the previous state when it closes; the outermost scope also drops
 // autocast's cache of casted weights (they change at every optimizer step). Disabled `mp` turns autocast
 // off inside (values that must stay float32, such as the alignment taps).

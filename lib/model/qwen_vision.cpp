@@ -6,6 +6,7 @@
 
 #include "lib/model/attention_core.h"
 #include "lib/model/decoder.h"
+#include "lib/model/precision.h"
 #include "lib/model/recompute.h"
 
 namespace modalign {
@@ -38,7 +39,7 @@ torch::Tensor segment_attention(const torch::Tensor& q, const torch::Tensor& k, 
                                 const std::vector<int64_t>& segments) {
   auto attend = [](const torch::Tensor& qs, const torch::Tensor& ks, const torch::Tensor& vs) {  // (S, L, h, d)
     if (attention_core_supported(qs)) return attention_core(qs, ks, vs).out;
-    torch::ScalarType wide = qs.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    torch::ScalarType wide = wide_type(qs.scalar_type());
     torch::Tensor scores = torch::matmul(qs.transpose(1, 2), ks.permute({0, 2, 3, 1})).to(wide) /
                            std::sqrt(static_cast<double>(qs.size(-1)));             // (S, h, L, L)
     torch::Tensor p = torch::softmax(scores, -1).to(vs.scalar_type());
@@ -118,7 +119,7 @@ QwenVisionNormImpl::QwenVisionNormImpl(int64_t dim, bool layer_norm_)
 }
 
 torch::Tensor QwenVisionNormImpl::forward(const torch::Tensor& x) {
-  torch::ScalarType wide = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::ScalarType wide = wide_type(x.scalar_type());
   torch::Tensor h = x.to(wide);
   if (layer_norm) return torch::layer_norm(h, {h.size(-1)}, weight.to(wide), bias.to(wide), 1e-6).to(x.scalar_type());
   h = h * torch::rsqrt(h.pow(2).mean(-1, true) + 1e-6);
@@ -208,7 +209,7 @@ torch::Tensor QwenVisionModelImpl::encode(const torch::Tensor& pixel_values, con
   x = x.view({n / mu, mu, c}).index_select(0, order).view({n, c});
   angles = angles.view({n / mu, mu, half}).index_select(0, order).view({n, half});
   torch::Tensor emb = torch::cat({angles, angles}, -1).view({1, n, 1, 2 * half});  // (1, N, 1, d)
-  torch::ScalarType table = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  torch::ScalarType table = wide_type(x.scalar_type());
   torch::Tensor cos = emb.cos().to(table), sin = emb.sin().to(table);
   for (int64_t b = 0; b < shapes.depth; ++b) {
     const auto& full = shapes.fullatt_block_indexes;

@@ -109,8 +109,7 @@ ModelOutput VisionLanguageModelImpl::forward(const torch::Tensor& input_ids, con
   DecoderContext ctx =
       make_decoder_context(shapes.text, real, out.visual_mask, embeds.scalar_type(), prompt_mask, positions);
   torch::Tensor hidden = language_model(embeds, ctx, taps, out.taps);
-  out.logits = language_model->logits(logit_positions.defined() ? hidden.index({logit_positions.to(torch::kBool)}) : hidden)
-                   .to(hidden.scalar_type());  // float32 under autocast
+  out.logits = language_model->logits(logit_positions.defined() ? hidden.index({logit_positions.to(torch::kBool)}) : hidden);
   return out;
 }
 
@@ -136,7 +135,7 @@ torch::Tensor VisionLanguageModelImpl::prefill(const torch::Tensor& input_ids, c
   // position so far (a text token's t, h and w are equal, so 1-D RoPE at that position is the same).
   cache.next_position = positions.defined() ? positions.masked_fill(~real.unsqueeze(0), 0).amax({0, 2}) + 1 : count;
   torch::Tensor last = (count - 1).view({-1, 1, 1}).expand({-1, 1, hidden.size(2)});
-  return language_model->logits(hidden.gather(1, last).squeeze(1)).to(hidden.scalar_type());  // (B, V)
+  return language_model->logits(hidden.gather(1, last).squeeze(1));  // (B, V)
 }
 
 torch::Tensor VisionLanguageModelImpl::decode(const torch::Tensor& next_ids, KvCache& cache) {
@@ -145,8 +144,7 @@ torch::Tensor VisionLanguageModelImpl::decode(const torch::Tensor& next_ids, KvC
   std::optional<AutocastScope> autocast;
   enter_autocast(autocast, next_ids, autocast_dtype);
   torch::Tensor embeds = language_model->embed_tokens(next_ids.view({-1, 1}));  // (B, 1, D)
-  torch::Tensor hidden = language_model->decode(embeds, cache).squeeze(1);      // (B, D)
-  return language_model->logits(hidden).to(hidden.scalar_type());              // (B, V)
+  return language_model->logits(language_model->decode(embeds, cache).squeeze(1));  // (B, V)
 }
 
 torch::Tensor qwen_position_ids(const ModelShapes& shapes, const torch::Tensor& input_ids,
