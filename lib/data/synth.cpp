@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include "lib/data/chat_template.h"
@@ -44,17 +47,14 @@ struct Level {
 };
 Level level(SynthDifficulty d) {
   switch (d) {
-    case SynthDifficulty::Easy: return {1, 1, 0.22, 0.30, 0, 0};
-    case SynthDifficulty::Medium: return {2, 2, 0.12, 0.20, 25, 12};
-    case SynthDifficulty::Hard: return {3, 3, 0.09, 0.15, 45, 25};
+    case SynthDifficulty::Easy: return {1, 2, 0.16, 0.24, 0, 0};
+    case SynthDifficulty::Medium: return {1, 3, 0.12, 0.20, 25, 12};
+    case SynthDifficulty::Hard: return {2, 4, 0.09, 0.15, 45, 25};
   }
   return {};
 }
 
-struct Placed {
-  int shape, colour;
-  double cx, cy, radius;
-};
+using Placed = SynthObject;
 
 bool inside(int shape, double dx, double dy, double r) {
   switch (shape) {
@@ -66,6 +66,7 @@ bool inside(int shape, double dx, double dy, double r) {
 }
 
 RgbImage draw(const std::vector<Placed>& shapes, const Level& lv, int size, Rng& rng) {
+  const std::vector<int> mask = object_mask(shapes, size);
   RgbImage img{size, size, std::vector<uint8_t>(static_cast<size_t>(size) * size * 3)};
   int bg = 200 + rng.below(40);
   std::vector<std::array<double, 3>> colours;
@@ -77,8 +78,7 @@ RgbImage draw(const std::vector<Placed>& shapes, const Level& lv, int size, Rng&
   for (int y = 0; y < size; ++y)
     for (int x = 0; x < size; ++x) {
       std::array<double, 3> px{double(bg), double(bg), double(bg)};
-      for (size_t i = 0; i < shapes.size(); ++i)
-        if (inside(shapes[i].shape, x + 0.5 - shapes[i].cx, y + 0.5 - shapes[i].cy, shapes[i].radius)) px = colours[i];
+      if (const int object = mask[static_cast<size_t>(y) * size + x]; object > 0) px = colours[static_cast<size_t>(object - 1)];
       for (int c = 0; c < 3; ++c) {
         double v = px[c] + (lv.noise > 0 ? lv.noise * rng.normal() : 0.0);
         img.pixels[(static_cast<size_t>(y) * size + x) * 3 + c] = static_cast<uint8_t>(std::clamp(std::lround(v), 0L, 255L));
@@ -139,9 +139,40 @@ nlohmann::ordered_json box(const Placed& p, int size) {
   return {clip(p.cx - p.radius), clip(p.cy - p.radius), clip(p.cx + p.radius), clip(p.cy + p.radius)};
 }
 
+// Where a shape's centre lies on a 3 x 3 grid of the image, as a caption names it.
+constexpr const char* kPlaces[] = {"top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right"};
+int place_index(const Placed& p, int size) {
+  auto third = [size](double v) { return std::clamp(static_cast<int>(3 * v / size), 0, 2); };
+  return 3 * third(p.cy) + third(p.cx);
+}
+constexpr const char* kCaptionPrompt = "Describe the image.";
+const char* article(const char* word) { return word[0] == 'o' ? "an" : "a"; }
+
+// The dense caption of an image: its count, then every shape's colour, kind and place in reading order
+// (grid row, then left to right), e.g. "Two shapes: a red circle at the top left and an orange square at
+// the right."
+std::string caption(const std::vector<Placed>& shapes, int size) {
+  std::vector<const Placed*> order;
+  for (const auto& s : shapes) order.push_back(&s);
+  std::stable_sort(order.begin(), order.end(), [size](const Placed* a, const Placed* b) {
+    const int ra = place_index(*a, size) / 3, rb = place_index(*b, size) / 3;
+    return ra != rb ? ra < rb : a->cx < b->cx;
+  });
+  std::string count = kCounts[shapes.size()];
+  count[0] = static_cast<char>(std::toupper(count[0]));
+  std::string text = fmt::format("{} shape{}:", count, shapes.size() == 1 ? "" : "s");
+  for (size_t i = 0; i < order.size(); ++i) {
+    const char* colour = kColours[order[i]->colour].name;
+    text += fmt::format("{} {} {} {} at the {}", i == 0 ? "" : i + 1 == order.size() ? " and" : ",", article(colour),
+                        colour, kShapes[order[i]->shape], kPlaces[place_index(*order[i], size)]);
+  }
+  return text + ".";
+}
+
 // Every text the benchmark can produce (the template's words, each question with each hint, each
-// answer), so that the tokenizer depends on nothing but the vocabulary size: two benchmarks made with
-// other seeds or hint settings share it, and a model trained on one reads the other.
+// answer, the caption's words), so that the tokenizer depends on nothing but the vocabulary size: two
+// benchmarks made with other seeds, hint settings or difficulties share it, and a model trained on one
+// reads the other.
 std::string tokenizer_corpus() {
   std::string corpus = std::string(kVicunaSystem) + "\nUSER: ASSISTANT:\n";
   std::vector<std::pair<std::string, std::vector<std::string>>> questions;  // text, options
@@ -154,12 +185,31 @@ std::string tokenizer_corpus() {
     corpus += "<image>\n" + text + "\n";
     for (const auto& option : options) corpus += "<image>\n" + text + " Hint: it is probably " + option + ".\n" + option + "\n";
   }
+  // Captions: each count word, each colour with each shape at each place, in every list position.
+  corpus += std::string("<image>\n") + kCaptionPrompt + "\n";
+  for (int n = 1; n <= 4; ++n) {
+    std::vector<Placed> shapes;
+    for (int i = 0; i < n; ++i) shapes.push_back({i % kNumShapes, i, 0.5 + i, 0.5, 0.1});
+    corpus += caption(shapes, 3 * n) + "\n";
+  }
+  for (int c = 0; c < kNumColours; ++c)
+    for (int k = 0; k < kNumShapes; ++k)
+      for (int place = 0; place < 9; ++place)
+        corpus += caption({{k, c, (place % 3) + 0.5, (place / 3) + 0.5, 0.1}, {(k + 1) % kNumShapes, (c + 1) % kNumColours, 2.5, 2.5, 0.1}}, 3) + "\n";
   return corpus;
 }
 
 enum class HintMode { Train, Aligned, Conflict, None };
 
-nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const SynthOptions& o, HintMode mode, Rng& rng) {
+nlohmann::ordered_json regions(const std::vector<const Placed*>& about, int size) {
+  nlohmann::ordered_json out = nlohmann::json::array();
+  for (const Placed* p : about) out.push_back(box(*p, size));
+  return out;
+}
+
+// One QA sample of `split`; `caption_out`, when given, receives the caption sample of the same image.
+nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const SynthOptions& o, HintMode mode, Rng& rng,
+                                   nlohmann::ordered_json* caption_out) {
   Level lv = level(o.difficulty);
   std::vector<Placed> shapes = place(lv, static_cast<int>(o.image_size), rng);
   RgbImage img = draw(shapes, lv, static_cast<int>(o.image_size), rng);
@@ -184,12 +234,58 @@ nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const Sy
   j["answer"] = q.answer;
   j["hint"] = hint;
   j["type"] = q.type;
-  j["regions"] = nlohmann::json::array();
-  for (const Placed* p : q.about) j["regions"].push_back(box(*p, static_cast<int>(o.image_size)));
+  j["regions"] = regions(q.about, static_cast<int>(o.image_size));
+  if (caption_out) {
+    const std::string text = caption(shapes, static_cast<int>(o.image_size));
+    std::vector<const Placed*> all;
+    for (const auto& s : shapes) all.push_back(&s);
+    nlohmann::ordered_json& c = *caption_out;
+    c["id"] = fmt::format("caption-{:05d}", i);
+    c["image"] = image;
+    c["conversations"] = {{{"from", "human"}, {"value", std::string("<image>\n") + kCaptionPrompt}},
+                          {{"from", "gpt"}, {"value", text}}};
+    c["answer"] = text;
+    c["hint"] = "";
+    c["type"] = "caption";
+    c["regions"] = regions(all, static_cast<int>(o.image_size));
+    c["objects"] = nlohmann::json::array();  // in drawing order: what pretrain-tower's patch labels come from
+    for (const auto& s : shapes)
+      c["objects"].push_back({{"shape", kShapes[s.shape]}, {"colour", kColours[s.colour].name},
+                              {"centre", {s.cx, s.cy}}, {"radius", s.radius}});
+  }
   return j;
 }
 
 }  // namespace
+
+std::vector<int> object_mask(const std::vector<SynthObject>& objects, int size) {
+  std::vector<int> mask(static_cast<size_t>(size) * size, 0);
+  for (int y = 0; y < size; ++y)
+    for (int x = 0; x < size; ++x)
+      for (size_t i = 0; i < objects.size(); ++i)
+        if (inside(objects[i].shape, x + 0.5 - objects[i].cx, y + 0.5 - objects[i].cy, objects[i].radius))
+          mask[static_cast<size_t>(y) * size + x] = static_cast<int>(i) + 1;
+  return mask;
+}
+
+const std::vector<std::string>& synth_colours() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& c : kColours) out.push_back(c.name);
+    return out;
+  }();
+  return names;
+}
+
+const std::vector<std::string>& synth_shapes() {
+  static const std::vector<std::string> names(std::begin(kShapes), std::end(kShapes));
+  return names;
+}
+
+std::map<std::string, double> chance_levels(SynthDifficulty difficulty) {
+  const Level lv = level(difficulty);
+  return {{"colour", 1.0 / kNumColours}, {"shape", 1.0 / kNumShapes}, {"count", 1.0 / (lv.shapes_max - lv.shapes_min + 1)}};
+}
 
 std::string synthesize(const SynthOptions& o) {
   if (o.out_dir.empty()) throw std::invalid_argument("synth: --out is required");
@@ -200,8 +296,8 @@ std::string synthesize(const SynthOptions& o) {
     if (!o.force)
       throw std::invalid_argument("synth: " + o.out_dir + " is not empty; pick an empty folder or pass --force to replace "
                                   "the benchmark there");
-    for (const char* name : {"images", "train.json", "eval_aligned.json", "eval_conflict.json", "eval_nohint.json",
-                             "tokenizer.model", "synth.json"})
+    for (const char* name : {"images", "train.json", "captions.json", "eval_aligned.json", "eval_conflict.json",
+                             "eval_nohint.json", "tokenizer.model", "synth.json"})
       fs::remove_all(fs::path(o.out_dir) / name);
   }
   fs::create_directories(fs::path(o.out_dir) / "images");
@@ -216,11 +312,15 @@ std::string synthesize(const SynthOptions& o) {
                           {"eval_nohint", o.eval, HintMode::None}};
   for (size_t s = 0; s < std::size(splits); ++s) {
     Rng rng{std::mt19937_64(o.seed * 1000003 + s)};
-    nlohmann::ordered_json samples = nlohmann::ordered_json::array();
+    nlohmann::ordered_json samples = nlohmann::ordered_json::array(), captions = nlohmann::ordered_json::array();
+    const bool train = splits[s].mode == HintMode::Train;
     for (int64_t i = 0; i < splits[s].count; ++i) {
-      samples.push_back(make_sample(splits[s].name, i, o, splits[s].mode, rng));
+      nlohmann::ordered_json c;
+      samples.push_back(make_sample(splits[s].name, i, o, splits[s].mode, rng, train ? &c : nullptr));
+      if (train) captions.push_back(std::move(c));
     }
     write_file_atomic((fs::path(o.out_dir) / (std::string(splits[s].name) + ".json")).string(), samples.dump(1) + "\n");
+    if (train) write_file_atomic((fs::path(o.out_dir) / "captions.json").string(), captions.dump(1) + "\n");
   }
   std::string corpus_path = (fs::path(o.out_dir) / "tokenizer_corpus.txt").string();
   write_file_atomic(corpus_path, tokenizer_corpus());
@@ -229,11 +329,13 @@ std::string synthesize(const SynthOptions& o) {
   Tokenizer::train(corpus_path, (fs::path(o.out_dir) / "tokenizer.model").string(), topt);
   fs::remove(corpus_path);
   static constexpr const char* kDifficulty[] = {"easy", "medium", "hard"};
+  const Level lv = level(o.difficulty);
   nlohmann::ordered_json meta = {{"train", o.train}, {"eval", o.eval}, {"image_size", o.image_size}, {"seed", o.seed},
                                  {"hint_agreement", o.hint_agreement}, {"chance_hints", o.chance_hints},
-                                 {"difficulty", kDifficulty[static_cast<int>(o.difficulty)]}, {"vocab_size", o.vocab_size}};
+                                 {"difficulty", kDifficulty[static_cast<int>(o.difficulty)]}, {"vocab_size", o.vocab_size},
+                                 {"shapes", {lv.shapes_min, lv.shapes_max}}, {"chance", chance_levels(o.difficulty)}};
   write_file_atomic((fs::path(o.out_dir) / "synth.json").string(), meta.dump(2) + "\n");
-  return fmt::format("synth: wrote {} train and 3 x {} eval samples ({}, {}x{} images, training hints {}) and a tokenizer to {}",
+  return fmt::format("synth: wrote {} train samples with their captions and 3 x {} eval samples ({}, {}x{} images, training hints {}) and a tokenizer to {}",
                      o.train, o.eval, kDifficulty[static_cast<int>(o.difficulty)], o.image_size, o.image_size,
                      o.chance_hints ? std::string("at chance") : fmt::format("right {:g}", o.hint_agreement), o.out_dir);
 }

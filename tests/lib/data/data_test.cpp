@@ -498,7 +498,7 @@ TEST_F(Data, SynthIsDeterministicAndConflictHintsDisagree) {
     EXPECT_TRUE(test::read_text(entry.path().string()) == test::read_text((b.path() / rel).string())) << rel;
     ++files;
   }
-  EXPECT_EQ(files, 20u + 30u + 6u);  // images, 4 splits, tokenizer, synth.json
+  EXPECT_EQ(files, 20u + 30u + 7u);  // images, 4 splits, captions, tokenizer, synth.json
   auto conflict = nlohmann::json::parse(test::read_text((a.path() / "s/eval_conflict.json").string()));
   auto aligned = nlohmann::json::parse(test::read_text((a.path() / "s/eval_aligned.json").string()));
   auto nohint = nlohmann::json::parse(test::read_text((a.path() / "s/eval_nohint.json").string()));
@@ -523,8 +523,15 @@ TEST_F(Data, SynthWritesTypesRegionsChanceHintsAndOneTokenizer) {
     right += e.hint == e.turns[1].value;
     none += e.hint.empty();
     EXPECT_EQ(e.turns[0].value.find("Hint") == std::string::npos, e.hint.empty()) << e.id;
-    // Medium images hold two shapes: a count asks about both, the other questions about one.
-    ASSERT_EQ(e.regions.size(), e.type == "count" ? 2u : 1u) << e.id;
+    // A count asks about every shape (medium: 1 to 3), the other questions about one.
+    if (e.type == "count") {
+      const std::vector<std::string> words{"one", "two", "three"};
+      auto it = std::find(words.begin(), words.end(), e.turns[1].value);
+      ASSERT_NE(it, words.end()) << e.id;
+      EXPECT_EQ(e.regions.size(), static_cast<size_t>(it - words.begin()) + 1) << e.id;
+    } else {
+      ASSERT_EQ(e.regions.size(), 1u) << e.id;
+    }
     for (const auto& box : e.regions) EXPECT_TRUE(box[0] >= 0 && box[1] >= 0 && box[2] <= 32 && box[3] <= 32) << e.id;
   }
   EXPECT_EQ(types.size(), 3u);
@@ -541,6 +548,71 @@ TEST_F(Data, SynthWritesTypesRegionsChanceHintsAndOneTokenizer) {
   synthesize(o);
   EXPECT_EQ(test::read_text((dir.path() / "chance/tokenizer.model").string()),
             test::read_text((dir.path() / "other/tokenizer.model").string()));
+}
+
+TEST_F(Data, SynthCountsVaryPerDifficultyAndTheChanceLevelsAreWritten) {
+  // The count answer must need the image: every difficulty draws a varying number of shapes.
+  struct Level {
+    SynthDifficulty difficulty;
+    size_t lo, hi;
+  };
+  test::TempDir dir;
+  for (const Level& l : {Level{SynthDifficulty::Easy, 1, 2}, Level{SynthDifficulty::Medium, 1, 3}, Level{SynthDifficulty::Hard, 2, 4}}) {
+    SynthOptions o;
+    o.out_dir = (dir.path() / std::to_string(l.lo * 10 + l.hi)).string();
+    o.train = 150, o.eval = 2, o.image_size = 48, o.difficulty = l.difficulty;
+    synthesize(o);
+    std::map<size_t, int> seen;
+    for (const auto& c : nlohmann::json::parse(test::read_text(o.out_dir + "/captions.json"))) ++seen[c["objects"].size()];
+    ASSERT_EQ(seen.size(), l.hi - l.lo + 1) << o.out_dir;  // every count occurs, and no other
+    EXPECT_EQ(seen.begin()->first, l.lo);
+    EXPECT_EQ(seen.rbegin()->first, l.hi);
+    auto meta = nlohmann::json::parse(test::read_text(o.out_dir + "/synth.json"));
+    EXPECT_DOUBLE_EQ(meta["chance"]["count"].get<double>(), 1.0 / double(l.hi - l.lo + 1));
+    EXPECT_DOUBLE_EQ(meta["chance"]["colour"].get<double>(), 1.0 / 8);
+    EXPECT_DOUBLE_EQ(meta["chance"]["shape"].get<double>(), 1.0 / 4);
+  }
+}
+
+TEST_F(Data, SynthCaptionsDescribeEveryShapeOfTheirImage) {
+  test::TempDir dir;
+  SynthOptions o;
+  o.out_dir = (dir.path() / "s").string();
+  o.train = 60, o.eval = 2, o.image_size = 60, o.seed = 4;
+  synthesize(o);
+  auto captions = nlohmann::json::parse(test::read_text(o.out_dir + "/captions.json"));
+  auto train = nlohmann::json::parse(test::read_text(o.out_dir + "/train.json"));
+  ASSERT_EQ(captions.size(), train.size());
+  const std::vector<std::string> counts{"One shape:", "Two shapes:", "Three shapes:"};
+  const char* places[3][3] = {{"top left", "top", "top right"}, {"left", "centre", "right"}, {"bottom left", "bottom", "bottom right"}};
+  for (size_t i = 0; i < captions.size(); ++i) {
+    const auto& c = captions[i];
+    EXPECT_EQ(c["image"], train[i]["image"]);  // one caption per training image
+    EXPECT_EQ(c["type"], "caption");
+    EXPECT_EQ(c["conversations"][0]["value"], "<image>\nDescribe the image.");
+    const std::string text = c["conversations"][1]["value"];
+    EXPECT_EQ(text, c["answer"]);
+    const auto& objects = c["objects"];
+    EXPECT_EQ(text.rfind(counts[objects.size() - 1], 0), 0u) << text;
+    EXPECT_EQ(c["regions"].size(), objects.size());
+    size_t listed = 0;
+    for (size_t k = 0; k < text.size(); ++k) listed += text.compare(k, 4, " at ") == 0;
+    EXPECT_EQ(listed, objects.size()) << text;
+    for (const auto& obj : objects) {  // "<article> <colour> <shape> at the <place>", place from the centre's third
+      const double x = obj["centre"][0], y = obj["centre"][1];
+      const std::string place = places[std::min(2, int(3 * y / 60))][std::min(2, int(3 * x / 60))];
+      const std::string colour = obj["colour"], shape = obj["shape"];
+      const std::string phrase = (colour == "orange" ? "an " : "a ") + colour + " " + shape + " at the " + place;
+      EXPECT_NE(text.find(phrase), std::string::npos) << text << " lacks " << phrase;
+    }
+  }
+  // By hand: object_mask draws the shapes synth draws (last over first, pixel centres at +0.5).
+  std::vector<SynthObject> two{{1, 0, 4.0, 4.0, 2.0}, {0, 2, 6.0, 4.0, 1.5}};  // a square, then a circle over it
+  std::vector<int> mask = object_mask(two, 8);
+  EXPECT_EQ(mask[4 * 8 + 3], 1);  // (3.5, 4.5): inside the square (|d| <= 1.7), outside the circle
+  EXPECT_EQ(mask[4 * 8 + 5], 2);  // (5.5, 4.5): both; the circle is drawn last
+  EXPECT_EQ(mask[0], 0);
+  EXPECT_EQ(mask[4 * 8 + 7], 0);  // (7.5, 4.5): 1.58 from the circle's centre
 }
 
 // ---------------------------------------------------------------- Qwen images: any size, patch rows
