@@ -19,6 +19,8 @@ struct LossNeeds {
   bool probs_to_visual = false;  // AttentionStats::probs_to_visual (per-image-key probabilities)
   bool region_target = false;    // AttentionStats::region_target (from the data's "regions")
   bool sink_mass = false;        // AttentionStats::sink_mass over the keys sink_keys() marks
+  bool text_only_logits = false; // AttentionStats::logits and ::text_only_logits (one more forward, no gradient)
+  bool replaces_text_ce = false; // the term is the supervised tokens' loss: text_ce is logged with weight 0
 };
 
 class AlignmentLoss {

@@ -25,6 +25,11 @@ struct AttentionStats {
   torch::Tensor attention_mask;  // (B, T) bool, false = padding
   torch::Tensor visual_mask;     // (B, T) bool, image-token positions
   torch::Tensor region_target;   // optional (B, Nv): target distribution over image patches, 0-rows = none
+  // For the modality-contrast terms only: logits (B, T, V), or (N, V) at the N response queries in
+  // row-major order, as text_ce takes them; text_only_logits the same rows from a forward of the same
+  // model with the image removed (no gradient).
+  torch::Tensor logits;
+  torch::Tensor text_only_logits;
 
   // Position of `layer` in `layers`; throws naming the loss when it was not tapped.
   size_t slot(int64_t layer, const char* loss) const;

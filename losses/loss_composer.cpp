@@ -7,6 +7,7 @@
 #include "losses/attention_kl.h"
 #include "losses/dual_channel.h"
 #include "losses/layer_decay.h"
+#include "losses/modality_contrast.h"
 #include "losses/sink_suppression.h"
 #include "losses/text_ce.h"
 
@@ -20,6 +21,9 @@ std::map<std::string, LossFactory>& registry() {
       {"sink_suppression",
        [](const LossEntry& e, int64_t n) { return std::make_unique<SinkSuppressionLoss>(e.sink_suppression, n); }},
       {"attention_kl", [](const LossEntry& e, int64_t n) { return std::make_unique<AttentionKlLoss>(e.attention_kl, n); }},
+      {"contrastive_tokens",
+       [](const LossEntry& e, int64_t) { return std::make_unique<ContrastiveTokensLoss>(e.contrastive_tokens); }},
+      {"text_prior_poe", [](const LossEntry& e, int64_t) { return std::make_unique<TextPriorPoeLoss>(e.text_prior_poe); }},
   };
   return factories;
 }
@@ -58,8 +62,12 @@ std::unique_ptr<AlignmentLoss> make_loss(const LossEntry& entry, int64_t num_lay
 LossComposer::LossComposer(const std::vector<LossEntry>& entries, int64_t num_layers) {
   for (const auto& e : entries) {
     losses_.push_back(make_loss(e, num_layers));
-    weights_.push_back(e.weight);
+    weights_.push_back(e.weight_value());
   }
+  int replacing = 0;
+  for (const auto& loss : losses_) replacing += loss->needs().replaces_text_ce;
+  if (replacing > 1)
+    throw std::invalid_argument("contrastive_tokens and text_prior_poe each replace text_ce; use one of them");
 }
 
 LossNeeds LossComposer::needs() const {
@@ -70,6 +78,8 @@ LossNeeds LossComposer::needs() const {
     all.probs_to_visual |= n.probs_to_visual;
     all.region_target |= n.region_target;
     all.sink_mass |= n.sink_mass;
+    all.text_only_logits |= n.text_only_logits;
+    all.replaces_text_ce |= n.replaces_text_ce;
   }
   std::sort(all.layers.begin(), all.layers.end());
   all.layers.erase(std::unique(all.layers.begin(), all.layers.end()), all.layers.end());
@@ -84,9 +94,16 @@ torch::Tensor LossComposer::key_masks(const AttentionStats& masks) const {
 }
 
 std::vector<WeightedTerm> LossComposer::compute(const torch::Tensor& logits, const AttentionStats& stats) const {
-  std::vector<WeightedTerm> terms{{"text_ce", 1.0, text_ce(logits, stats.labels)}};
+  const LossNeeds all = needs();
+  std::vector<WeightedTerm> terms{{"text_ce", all.replaces_text_ce ? 0.0 : 1.0, text_ce(logits, stats.labels)}};
   int64_t key_set = 0;
   for (size_t i = 0; i < losses_.size(); ++i) {
+    if (losses_[i]->needs().text_only_logits) {
+      AttentionStats own = stats;  // tensor handles only
+      own.logits = logits;
+      terms.push_back({losses_[i]->name(), weights_[i], losses_[i]->compute(own)});
+      continue;
+    }
     if (!losses_[i]->needs().sink_mass) {
       terms.push_back({losses_[i]->name(), weights_[i], losses_[i]->compute(stats)});
       continue;

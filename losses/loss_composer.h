@@ -1,8 +1,9 @@
 // LossComposer: text CE plus the configured alignment losses, each returned as a weighted LossTerm for
 // logging, and their total. The registry maps config names to loss factories.
 //
-// total = sum_i weight_i * sum_i / count_i (text_ce has weight 1). Pass the global counts (all
-// micro-batches of an accumulation window, all processes) to divide once by the right number.
+// total = sum_i weight_i * sum_i / count_i (text_ce has weight 1, or 0 when a modality-contrast term
+// replaces it). Pass the global counts (all micro-batches of an accumulation window, all processes) to
+// divide once by the right number.
 #pragma once
 #include <functional>
 #include <memory>
@@ -40,7 +41,8 @@ class LossComposer {
   const std::vector<double>& weights() const { return weights_; }
 
   // text_ce first, then each alignment loss in config order. stats.key_mass (per layer (B, H, T, K), for
-  // key_masks()) becomes each sink-reading loss's sink_mass.
+  // key_masks()) becomes each sink-reading loss's sink_mass; `logits` becomes the contrast terms'
+  // stats.logits (stats.text_only_logits is the caller's, when needs().text_only_logits).
   std::vector<WeightedTerm> compute(const torch::Tensor& logits, const AttentionStats& stats) const;
   // The counts compute() would return, from the batch masks alone (text_ce first).
   std::vector<torch::Tensor> counts(const AttentionStats& masks) const;

@@ -105,27 +105,68 @@ struct AttentionKlOptions {
   }
 };
 
+// CAL (arXiv 2405.17871): each supervised token's CE weighted by how much the image raises its logit,
+// w = clamp(z(y | image, text) - z(y | text alone), min_weight, max_weight), no gradient through w.
+struct ContrastiveTokensOptions {
+  double min_weight = 1.0;
+  double max_weight = 5.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("min_weight", min_weight, "lower clamp of the logit difference (the paper's alpha)", Range::at_least(0));
+    v.field("max_weight", max_weight, "upper clamp of the logit difference (the paper's beta)", Range::positive());
+  }
+};
+
+// Product of experts with a text-only prior (Clark et al., EMNLP 2019): the CE of
+// log_softmax(log p(y | image, text) + prior_scale * log p(y | text alone)), the prior without gradient.
+struct TextPriorPoeOptions {
+  double prior_scale = 1.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("prior_scale", prior_scale, "multiplies the text-only log-probabilities (1 = product of experts)",
+            Range::positive());
+  }
+};
+
 // Names the loss registry knows, in the order `--defaults` lists them.
-inline constexpr const char* kAlignmentLossNames[] = {"dual_channel", "layer_decay", "sink_suppression",
-                                                      "attention_kl"};
+inline constexpr const char* kAlignmentLossNames[] = {"dual_channel",   "layer_decay",        "sink_suppression",
+                                                      "attention_kl",   "contrastive_tokens", "text_prior_poe"};
+
+// The modality-contrast terms: they replace text_ce as the loss of the supervised tokens (text_ce is still
+// logged, with weight 0), so their weight defaults to 1.
+inline bool replaces_text_ce(const std::string& name) {
+  return name == "contrastive_tokens" || name == "text_prior_poe";
+}
 
 // One entry of `losses:`. `name` selects which options block the remaining keys belong to.
 struct LossEntry {
   std::string name;
-  double weight = 0.5;
+  std::optional<double> weight;  // nullopt = default_weight()
   DualChannelOptions dual_channel;
   LayerDecayOptions layer_decay;
   SinkSuppressionOptions sink_suppression;
   AttentionKlOptions attention_kl;
+  ContrastiveTokensOptions contrastive_tokens;
+  TextPriorPoeOptions text_prior_poe;
+
+  double default_weight() const { return replaces_text_ce(name) ? 1.0 : 0.5; }
+  double weight_value() const { return weight.value_or(default_weight()); }
 
   template <class V>
   void visit(V& v) {
     v.one_of("name", name, kAlignmentLossNames, "which alignment loss (registered names)");
-    v.field("weight", weight, "weight of this term in the total loss", Range::at_least(0));
+    v.optional("weight", weight, "default",
+               "weight of this term in the total loss; default = 1 for contrastive_tokens and text_prior_poe (they "
+               "replace text_ce), 0.5 for the others",
+               Range::at_least(0));
     if (name == "dual_channel") dual_channel.visit(v);
     if (name == "layer_decay") layer_decay.visit(v);
     if (name == "sink_suppression") sink_suppression.visit(v);
     if (name == "attention_kl") attention_kl.visit(v);
+    if (name == "contrastive_tokens") contrastive_tokens.visit(v);
+    if (name == "text_prior_poe") text_prior_poe.visit(v);
   }
 };
 

@@ -96,6 +96,12 @@ StepStats Trainer::forward_backward(const std::vector<Batch>& micro_batches) {
                                       batch.image_grid_thw);
     s.layers = request.layers;
     s.visual_mask = out.visual_mask;
+    if (needs.text_only_logits) {  // the same rows from the text alone, for the modality-contrast terms
+      torch::NoGradGuard no_grad;
+      TextOnlyInputs text = without_image(batch.input_ids, batch.attention_mask, model_->shapes.image_token_index);
+      s.text_only_logits = model_->forward(text.input_ids, text.attention_mask, {}, {}, response_queries(batch.labels),
+                                           prompt_mask_from_labels(batch.labels)).logits;
+    }
     for (const auto& tap : out.taps) {
       s.visual_mass.push_back(tap.visual_mass);
       if (tap.key_mass.defined()) s.key_mass.push_back(tap.key_mass);

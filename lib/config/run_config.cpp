@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <regex>
+#include <algorithm>
 #include <set>
 
 namespace modalign {
@@ -57,6 +58,9 @@ void validate(const RunConfig& c) {
         "distributed.backend nccl needs model.device cuda (use gloo on CPU)");
 
   std::set<std::string> names;
+  check(!(std::any_of(c.losses.begin(), c.losses.end(), [](const LossEntry& e) { return e.name == "contrastive_tokens"; }) &&
+          std::any_of(c.losses.begin(), c.losses.end(), [](const LossEntry& e) { return e.name == "text_prior_poe"; })),
+        "losses: contrastive_tokens and text_prior_poe each replace text_ce as the loss of the answer tokens; use one");
   for (size_t i = 0; i < c.losses.size(); ++i) {
     const LossEntry& e = c.losses[i];
     check(names.insert(e.name).second,

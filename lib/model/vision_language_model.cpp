@@ -204,6 +204,15 @@ torch::Tensor prompt_mask_from_labels(const torch::Tensor& labels) {
   return (labels != -100).to(torch::kInt64).cumsum(1) == 0;
 }
 
+TextOnlyInputs without_image(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                             int64_t image_token_index) {
+  TORCH_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
+              "without_image: input_ids and attention_mask must both be (B, T), got ", input_ids.sizes(), " and ",
+              attention_mask.sizes());
+  torch::Tensor image = input_ids == image_token_index;
+  return {input_ids.masked_fill(image, 0), attention_mask.to(torch::kBool) & ~image};
+}
+
 ExpandedInputs expand_image_tokens(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                    const torch::Tensor& labels, int64_t image_token_index, int64_t num_patches,
                                    int64_t pad_token_id) {

@@ -91,6 +91,17 @@ torch::Tensor qwen_position_ids(const ModelShapes& shapes, const torch::Tensor& 
 // input_ids): what the model has when it starts to answer. All true for a sample without labels.
 torch::Tensor prompt_mask_from_labels(const torch::Tensor& labels);
 
+// The same batch with its images removed, for a forward of the text alone (the modality-contrast losses):
+// image tokens become padding inside the sequence, so no query sees them and the RoPE (or M-RoPE)
+// positions of later tokens close the gap, exactly as if the image tokens were absent; pass no pixels.
+// Positions and labels keep their columns, so logits at the same logit_positions line up row for row.
+struct TextOnlyInputs {
+  torch::Tensor input_ids;       // (B, T): image tokens replaced by id 0
+  torch::Tensor attention_mask;  // (B, T) bool: real and not an image token
+};
+TextOnlyInputs without_image(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                             int64_t image_token_index);
+
 // Hugging Face style inputs (one image token per image, right padded) -> expanded inputs (B, T') where
 // each sample's real tokens come first with its image token replaced by `num_patches` copies, then
 // right padding; T' is the longest expanded sample. Labels at image positions become -100.

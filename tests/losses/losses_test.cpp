@@ -2,11 +2,14 @@
 // and form, finite-difference gradients in double, masking invariants, degenerate inputs, the composer.
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include "lib/io/safetensors.h"
 #include "losses/attention_kl.h"
 #include "losses/dual_channel.h"
 #include "losses/layer_decay.h"
 #include "losses/loss_composer.h"
+#include "losses/modality_contrast.h"
 #include "losses/sink_suppression.h"
 #include "losses/text_ce.h"
 #include "test_util.h"
@@ -346,7 +349,7 @@ TEST(LossComposer, UnknownNameListsRegisteredAndCustomLossesRegister) {
   LossEntry e;
   e.name = "focal";
   test::expect_error<std::invalid_argument>([&] { make_loss(e, 2); },
-                                            {"unknown loss 'focal'", "attention_kl, dual_channel, layer_decay, sink_suppression"});
+                                            {"unknown loss 'focal'", "attention_kl, contrastive_tokens, dual_channel, layer_decay, sink_suppression, text_prior_poe"});
   struct Constant : AlignmentLoss {
     std::string name() const override { return "constant"; }
     LossTerm compute(const AttentionStats&) const override { return {torch::tensor(3.0), torch::tensor(1.0)}; }
@@ -354,6 +357,131 @@ TEST(LossComposer, UnknownNameListsRegisteredAndCustomLossesRegister) {
   register_loss("constant", [](const LossEntry&, int64_t) { return std::make_unique<Constant>(); });
   e.name = "constant";
   EXPECT_EQ(value(make_loss(e, 2)->compute(AttentionStats{}).sum), 3.0);
+}
+
+// ---------------------------------------------------------------- modality contrast
+
+// Two samples of 4 tokens, 3 classes: sample 0 holds an image (position 1) and answers at positions 2, 3
+// (logit rows 1, 2); sample 1 holds no image and answers at position 3 (row 2). Rows in row-major order:
+// (0, 1), (0, 2), (1, 2).
+struct ContrastCase {
+  AttentionStats stats;
+  std::vector<std::array<double, 3>> with, alone;  // logits per supervised row, with and without the image
+  std::vector<int64_t> y{2, 0, 1};
+  ContrastCase() {
+    stats.labels = torch::tensor({-100, -100, 2, 0, -100, -100, -100, 1}, torch::kInt64).view({2, 4});
+    stats.attention_mask = torch::ones({2, 4}, torch::kBool);
+    stats.visual_mask = torch::tensor({0, 1, 0, 0, 0, 0, 0, 0}, torch::kBool).view({2, 4});
+    with = {{0.5, -1.0, 3.0}, {2.0, 1.0, -0.5}, {0.0, 0.3, -0.2}};
+    alone = {{0.5, 0.0, 0.5}, {1.5, 1.0, 1.0}, {0.1, -2.0, 0.4}};
+    auto rows = [](const std::vector<std::array<double, 3>>& r) {
+      torch::Tensor t = torch::empty({3, 3}, torch::kFloat64);
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < 3; ++j) t[i][j] = r[static_cast<size_t>(i)][static_cast<size_t>(j)];
+      return t;
+    };
+    stats.logits = rows(with).requires_grad_(true);
+    stats.text_only_logits = rows(alone).requires_grad_(true);
+  }
+  static double lse(const std::array<double, 3>& z) { return std::log(std::exp(z[0]) + std::exp(z[1]) + std::exp(z[2])); }
+};
+
+TEST(ModalityContrast, ContrastiveTokensWeightsEachTokenByTheImagesLogitGainClamped) {
+  ContrastCase c;
+  ContrastiveTokensLoss loss(ContrastiveTokensOptions{});  // clamp to [1, 5]
+  // Row 0: 3.0 - 0.5 = 2.5 (inside); row 1: 2.0 - 1.5 = 0.5 -> 1 (the lower clamp); row 2: no image -> 1.
+  torch::Tensor w = loss.token_weights(c.stats);
+  ASSERT_EQ(w.numel(), 3);
+  EXPECT_DOUBLE_EQ(value(w[0]), 2.5);
+  EXPECT_DOUBLE_EQ(value(w[1]), 1.0);
+  EXPECT_DOUBLE_EQ(value(w[2]), 1.0);
+  double expected = 0;
+  const double weights[] = {2.5, 1.0, 1.0};
+  for (size_t i = 0; i < 3; ++i) expected += weights[i] * (ContrastCase::lse(c.with[i]) - c.with[i][static_cast<size_t>(c.y[i])]);
+  LossTerm t = loss.compute(c.stats);
+  EXPECT_NEAR(value(t.sum), expected, 1e-12);
+  EXPECT_EQ(value(t.count), 3);
+  EXPECT_EQ(value(loss.count(c.stats)), 3);
+  // The upper clamp: the image raises row 0's answer by 7.5.
+  c.stats.text_only_logits = c.stats.text_only_logits.detach().clone();
+  c.stats.text_only_logits[0][2] = -4.5;
+  EXPECT_DOUBLE_EQ(value(loss.token_weights(c.stats)[0]), 5.0);
+  // No gradient reaches the text-only logits or flows through the weights: d sum / d z = w (softmax - onehot).
+  t = loss.compute(c.stats);
+  t.sum.backward();
+  torch::Tensor expected_grad = torch::softmax(c.stats.logits.detach(), 1);
+  for (int64_t i = 0; i < 3; ++i) {
+    expected_grad[i][c.y[static_cast<size_t>(i)]] -= 1;
+    expected_grad[i] *= (i == 0 ? 5.0 : 1.0);
+  }
+  EXPECT_TRUE(torch::allclose(c.stats.logits.grad(), expected_grad, 1e-12, 1e-12));
+  EXPECT_FALSE(c.stats.text_only_logits.grad().defined());
+  // (B, T, V) logits give the same as the supervised rows.
+  ContrastCase full;
+  torch::Tensor z = torch::zeros({2, 4, 3}, torch::kFloat64), zt = torch::zeros({2, 4, 3}, torch::kFloat64);
+  z[0][1] = full.stats.logits[0], z[0][2] = full.stats.logits[1], z[1][2] = full.stats.logits[2];
+  zt[0][1] = full.stats.text_only_logits[0], zt[0][2] = full.stats.text_only_logits[1], zt[1][2] = full.stats.text_only_logits[2];
+  full.stats.logits = z, full.stats.text_only_logits = zt;
+  EXPECT_NEAR(value(loss.compute(full.stats).sum), expected, 1e-12);
+}
+
+TEST(ModalityContrast, TextPriorPoeIsTheCeOfTheProductOfExperts) {
+  ContrastCase c;
+  TextPriorPoeOptions o;
+  o.prior_scale = 0.5;
+  TextPriorPoeLoss loss(o);
+  // -log softmax(log p + s log q)[y] = lse(z + s zt) - (z_y + s zt_y) (the normalisers cancel); the sample
+  // without an image (row 2) has no prior: plain CE.
+  double expected = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    const double s = i < 2 ? 0.5 : 0.0;
+    std::array<double, 3> mixed{};
+    for (size_t j = 0; j < 3; ++j) mixed[j] = c.with[i][j] + s * c.alone[i][j];
+    expected += ContrastCase::lse(mixed) - mixed[static_cast<size_t>(c.y[i])];
+  }
+  LossTerm t = loss.compute(c.stats);
+  EXPECT_NEAR(value(t.sum), expected, 1e-12);
+  EXPECT_EQ(value(t.count), 3);
+  // Gradient: softmax(z + s zt) - onehot on the model's logits, nothing on the prior.
+  t.sum.backward();
+  torch::Tensor prior = c.stats.text_only_logits.detach() * torch::tensor({0.5, 0.5, 0.0}, torch::kFloat64).view({3, 1});
+  torch::Tensor expected_grad = torch::softmax(c.stats.logits.detach() + prior, 1);
+  for (int64_t i = 0; i < 3; ++i) expected_grad[i][c.y[static_cast<size_t>(i)]] -= 1;
+  EXPECT_TRUE(torch::allclose(c.stats.logits.grad(), expected_grad, 1e-12, 1e-12));
+  EXPECT_FALSE(c.stats.text_only_logits.grad().defined());
+  // A prior that already puts all its mass on the answer leaves the model almost nothing to learn there.
+  ContrastCase sure;
+  sure.stats.text_only_logits = sure.stats.text_only_logits.detach().clone();
+  sure.stats.text_only_logits[0][2] = 40.0;
+  LossTerm easy = TextPriorPoeLoss(TextPriorPoeOptions{}).compute(sure.stats);
+  easy.sum.backward();
+  EXPECT_LT(value(sure.stats.logits.grad()[0].abs().max()), 1e-12);
+  EXPECT_GT(value(sure.stats.logits.grad()[1].abs().max()), 0.1);
+}
+
+TEST(ModalityContrast, ComposerReplacesTextCeAndRefusesBoth) {
+  ContrastCase c;
+  std::vector<LossEntry> entries(1);
+  entries[0].name = "contrastive_tokens";
+  EXPECT_EQ(entries[0].weight_value(), 1.0);  // it replaces text_ce, so it weighs what text_ce did
+  LossComposer composer(entries, 2);
+  EXPECT_TRUE(composer.needs().text_only_logits && composer.needs().replaces_text_ce);
+  EXPECT_TRUE(composer.needs().layers.empty());
+  torch::Tensor z = c.stats.logits.detach();
+  auto terms = composer.compute(z, c.stats);  // the composer hands its logits to the term
+  ASSERT_EQ(terms.size(), 2u);
+  EXPECT_EQ(terms[0].name, "text_ce");
+  EXPECT_EQ(terms[0].weight, 0.0);  // logged, not trained on
+  EXPECT_NEAR(value(LossComposer::total(terms)), value(ContrastiveTokensLoss({}).compute(c.stats).sum) / 3, 1e-12);
+  std::vector<LossEntry> both(2);
+  both[0].name = "contrastive_tokens";
+  both[1].name = "text_prior_poe";
+  test::expect_error<std::invalid_argument>([&] { LossComposer(both, 2); }, {"each replace text_ce"});
+  c.stats.text_only_logits = torch::Tensor();
+  test::expect_error<c10::Error>([&] { ContrastiveTokensLoss({}).compute(c.stats); }, {"text_only_logits"});
+  ContrastiveTokensOptions bad;
+  bad.min_weight = 6;
+  test::expect_error<c10::Error>([&] { ContrastiveTokensLoss{bad}; }, {"min_weight 6 is above max_weight 5"});
 }
 
 TEST(AttentionStats, UntappedLayerIsNamed) {

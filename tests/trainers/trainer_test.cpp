@@ -231,6 +231,32 @@ TEST_F(TrainerTest, RegionAndSinkLossesTrainEndToEndAndFall) {
   }
 }
 
+TEST_F(TrainerTest, ModalityContrastTermsTrainEndToEndAndResumeBitwise) {
+  // Each contrast term replaces text_ce (logged beside it with weight 0): the run computes the text-alone
+  // forward each micro-batch, the term is finite and differs from text CE, and a resumed run ends bitwise.
+  for (const char* name : {"contrastive_tokens", "text_prior_poe"}) {
+    const std::string out = std::string("contrast_") + name;
+    RunConfig c = config(out);
+    LossEntry e;
+    e.name = name;
+    e.contrastive_tokens.min_weight = 0;  // a random model's image moves logits by less than CAL's floor of 1
+    c.losses = {e};
+    TrainResult straight;
+    expect_bitwise_resume(c, dir_->path(), out, &straight);
+    std::vector<double> term = train_metric(c.train.output_dir, name), ce = train_metric(c.train.output_dir, "text_ce");
+    ASSERT_EQ(term.size(), 6u) << name;
+    ASSERT_EQ(ce.size(), 6u) << name;
+    bool differs = false;
+    for (size_t i = 0; i < term.size(); ++i) {
+      EXPECT_TRUE(std::isfinite(term[i])) << name;
+      differs |= std::abs(term[i] - ce[i]) > 1e-6;
+      // The step's loss is the contrast term alone (weight 1), not text CE plus it.
+      EXPECT_NEAR(straight.losses[i], term[i], 1e-4 * std::max(1.0, term[i])) << name << " step " << i + 1;
+    }
+    EXPECT_TRUE(differs) << name;
+  }
+}
+
 TEST_F(TrainerTest, AttentionKlOnDataWithoutRegionsIsAConfigError) {
   nlohmann::json j = nlohmann::json::parse(test::read_text((dir_->path() / "data/train.json").string()));
   for (auto& sample : j) sample.erase("regions");

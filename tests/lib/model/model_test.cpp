@@ -100,6 +100,25 @@ TEST(Model, RightPaddingChangesNothingAtRealPositions) {
   EXPECT_TRUE(torch::allclose(alone[0], padded[0].slice(0, 0, 20), 0, 1e-12));
 }
 
+TEST(Model, WithoutImageEqualsTheSequenceWithTheImageTokensCut) {
+  // The text-alone forward of the modality-contrast losses: image tokens become padding inside the
+  // sequence; every text position's logits equal those of the same tokens with the image span cut out.
+  for (bool aligner : {false, true}) {
+    VisionLanguageModel model = tiny_model(aligner);
+    Batch b = make_batch({24}, {true}, 24, 5);
+    TextOnlyInputs text = without_image(b.ids, b.mask, kImage);
+    EXPECT_EQ(text.attention_mask.sum().item<int64_t>(), 8);
+    EXPECT_FALSE((text.input_ids == kImage).any().item<bool>());
+    torch::Tensor holes = model->forward(text.input_ids, text.attention_mask, {}).logits;  // (1, 24, V)
+    torch::Tensor keep = torch::cat({torch::arange(0, 2), torch::arange(18, 24)});
+    torch::Tensor cut = model->forward(b.ids.index_select(1, keep), b.mask.index_select(1, keep), {}).logits;  // (1, 8, V)
+    EXPECT_TRUE(torch::allclose(holes.index_select(1, keep), cut, 0, 1e-12)) << "aligner " << aligner;
+    // ... and differ from the forward that sees the image.
+    torch::Tensor seen = model->forward(b.ids, b.mask, b.pixels).logits;
+    EXPECT_FALSE(torch::allclose(seen.index_select(1, keep.slice(0, 2)), cut.slice(1, 2), 0, 1e-6));
+  }
+}
+
 TEST(Model, RopeScoresDependOnlyOnRelativePosition) {
   TextShapes s = preset_shapes("tiny").text;
   const int64_t t = 12;
