@@ -22,6 +22,7 @@
 #include "trainers/lora.h"
 #include "trainers/memory_plan.h"
 #include "trainers/probe.h"
+#include "trainers/tower_pretrain.h"
 #include "trainers/trainer.h"
 
 namespace {
@@ -132,6 +133,24 @@ int run_eval(const ConfigArgs& args, const std::string& checkpoint, const std::s
   if (!out.empty()) {
     modalign::write_file_atomic(out, modalign::eval_json(evals).dump(1) + "\n");
     std::printf("results: %s\n", out.c_str());
+  }
+  return 0;
+}
+
+int run_pretrain_tower(const ConfigArgs& args, const std::string& out, int64_t holdout, const std::string& report_path) {
+  modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
+  modalign::setup_logging(config.logging.level);
+  const modalign::TowerPretrainResult r = modalign::pretrain_tower(config, out, holdout);
+  const modalign::TowerAccuracy& a = r.accuracy;
+  std::printf("pretrain-tower: %lld steps in %.0f s; held out: patches colour %.3f shape %.3f, %lld objects colour %.3f "
+              "shape %.3f; weights: %s\n",
+              static_cast<long long>(r.steps), r.seconds, a.patch_colour, a.patch_shape, static_cast<long long>(a.objects),
+              a.object_colour, a.object_shape, out.c_str());
+  if (!report_path.empty()) {
+    nlohmann::json j = {{"steps", r.steps}, {"seconds", r.seconds}, {"losses", r.losses},
+                        {"patch_colour", a.patch_colour}, {"patch_shape", a.patch_shape}, {"objects", a.objects},
+                        {"object_colour", a.object_colour}, {"object_shape", a.object_shape}};
+    modalign::write_file_atomic(report_path, j.dump(1) + "\n");
   }
   return 0;
 }
@@ -326,6 +345,18 @@ int main(int argc, char** argv) {
   train->add_option("--nproc", nproc, "data-parallel worker processes on this machine (overrides distributed.nproc)")
       ->check(CLI::PositiveNumber);
   train->callback([&] { code = run_train(train_args, nproc, argv_all); });
+
+  ConfigArgs tower_args;
+  std::string tower_out, tower_report;
+  int64_t tower_holdout = 500;
+  CLI::App* tower = app.add_subcommand(
+      "pretrain-tower", "pretrain the built-in benchmark's CLIP tower alone on its per-patch colour and shape labels");
+  tower_args.add_to(tower);
+  tower->add_option("--out", tower_out, "safetensors file of the whole model (tower trained) for model.weights")->required();
+  tower->add_option("--holdout", tower_holdout, "last samples of the train file held out for accuracy")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  tower->add_option("--report", tower_report, "also write losses and held-out accuracy as JSON to this file");
+  tower->callback([&] { code = run_pretrain_tower(tower_args, tower_out, tower_holdout, tower_report); });
 
   ConfigArgs eval_args;
   std::string eval_checkpoint, eval_out;
