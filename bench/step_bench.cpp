@@ -98,7 +98,7 @@ json spec_json(const RunConfig& c, const ModelShapes& shapes, int64_t steps) {
     if (e.name != "dual_channel") throw std::invalid_argument("step_bench: the PyTorch peer implements dual_channel only");
     const DualChannelOptions& d = e.dual_channel;
     if (d.form != MassForm::CappedLog) throw std::invalid_argument("step_bench: the PyTorch peer implements capped_log only");
-    losses.push_back({{"name", e.name}, {"weight", e.weight}, {"inter_weight", d.inter_weight},
+    losses.push_back({{"name", e.name}, {"weight", e.weight_value()}, {"inter_weight", d.inter_weight},
                       {"intra_weight", d.intra_weight}, {"layers", composer.losses()[i]->layers()},
                       {"target", d.target ? json(*d.target) : json("balanced")}, {"target_scale", d.target_scale},
                       {"eps", d.eps}});

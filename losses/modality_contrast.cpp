@@ -30,22 +30,22 @@ Rows supervised_rows(const AttentionStats& stats, const char* loss) {
   return r;
 }
 
-torch::Tensor supervised_count(const AttentionStats& masks) { return (masks.labels.slice(1, 1) != -100).sum(); }
-
 }  // namespace
 
-ContrastiveTokensLoss::ContrastiveTokensLoss(const ContrastiveTokensOptions& options) : options_(options) {
-  TORCH_CHECK(options.min_weight <= options.max_weight, "contrastive_tokens: min_weight ", options.min_weight,
-              " is above max_weight ", options.max_weight);
-}
-
-LossNeeds ContrastiveTokensLoss::needs() const {
+LossNeeds ModalityContrastLoss::needs() const {
   LossNeeds n;
   n.text_only_logits = n.replaces_text_ce = true;
   return n;
 }
 
-torch::Tensor ContrastiveTokensLoss::count(const AttentionStats& masks) const { return supervised_count(masks); }
+torch::Tensor ModalityContrastLoss::count(const AttentionStats& masks) const {
+  return (masks.labels.slice(1, 1) != -100).sum();
+}
+
+ContrastiveTokensLoss::ContrastiveTokensLoss(const ContrastiveTokensOptions& options) : options_(options) {
+  TORCH_CHECK(options.min_weight <= options.max_weight, "contrastive_tokens: min_weight ", options.min_weight,
+              " is above max_weight ", options.max_weight);
+}
 
 torch::Tensor ContrastiveTokensLoss::token_weights(const AttentionStats& stats) const {
   Rows r = supervised_rows(stats, "contrastive_tokens");
@@ -59,18 +59,10 @@ LossTerm ContrastiveTokensLoss::compute(const AttentionStats& stats) const {
   Rows r = supervised_rows(stats, "contrastive_tokens");
   torch::Tensor ce = torch::nn::functional::cross_entropy(
       r.logits, r.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));  // (N)
-  return {(token_weights(stats).to(ce.scalar_type()) * ce).sum(), supervised_count(stats)};
+  return {(token_weights(stats).to(ce.scalar_type()) * ce).sum(), count(stats)};
 }
 
 TextPriorPoeLoss::TextPriorPoeLoss(const TextPriorPoeOptions& options) : options_(options) {}
-
-LossNeeds TextPriorPoeLoss::needs() const {
-  LossNeeds n;
-  n.text_only_logits = n.replaces_text_ce = true;
-  return n;
-}
-
-torch::Tensor TextPriorPoeLoss::count(const AttentionStats& masks) const { return supervised_count(masks); }
 
 LossTerm TextPriorPoeLoss::compute(const AttentionStats& stats) const {
   Rows r = supervised_rows(stats, "text_prior_poe");
@@ -79,7 +71,7 @@ LossTerm TextPriorPoeLoss::compute(const AttentionStats& stats) const {
   torch::Tensor mixed = torch::log_softmax(r.logits, 1) + prior;                    // renormalised by the CE
   torch::Tensor sum = torch::nn::functional::cross_entropy(
       mixed, r.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-  return {sum, supervised_count(stats)};
+  return {sum, count(stats)};
 }
 
 }  // namespace modalign

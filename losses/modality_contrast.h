@@ -17,13 +17,18 @@
 
 namespace modalign {
 
-class ContrastiveTokensLoss : public AlignmentLoss {
+// What both terms share: they read the text-only logits, replace text_ce, and count supervised tokens.
+class ModalityContrastLoss : public AlignmentLoss {
+ public:
+  LossNeeds needs() const override;
+  torch::Tensor count(const AttentionStats& masks) const override;
+};
+
+class ContrastiveTokensLoss : public ModalityContrastLoss {
  public:
   explicit ContrastiveTokensLoss(const ContrastiveTokensOptions& options);
   std::string name() const override { return "contrastive_tokens"; }
   LossTerm compute(const AttentionStats& stats) const override;
-  LossNeeds needs() const override;
-  torch::Tensor count(const AttentionStats& masks) const override;
   // (N): the per-token weights w_i of compute(), for logging and tests.
   torch::Tensor token_weights(const AttentionStats& stats) const;
 
@@ -31,13 +36,11 @@ class ContrastiveTokensLoss : public AlignmentLoss {
   ContrastiveTokensOptions options_;
 };
 
-class TextPriorPoeLoss : public AlignmentLoss {
+class TextPriorPoeLoss : public ModalityContrastLoss {
  public:
   explicit TextPriorPoeLoss(const TextPriorPoeOptions& options);
   std::string name() const override { return "text_prior_poe"; }
   LossTerm compute(const AttentionStats& stats) const override;
-  LossNeeds needs() const override;
-  torch::Tensor count(const AttentionStats& masks) const override;
 
  private:
   TextPriorPoeOptions options_;
