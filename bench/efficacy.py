@@ -1,33 +1,33 @@
 #!/usr/bin/env python3
-"""The modality-conflict study: does an alignment loss keep the `demo` model answering from the image when
-the text hint lies? Two regimes, each setting with paired seeds (same seed = same initial weights and data
-order), evaluated at a third, two thirds and the end, the final checkpoint probed on eval_conflict.
+"""The seeing study: does a loss keep a model that sees answering from the image when fine-tuning data
+teaches it to read a text hint instead? Two gates decided with CE alone come first, then every lever.
 
-    /usr/bin/python3 bench/efficacy.py                  # the whole plan (finished runs are skipped)
-    /usr/bin/python3 bench/efficacy.py --regime sees_first --only ce,kl_true --seeds 0-2   # a piece by hand
-    /usr/bin/python3 bench/efficacy.py --report         # docs/efficacy.md and the plots from the runs there are
+    /usr/bin/python3 bench/efficacy.py                  # the whole plan (finished steps and runs are skipped)
+    /usr/bin/python3 bench/efficacy.py --only ce,text_prior_poe --seeds 0-2   # a piece by hand
+    /usr/bin/python3 bench/efficacy.py --report         # docs/efficacy.md and the plots from what exists
 
-Regimes (both on `medium` images, stage-2 / training data with hints right 98% of the time):
-  scratch     the demo model trained from scratch on the hint-heavy split (configs/demo.yaml, 300 steps).
-  sees_first  the situation of a real pretrained VLM, which reads both the image and the text. Stage 1 (once,
-              CE only): QA whose hints are right half the time (4,000 samples, vision tower frozen), so reading
-              the image pays and so does reading the hint. Stage 2 (per setting and seed): fine-tuning from
-              that checkpoint on the hint-heavy split, vision tower frozen as in LLaVA's stage 2. CE alone
-              drifts to the hint; the question is how much each setting keeps the model reading the image.
-              (Measured first: a stage 1 on uninformative hints, `synth --chance-hints`, gives a model that
-              never learned to use the hint and did not drift in 300 stage-2 steps: no shortcut to prevent.)
-attention_kl's targets are the boxes `synth` writes for the shapes each question is about (`kl_true`), or
-boxes of the same size at random places (`kl_random`, the ablation of Shrestha et al., ACL 2020).
+1. Data (`modalign synth`, medium images: 1-3 shapes): `data` (seed 0: the stage-2 training split, hints right
+   98%, and the eval splits aligned / conflict / nohint, 200 each) and `data-stage1` (seed 1: 20,000 images,
+   their captions.json, and QA whose hints carry no information, `--chance-hints`).
+2. Gate 1, a model that sees: the CLIP tower pretrained alone on the stage-1 images' per-patch colour and
+   shape labels (`modalign pretrain-tower -c configs/seeing_tower.yaml`), then LLaVA's stage 1 on it, frozen:
+   captions and chance-hint QA (configs/seeing_stage1.yaml). Passed when the held-out nohint split (another
+   seed's images) is answered at >= 0.95 on colour, shape and count.
+3. Gate 2, a drift that exists: CE-only stage 2 from the stage-1 model on the hint-heavy split, tower frozen
+   as in LLaVA's stage 2, on a ladder of schedules (DRIFT_LADDER, seed 0); the first rung on which conflict
+   accuracy falls >= 20 points below the stage-1 model's is the stage-2 schedule of every lever. Decided
+   before any loss runs and stored in WORK/stage2.json.
+4. The levers: CE and every setting on that schedule with paired seeds (same seed = same data order), 3 seeds
+   each, then CE and the two best by paired conflict gain to 8 seeds; each final checkpoint probed.
+   From scratch (configs/demo.yaml, 300 steps) for reference: CE and the two best, 3 seeds.
 
-The plan: sees_first with the main settings (seeds 0-2), then scratch with SCRATCH_SETTINGS (seeds 0-2).
-With --full, then the search (weights, layers, combinations; seed 0, its best two then seeds 1-2; then the
-schedules: CE, dual_channel and attention_kl at lr 1e-3 and at 1,000 steps, seed 0), and CE and the two best
-settings by paired conflict gain on seeds 3-7. Runs go to --work
-(default build/efficacy); each is one `modalign train` with one thread, --jobs side by side (2 on 2 cores).
+Runs go to --work (default build/efficacy); each is one `modalign` process with one thread, --jobs side by
+side (2 on 2 cores). Every step writes its result file last, so a stopped study resumes where it was.
 """
 import argparse
 import concurrent.futures as cf
 import json
+import math
 import os
 import random
 import shutil
@@ -37,56 +37,102 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(ROOT, "configs", "demo.yaml")
+CONFIGS = os.path.join(ROOT, "configs")
+DEMO, TOWER, STAGE1 = (os.path.join(CONFIGS, f) for f in ("demo.yaml", "seeing_tower.yaml", "seeing_stage1.yaml"))
 SPLITS = ("eval_aligned", "eval_conflict", "eval_nohint")
 TYPES = ("colour", "shape", "count")
+GATE_SEEING, GATE_DRIFT = 0.95, 0.20
 
 DC = "{name: dual_channel, weight: %s, form: %s, target: %s}"
 KL = "{name: attention_kl, weight: %s, layers: %s, renormalise: %s}"
-# name -> (description, losses, extra overrides, train file of the stage-2 / scratch data)
+# name -> (description, losses, extra overrides, stage-2 / scratch train file)
 SETTINGS = {
     "ce": ("CE only", [], [], "train.json"),
-    "dc_balanced": ("dual_channel capped_log, target balanced", [DC % (0.5, "capped_log", "balanced")], [], "train.json"),
     "dc_capped08": ("dual_channel capped_log, target 0.8", [DC % (0.5, "capped_log", 0.8)], [], "train.json"),
+    "dc_balanced": ("dual_channel capped_log, target balanced", [DC % (0.5, "capped_log", "balanced")], [], "train.json"),
     "dc_hinge": ("dual_channel hinge, target 0.8", [DC % (0.5, "hinge", 0.8)], [], "train.json"),
+    "dc_log": ("dual_channel log (uncapped)", [DC % (0.5, "log", 0.8)], [], "train.json"),
+    "layer_decay": ("layer_decay (anti-decay across layers)", ["{name: layer_decay, weight: 0.5}"], [], "train.json"),
     "kl_true": ("attention_kl, true regions", [KL % (1.0, "all", "true")], [], "train.json"),
     "kl_random": ("attention_kl, random regions (ablation)", [KL % (1.0, "all", "true")], [], "train_random_regions.json"),
-    "aligner": ("causal MODA aligner", [], ["model.moda_aligner=true"], "train.json"),
-    "kl_true_dc": ("attention_kl true + dual_channel capped_log 0.8",
-                   [KL % (1.0, "all", "true"), DC % (0.5, "capped_log", 0.8)], [], "train.json"),
-    # The search (seed 0 first; a setting that wins it gets the full plan): weight, layers, the
-    # unrenormalised KL (attention off the region, the hint included, costs too), uncapped log mass.
-    "kl_true_w5": ("attention_kl true, weight 5", [KL % (5.0, "all", "true")], [], "train.json"),
-    "kl_mass": ("attention_kl true, not renormalised", [KL % (1.0, "all", "false")], [], "train.json"),
     "kl_mass_late": ("attention_kl true, not renormalised, second half of the layers",
                      [KL % (1.0, "second_half", "false")], [], "train.json"),
-    "kl_mass_random": ("attention_kl random regions, not renormalised (ablation)", [KL % (1.0, "all", "false")], [],
-                       "train_random_regions.json"),
     "kl_mass_late_random": ("attention_kl random regions, not renormalised, second half (ablation)",
                             [KL % (1.0, "second_half", "false")], [], "train_random_regions.json"),
-    "dc_log": ("dual_channel log (uncapped)", [DC % (0.5, "log", 0.8)], [], "train.json"),
+    "aligner": ("causal MODA aligner", [], ["model.moda_aligner=true"], "train.json"),
+    "contrastive_tokens": ("contrastive_tokens (CAL, clamp [1, 5])", ["{name: contrastive_tokens}"], [], "train.json"),
+    "text_prior_poe": ("text_prior_poe (product of experts with the text-only model)", ["{name: text_prior_poe}"], [],
+                       "train.json"),
 }
-# The plan that fits one 3-hour session on 2 cores (~33 runs of ~5 min, 2 at a time, plus stage 1): every
-# family with its ablation. The other settings run by hand (--only) or with --full.
-MAIN = ["ce", "dc_capped08", "kl_true", "kl_random", "kl_mass", "kl_mass_random", "aligner"]
-SEARCH = ["dc_balanced", "dc_hinge", "kl_true_dc", "kl_true_w5", "kl_mass_late", "dc_log"]
-# Schedule variants of the search: "setting@schedule" changes the regime's steps or learning rate, and is
-# compared with "ce@schedule" (the same schedule without the loss), seed by seed.
-SCHEDULES = {"lr1e-3": {"lr": 1e-3}, "1000steps": {"steps": 1000}}
-SCHEDULE_SEARCH = [f"{n}@{s}" for s in SCHEDULES for n in ("ce", "dc_capped08", "kl_true")]
-SCRATCH_SETTINGS = ["ce", "dc_capped08", "kl_true", "kl_mass"]
+# Each region-supervised setting and its random-region ablation (same loss, boxes moved at random).
+REGION_ABLATIONS = [("kl_true", "kl_random"), ("kl_mass_late", "kl_mass_late_random")]
 FIRST_SEEDS, MORE_SEEDS = range(3), range(3, 8)
-REGIMES = ("sees_first", "scratch")
-STAGE1 = {"steps": 2000, "lr": 1e-3}
-STAGE2 = {"steps": 300, "lr": 3e-4}
+REGIMES = ("seeing", "scratch")
 SCRATCH = {"steps": 300, "lr": 1e-3}
+# Stage-2 schedules tried with CE (seed 0) in this order until one drifts (GATE_DRIFT).
+DRIFT_LADDER = [{"steps": 300, "lr": 3e-4}, {"steps": 300, "lr": 1e-3}, {"steps": 1000, "lr": 1e-3},
+                {"steps": 1000, "lr": 3e-3}]
 
 
-def sh(cmd, log=None):
+# Measured before the plan (same binary and data generator; stage 1 = captions + chance-hint QA of data-stage1,
+# lr 1e-3, batch 16, cosine; nohint accuracy on the stage-1 data's held-out split), kept in the report
+# because they decided its design. Every number is from one run.
+PILOTS = [
+    "The decoder does not teach a random tower to see. Tower frozen at its random initialisation, 2,000 steps: "
+    "nohint colour 0.51, shape 0.33, count 0.97 (chance 0.125 / 0.25 / 0.33; naming one of the colours present "
+    "gives about 0.6 on 1-3 shapes). Tower trainable at the same lr: colour 0.32, shape 0.19, count 0.57 at step "
+    "750, where the frozen one had 0.56 / 0.30 / 0.86 (stopped there). Counting and colours are read, shapes are "
+    "not, and training the tower through the decoder makes it worse.",
+    "The same tower learns shapes when it is told per patch. A PyTorch prototype of the same CLIP shapes and "
+    "initialisation, trained alone to name the set of (colour, shape) pairs in the image from its mean-pooled "
+    "features (batch 64, lr 1e-3): 0.00 exact sets after 500 steps (count 0.98). With per-patch labels "
+    "(the colour and shape covering each patch, batch 32): object shape 0.27 at step 300, 0.47 at 500, 0.91 at "
+    "1,000. `modalign pretrain-tower` (configs/seeing_tower.yaml) is that objective.",
+    "Why a tower trained through the decoder learned worse than a frozen random one (an explanation consistent "
+    "with the numbers above; the gradient's signal-to-noise ratio was not measured): at the HF initialisation "
+    "(std 0.02) the frozen tower is close to a random linear map of each 8 x 8 patch, which keeps the pixels, "
+    "and colours are a linear read-out of them. Shapes need features that combine a patch with its neighbours. "
+    "Through the decoder the tower's gradient for them is a weak signal (one answer token per question, a few "
+    "caption words, after six decoder layers and the projector), and AdamW scales every parameter's step to "
+    "about the learning rate whatever the gradient's size: at lr 1e-3 on weights of std 0.02 the tower moves by "
+    "its own scale within a few dozen steps, mostly along noise, and loses what the frozen tower keeps before it "
+    "learns anything better. With dense per-patch targets the same architecture, initialisation, normalisation "
+    "and learning rate learn shapes in about 1,000 steps: the limit was the signal, not the model.",
+    "The pretrained tower (configs/seeing_tower.yaml, 3,000 steps, 20,000 images): held-out objects colour 1.000, "
+    "shape 0.996. Stage 1 on it, frozen (configs/seeing_stage1.yaml: captions and chance-hint QA 1:1 by size, lr "
+    "1e-3, cosine over 3,000 steps, 0.5 s per step on 2 threads), nohint colour / shape / count: 0.56 / 0.56 / "
+    "0.70 at step 500, 0.59 / 0.62 / 0.95 at 1,000, 0.59 / 0.63 / 0.97 at 1,500, 0.63 / 0.59 / 0.97 at 2,000 "
+    "(stopped). Gate 1 not passed. Its captions of 40 training images name 78 of 84 colour-shape pairs right "
+    "(93%): it reads and binds when the colour word is the token it just wrote. Its wrong answers to questions "
+    "name a colour present in the image, of another shape: answering needs two hops (the asked-about word, back "
+    "in the question; then the patches that match it).",
+    "Stage-1 variants, nohint colour / shape / count. From the same start, 1,000 steps (cosine over them): QA "
+    "only 0.60 / 0.23 / 0.43 at step 500 (stopped); tower trainable at vision_lr 1e-4 0.59 / 0.60 / 0.84 at 500 "
+    "(stopped). Continuing the run above from its step 2,055 for 2,000 more steps: QA weighted 3:1 against "
+    "captions 0.57 / 0.67 / 0.95 at +500, 0.58 / 0.59 / 0.97 at +1,000; QA only 0.53 / 0.63 / 0.81 at +500, "
+    "0.54 / 0.56 / 0.95 at +1,000. More question data does not teach the two-hop lookup in these budgets.",
+]
+
+
+def sh(cmd, log=None, env=None):
     with open(log, "w") if log else open(os.devnull, "w") as out:
-        r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+        r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"failed ({r.returncode}): {' '.join(cmd)}" + (f"; see {log}" if log else ""))
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def sets(pairs):
+    return sum([["--set", s] for s in pairs], [])
+
+
+def seeing_env(args):
+    return dict(os.environ, SEEING=args.work)
 
 
 def random_regions(data):
@@ -104,39 +150,40 @@ def random_regions(data):
             nx, ny = rng.uniform(0, size - w), rng.uniform(0, size - h)
             moved.append([round(nx, 2), round(ny, 2), round(nx + w, 2), round(ny + h, 2)])
         s["regions"] = moved
-    with open(out + ".tmp", "w") as f:
-        json.dump(samples, f, indent=1)
-    os.replace(out + ".tmp", out)
+    write_json(out, samples)
 
 
 def make_data(args):
-    """data (hints right 98%: stage 2 and scratch, and every eval split) and data-half (stage 1, hints right 50%)."""
-    data, chance = os.path.join(args.work, "data"), os.path.join(args.work, "data-half")
+    data, stage1 = os.path.join(args.work, "data"), os.path.join(args.work, "data-stage1")
     if not os.path.exists(os.path.join(data, "train.json")):
-        sh([args.bin, "synth", "--out", data, "--train", "2000", "--eval", "100", "--hint-agreement", "0.98"])
+        sh([args.bin, "synth", "--out", data, "--train", "2000", "--eval", "200", "--hint-agreement", "0.98", "--force"])
     random_regions(data)
-    if not os.path.exists(os.path.join(chance, "train.json")):
-        sh([args.bin, "synth", "--out", chance, "--train", "4000", "--eval", "10", "--seed", "1", "--hint-agreement", "0.5"])
-    return data, chance
+    if not os.path.exists(os.path.join(stage1, "train.json")):
+        sh([args.bin, "synth", "--out", stage1, "--train", "20000", "--eval", "10", "--seed", "1", "--chance-hints",
+            "--force"])
+    return data
 
 
-def overrides(args, data, train_file, out, seed, steps, lr):
-    return [
-        f"data.train_files=[{data}/{train_file}]",
-        "data.eval_files=[%s]" % ", ".join(f"{os.path.join(args.work, 'data')}/{s}.json" for s in SPLITS),
-        f"data.image_folder={data}", f"data.tokenizer={data}/tokenizer.model",
-        f"train.output_dir={out}", f"train.seed={seed}", f"train.num_threads={args.threads}",
-        f"train.max_steps={steps}", f"train.eval_steps={steps // 3}", f"train.learning_rate={lr}",
-        "checkpoint.save_steps=0", "checkpoint.save_total_limit=1", "logging.progress=plain",
-    ]
+def eval_sets(args, out):
+    data = os.path.join(args.work, "data")
+    return [f"data.image_folder={data}", f"data.tokenizer={data}/tokenizer.model", f"train.output_dir={out}",
+            "data.eval_files=[%s]" % ", ".join(f"{data}/{s}.json" for s in SPLITS), f"train.num_threads={args.threads}"]
 
 
-def normalised(row):
-    """<split>.accuracy -> <split>; every other <split>.* key (hint_rate, accuracy.<type>, loss) kept."""
-    return {(k[: -len(".accuracy")] if k.endswith(".accuracy") else k): v for k, v in row.items()}
+def read_eval_file(path):
+    """modalign eval --out JSON -> {split: acc, split.accuracy.type: acc, split.hint_rate: rate}."""
+    row = {}
+    for e in json.load(open(path)):
+        row[e["split"]] = e["accuracy"]
+        if e.get("hint_rate", -1) >= 0:
+            row[e["split"] + ".hint_rate"] = e["hint_rate"]
+        for t, a in e.get("accuracy_by_type", {}).items():
+            row[f"{e['split']}.accuracy.{t}"] = a
+    return row
 
 
 def read_evals(out):
+    """metrics.jsonl's eval records -> {step: {split: acc, split.accuracy.type: ..., split.hint_rate: ...}}."""
     evals = {}
     with open(os.path.join(out, "metrics.jsonl")) as f:
         for line in f:
@@ -146,135 +193,327 @@ def read_evals(out):
             row = evals.setdefault(str(int(rec["step"])), {})
             for key, value in rec.items():
                 if key.split(".")[0] in SPLITS:
-                    row[key] = value
-    return {step: normalised(row) for step, row in evals.items()}
+                    row[key[: -len(".accuracy")] if key.endswith(".accuracy") else key] = value
+    return evals
+
+
+def tower(args):
+    out, report = os.path.join(args.work, "tower.safetensors"), os.path.join(args.work, "tower.json")
+    if not os.path.exists(report):
+        t0 = time.time()
+        sh([args.bin, "pretrain-tower", "-c", TOWER, "--out", out, "--report", report] +
+           sets([f"train.num_threads={2 * args.threads}"]), os.path.join(args.work, "tower.log"), seeing_env(args))
+        r = json.load(open(report))
+        r["wall_seconds"] = time.time() - t0
+        write_json(report, r)
+    return json.load(open(report))
 
 
 def stage1(args):
-    """The sees-first regime's pretrained model: trained once, CE only, on QA with hints right half the time."""
-    data, chance = make_data(args)
+    """Gate 1: the tower pretrained, then LLaVA's stage 1 on it; evaluated on `data`'s held-out splits."""
+    make_data(args)
+    t = tower(args)
     out = os.path.join(args.work, "stage1")
-    if os.path.exists(os.path.join(out, "result.json")):
-        return out
-    final_checkpoint = os.path.join(out, "step-%06d" % STAGE1["steps"], "trainer_state.json")
-    seconds = None
-    if not os.path.exists(final_checkpoint):  # trained already when only its evaluation is missing
-        os.makedirs(out, exist_ok=True)  # a stopped stage 1 resumes from its newest checkpoint
-        cmd = [args.bin, "train", "-c", DEMO]
-        for s in overrides(args, chance, "train.json", out, 0, STAGE1["steps"], STAGE1["lr"]) + [
-                "losses=[]", "train.freeze_vision_tower=true", f"train.num_threads={2 * args.threads}",
-                "data.eval_files=[]", "train.eval_steps=0", "checkpoint.save_steps=250",
-                "checkpoint.resume_from_checkpoint=auto"]:
-            cmd += ["--set", s]
-        t0 = time.time()
-        sh(cmd, os.path.join(out, "stdout.log"))
-        seconds = time.time() - t0
-    # Evaluated on the eval splits of `data` (their images live there, not in data-half).
-    sets = overrides(args, data, "train.json", out, 0, STAGE1["steps"], STAGE1["lr"])
-    sh([args.bin, "eval", "-c", DEMO] + sum([["--set", s] for s in sets], []) +
-       ["--checkpoint", out, "--out", os.path.join(out, "eval.json")], os.path.join(out, "eval.log"))
-    last = {}
-    for e in json.load(open(os.path.join(out, "eval.json"))):
-        last[e["split"]] = e["accuracy"]
-        if e.get("hint_rate", -1) >= 0:
-            last[e["split"] + ".hint_rate"] = e["hint_rate"]
-        for t, a in e.get("accuracy_by_type", {}).items():
-            last[f"{e['split']}.accuracy.{t}"] = a
-    result = {"steps": STAGE1["steps"], "seconds": seconds, "evals": {str(STAGE1["steps"]): last}}
-    with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    return out
+    result_path = os.path.join(out, "result.json")
+    if os.path.exists(result_path):
+        return json.load(open(result_path))
+    os.makedirs(out, exist_ok=True)  # a stopped stage 1 resumes from its newest checkpoint (a finished one returns)
+    t0 = time.time()
+    sh([args.bin, "train", "-c", STAGE1] + sets([f"train.num_threads={2 * args.threads}",
+                                               "checkpoint.resume_from_checkpoint=auto"]),
+       os.path.join(out, "stdout.log"), seeing_env(args))
+    seconds = time.time() - t0
+    sh([args.bin, "eval", "-c", STAGE1] + sets(eval_sets(args, out)) +
+       ["--checkpoint", out, "--out", os.path.join(out, "eval.json")], os.path.join(out, "eval.log"), seeing_env(args))
+    final = read_eval_file(os.path.join(out, "eval.json"))
+    passed = all(final.get(f"eval_nohint.accuracy.{t_}", 0) >= GATE_SEEING for t_ in TYPES)
+    result = {"tower": t, "seconds": seconds, "curve": read_evals(out), "final": final, "passed": passed}
+    write_json(result_path, result)
+    return result
 
 
-def run_one(args, regime, name, seed):
+def run_one(args, regime, name, seed, plan, tag=None):
     """Trains, reads the evals, probes the final checkpoint; writes result.json last (its presence = done)."""
-    out = os.path.join(args.work, "runs", regime, name, f"seed{seed}")
+    out = os.path.join(args.work, "runs", regime, tag or name, f"seed{seed}")
     result_path = os.path.join(out, "result.json")
     if os.path.exists(result_path):
         return result_path, False
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     data = os.path.join(args.work, "data")
-    base, _, schedule = name.partition("@")
-    desc, losses, extra, train_file = SETTINGS[base]
-    plan = dict(STAGE2 if regime == "sees_first" else SCRATCH, **SCHEDULES.get(schedule, {}))
-    sets = overrides(args, data, train_file, out, seed, plan["steps"], plan["lr"]) + [f"losses=[{', '.join(losses)}]"] + extra
-    if regime == "sees_first":
-        sets += [f"model.weights={os.path.join(args.work, 'stage1')}", "train.freeze_vision_tower=true", "train.warmup_steps=0"]
-    cmd = [args.bin, "train", "-c", DEMO] + sum([["--set", s] for s in sets], [])
+    desc, losses, extra, train_file = SETTINGS[name]
+    pairs = eval_sets(args, out) + [
+        f"data.train_files=[{data}/{train_file}]", f"train.seed={seed}", f"train.max_steps={plan['steps']}",
+        f"train.eval_steps={plan['steps'] // plan.get('evals', 3)}", f"train.learning_rate={plan['lr']}",
+        "checkpoint.save_steps=0", "checkpoint.save_total_limit=1", "logging.progress=plain",
+        f"losses=[{', '.join(losses)}]"] + extra
+    if regime == "seeing":
+        pairs += [f"model.weights={os.path.join(args.work, 'stage1')}", "train.freeze_vision_tower=true",
+                  "train.warmup_steps=0"]
     t0 = time.time()
-    sh(cmd, os.path.join(out, "stdout.log"))
+    sh([args.bin, "train", "-c", DEMO] + sets(pairs), os.path.join(out, "stdout.log"))
     seconds = time.time() - t0
     probe_dir = os.path.join(out, "probe")
-    sh([args.bin, "probe", "-c", DEMO] + sum([["--set", s] for s in sets], []) +
+    sh([args.bin, "probe", "-c", DEMO] + sets(pairs) +
        ["--checkpoint", out, "--data", f"{data}/eval_conflict.json", "--out", probe_dir], os.path.join(out, "probe.log"))
-    with open(os.path.join(probe_dir, "probe.json")) as f:
-        probe = json.load(f)[0]
-    result = {"regime": regime, "setting": name, "seed": seed, "steps": plan["steps"], "seconds": seconds,
-              "evals": read_evals(out),
-              "vr_response": [l["response"]["image"] for l in probe["layers"]],
-              "vr_last_prompt": [l["last_prompt"]["image"] for l in probe["layers"]],
-              "mdi_response": [l["response"]["mdi"] for l in probe["layers"]]}
+    probe = json.load(open(os.path.join(probe_dir, "probe.json")))[0]
+    result = {"regime": regime, "setting": tag or name, "seed": seed, "steps": plan["steps"], "lr": plan["lr"],
+              "seconds": seconds, "evals": read_evals(out),
+              "vr_response": [l["response"]["image"] for l in probe["layers"]]}
     if seed != 0:  # keep seed 0's checkpoint for probe plots; the rest only cost disk
         for entry in os.listdir(out):
             if entry.startswith("step-"):
                 shutil.rmtree(os.path.join(out, entry))
-    with open(result_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(result_path + ".tmp", result_path)
+    write_json(result_path, result)
     return result_path, True
 
 
-def run_all(args, jobs):
-    """Runs the (regime, setting, seed) jobs, --jobs at a time; finished runs are skipped."""
-    make_data(args)
-    if any(j[0] == "sees_first" for j in jobs):
-        stage1(args)
-    # Seeds outer, settings inner: a stopped study has every setting at the same depth.
-    jobs = sorted(jobs, key=lambda j: (j[2], REGIMES.index(j[0]), order(j[1])))
+def run_all(args, jobs, plan):
+    """(regime, setting, seed) jobs, --jobs at a time, seeds outer so a stopped study has every setting at the same depth."""
+    jobs = sorted(jobs, key=lambda j: (j[2], REGIMES.index(j[0]), list(SETTINGS).index(j[1])))
     t0 = time.time()
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, args, *j): j for j in jobs}
+        futures = {pool.submit(run_one, args, g, n, s, plan[g]): (g, n, s) for g, n, s in jobs}
         for done, fut in enumerate(cf.as_completed(futures), 1):
             _, ran = fut.result()
             print(f"[{done}/{len(jobs)}, {time.time() - t0:.0f} s] {'ran' if ran else 'skipped'} "
                   f"{'/'.join(map(str, futures[fut]))}", flush=True)
 
 
+def drift(args, s1):
+    """Gate 2: CE on each DRIFT_LADDER schedule (seed 0) until conflict falls GATE_DRIFT below stage 1."""
+    path = os.path.join(args.work, "stage2.json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    start = s1["final"]["eval_conflict"]
+    rungs = []
+    chosen = None
+    for plan in DRIFT_LADDER:
+        tag = f"ce@{plan['steps']}x{plan['lr']:g}"
+        result_path, _ = run_one(args, "seeing", "ce", 0, dict(plan, evals=5), tag=tag)
+        r = json.load(open(result_path))
+        last = r["evals"][str(plan["steps"])]
+        rung = dict(plan, tag=tag, conflict=last["eval_conflict"], aligned=last["eval_aligned"],
+                    nohint=last["eval_nohint"], drop=start - last["eval_conflict"])
+        rungs.append(rung)
+        print(f"drift: {tag}: conflict {start:.3f} -> {rung['conflict']:.3f}, aligned {rung['aligned']:.3f}", flush=True)
+        if rung["drop"] >= GATE_DRIFT:
+            chosen = plan
+            break
+    result = {"stage1_conflict": start, "rungs": rungs, "passed": chosen is not None,
+              "plan": chosen or DRIFT_LADDER[-1]}
+    write_json(path, result)
+    return result
+
+
+# ---------------------------------------------------------------- the report
+
+
 def final(r, key="eval_conflict"):
     return r["evals"][str(r["steps"])].get(key, float("nan"))
 
 
-def order(name):
-    """Settings in SETTINGS order, each followed by its schedule variants."""
-    base, _, schedule = name.partition("@")
-    return list(SETTINGS).index(base), ([""] + list(SCHEDULES)).index(schedule)
+def load_results(work):
+    out = {}
+    for root, _, files in os.walk(os.path.join(work, "runs")):
+        if "result.json" in files:
+            r = json.load(open(os.path.join(root, "result.json")))
+            out[(r["regime"], r["setting"], r["seed"])] = r
+    return out
 
 
 def names_in(res, regime):
-    return sorted({k[1] for k in res if k[0] == regime}, key=order)
+    return [n for n in SETTINGS if any(k[:2] == (regime, n) for k in res)]
 
 
-def label(name):
-    base, _, schedule = name.partition("@")
-    return SETTINGS[base][0] + (f" ({schedule})" if schedule else "")
+def paired(res, regime, name, key="eval_conflict", reference="ce"):
+    ref = {k[2]: r for k, r in res.items() if k[:2] == (regime, reference)}
+    return {k[2]: final(r, key) - final(ref[k[2]], key) for k, r in res.items() if k[:2] == (regime, name) and k[2] in ref}
 
 
-def paired_gains(res, regime, name, key="eval_conflict"):
-    """Per seed: the setting's final `key` minus CE's on the same schedule."""
-    schedule = name.partition("@")[2]
-    reference = "ce@" + schedule if schedule else "ce"
-    ce = {k[2]: r for k, r in res.items() if k[0] == regime and k[1] == reference}
-    return [final(r, key) - final(ce[k[2]], key) for k, r in sorted(res.items())
-            if k[0] == regime and k[1] == name and k[2] in ce]
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def best_settings(res, regime, n):
-    """The n settings with the largest mean paired conflict gain over CE among those with 3 seeds or more."""
-    def gain(name):
-        d = paired_gains(res, regime, name)
-        return statistics.mean(d) if len(d) >= 3 else float("-inf")
-    return sorted((s for s in SETTINGS if s != "ce"), key=gain, reverse=True)[:n]
+def interval(xs):
+    """Mean and the half-width of its 95% t-interval (nan for fewer than 2 values)."""
+    if len(xs) < 2:
+        return (xs[0] if xs else float("nan")), float("nan")
+    return statistics.mean(xs), T975.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def fmt_interval(xs, signed=True):
+    m, h = interval(xs)
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return "-" if not xs else f.format(m) + ("" if math.isnan(h) else f" ± {h:.3f}")
+
+
+def mean_sd(xs):
+    return "-" if not xs else f"{statistics.mean(xs):.3f}" + (f" ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
+
+
+def table(res, regime, kept_from=None):
+    lines = ["| setting | seeds | aligned | conflict | nohint | Δ conflict (paired, 95% CI) | worst Δ | Δ aligned | "
+             + ("share of CE's loss kept | " if kept_from is not None else "") +
+             "hint rate | conflict colour / shape / count | VR per layer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if kept_from is not None else "")]
+    for name in names_in(res, regime):
+        runs = sorted((r for k, r in res.items() if k[:2] == (regime, name)), key=lambda r: r["seed"])
+        acc = {s: [final(r, s) for r in runs] for s in SPLITS}
+        gains = list(paired(res, regime, name).values()) if name != "ce" else []
+        aligned = list(paired(res, regime, name, "eval_aligned").values()) if name != "ce" else []
+        kept = []
+        if kept_from is not None and name != "ce":
+            ce = {k[2]: final(r) for k, r in res.items() if k[:2] == (regime, "ce")}
+            kept = [(final(r) - ce[r["seed"]]) / (kept_from - ce[r["seed"]]) for r in runs
+                    if r["seed"] in ce and kept_from - ce[r["seed"]] > 1e-9]
+        per_type = " / ".join("%.2f" % statistics.mean(final(r, f"eval_conflict.accuracy.{t}") for r in runs) for t in TYPES)
+        vr = [statistics.mean(r["vr_response"][l] for r in runs) for l in range(len(runs[0]["vr_response"]))]
+        cells = [SETTINGS[name][0], str(len(runs)), mean_sd(acc["eval_aligned"]), mean_sd(acc["eval_conflict"]),
+                 mean_sd(acc["eval_nohint"]), fmt_interval(gains) if gains else "-",
+                 f"{min(gains):+.3f}" if gains else "-", fmt_interval(aligned) if aligned else "-"]
+        if kept_from is not None:
+            cells.append(fmt_interval(kept) if kept else "-")
+        cells += [mean_sd([final(r, "eval_conflict.hint_rate") for r in runs]), per_type, " ".join(f"{v:.2f}" for v in vr)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def target_lines(res, regime, start):
+    """The issue's target per setting: keeps >= 50% of the conflict accuracy CE loses (95% interval above 0),
+    aligned within 2 points of CE, no seed worse than CE by > 5 points; true regions above random ones."""
+    out = []
+    ce = {k[2]: final(r) for k, r in res.items() if k[:2] == (regime, "ce")}
+    for name in names_in(res, regime):
+        if name == "ce":
+            continue
+        gains = paired(res, regime, name)
+        if not gains:
+            continue
+        kept = [g / (start - ce[s]) for s, g in gains.items() if start - ce[s] > 1e-9]
+        km, kh = interval(kept)
+        gm, gh = interval(list(gains.values()))
+        al = statistics.mean(paired(res, regime, name, "eval_aligned").values())
+        ok = (km >= 0.5 and not math.isnan(gh) and gm - gh > 0, abs(al) <= 0.02, min(gains.values()) >= -0.05)
+        out.append(f"- {name} ({len(gains)} seeds): keeps {km:.0%} of CE's conflict loss, gain {gm:+.3f}"
+                   + ("" if math.isnan(gh) else f" ± {gh:.3f}") + f" ({'met' if ok[0] else 'not met'}); aligned "
+                   f"{al:+.3f} ({'met' if ok[1] else 'not met'}); worst seed {min(gains.values()):+.3f} "
+                   f"({'met' if ok[2] else 'not met'})")
+    for true, random_ in REGION_ABLATIONS:
+        a = {k[2]: final(r) for k, r in res.items() if k[:2] == (regime, true)}
+        b = {k[2]: final(r) for k, r in res.items() if k[:2] == (regime, random_)}
+        diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+        if diffs:
+            m, h = interval(diffs)
+            met = not math.isnan(h) and m - h > 0
+            out.append(f"- {true} (true regions) vs {random_} (random regions), {len(diffs)} paired seeds: conflict "
+                       f"{m:+.3f}" + ("" if math.isnan(h) else f" ± {h:.3f}") + f" ({'met' if met else 'not met'})")
+    return out
+
+
+def report(args):
+    work = args.work
+    res = load_results(work)
+    s1_path, s2_path = os.path.join(work, "stage1", "result.json"), os.path.join(work, "stage2.json")
+    s1 = json.load(open(s1_path)) if os.path.exists(s1_path) else None
+    s2 = json.load(open(s2_path)) if os.path.exists(s2_path) else None
+    chance = json.load(open(os.path.join(work, "data", "synth.json"))).get("chance", {})
+    lines = ["# The seeing study", "",
+             f"Generated by `/usr/bin/python3 bench/efficacy.py --report` from the runs under `{os.path.relpath(work, ROOT)}`. "
+             "`demo` preset; `medium` images (1-3 shapes); eval splits of 200 samples each from another seed than "
+             "any training image. Chance (a uniform guess): " +
+             ", ".join(f"{t} {chance[t]:.3f}" for t in TYPES if t in chance) +
+             " (colour 0.5 for a model that names one of two colours present). Δ = paired per-seed difference to "
+             "CE only (same seed = same data order); 95% CI = Student t over the paired seeds; hint rate = share of "
+             "conflict answers that repeat the misleading hint; VR = image share of the response queries' attention "
+             "per decoder layer (probe on eval_conflict).", ""]
+    if not s1:
+        lines += ["**Status: the plan has not run.** No stage-1 recipe has passed gate 1 yet (the pilots below); "
+                  "gate 2 and the levers wait for it.", ""]
+    if s1:
+        t, f = s1["tower"], s1["final"]
+        lines += ["## Gate 1: a model that sees", "",
+                  f"Tower pre-stage (configs/seeing_tower.yaml): {t['steps']} steps in {t.get('wall_seconds', t['seconds']):.0f} s; "
+                  f"held-out patches colour {t['patch_colour']:.3f}, shape {t['patch_shape']:.3f}; {t['objects']} objects "
+                  f"colour {t['object_colour']:.3f}, shape {t['object_shape']:.3f}. Stage 1 (configs/seeing_stage1.yaml) "
+                  f"in {s1['seconds'] / 60:.0f} min. The stage-1 model on the held-out splits:", "",
+                  "| split | accuracy | colour | shape | count | hint rate |", "|---|---|---|---|---|---|"]
+        for s in SPLITS:
+            lines.append(f"| {s} | {f[s]:.3f} | " + " | ".join(f"{f.get(f'{s}.accuracy.{t_}', float('nan')):.3f}" for t_ in TYPES)
+                         + f" | {f.get(s + '.hint_rate', float('nan')):.3f} |")
+        lines += ["", f"Gate (nohint colour, shape and count >= {GATE_SEEING}): **{'passed' if s1['passed'] else 'not passed'}**. "
+                  "Curve: docs/efficacy_stage1.png (stage-1 nohint accuracy per type on the stage-1 data's held-out split).", ""]
+    if s2:
+        lines += ["## Gate 2: a drift that exists", "",
+                  f"CE-only stage 2 from the stage-1 model (conflict {s2['stage1_conflict']:.3f}), seed 0, tower frozen, no warm-up:", "",
+                  "| schedule | aligned | conflict | nohint | conflict drop |", "|---|---|---|---|---|"]
+        for r in s2["rungs"]:
+            lines.append(f"| {r['steps']} steps, lr {r['lr']:g} | {r['aligned']:.3f} | {r['conflict']:.3f} | {r['nohint']:.3f} | {r['drop']:+.3f} |")
+        plan = s2["plan"]
+        lines += ["", f"Gate (conflict falls >= {GATE_DRIFT:.2f}): **{'passed' if s2['passed'] else 'not passed'}**; "
+                  f"every lever runs on {plan['steps']} steps at lr {plan['lr']:g}. Curves: docs/efficacy_drift.png.", ""]
+    for regime in REGIMES:
+        if not any(k[0] == regime for k in res):
+            continue
+        start = s1["final"]["eval_conflict"] if (regime == "seeing" and s1) else None
+        title = "## Levers on the seeing model" if regime == "seeing" else f"## From scratch ({SCRATCH['steps']} steps, lr {SCRATCH['lr']:g}, configs/demo.yaml)"
+        lines += [title, ""] + table(res, regime, start) + [""]
+        if start is not None:
+            lines += ["Against the target (paired over the seeds each setting has):", ""] + target_lines(res, regime, start) + [""]
+    lines += ["## Pilots before the plan", ""] + [f"- {p}" for p in PILOTS] + [""]
+    lines += ["Per-seed conflict accuracy (final step):", ""]
+    for regime in REGIMES:
+        for name in names_in(res, regime):
+            runs = sorted((r for k, r in res.items() if k[:2] == (regime, name)), key=lambda r: r["seed"])
+            lines.append(f"- {regime} / {name}: " + ", ".join(f"s{r['seed']} {final(r):.2f}" for r in runs))
+    lines.append("")
+    with open(os.path.join(ROOT, "docs", "efficacy.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    plot(res, s1, s2, work)
+    print(os.path.join(ROOT, "docs", "efficacy.md"))
+
+
+def plot(res, s1, s2, work):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if s1:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        steps = sorted(s1["curve"], key=int)
+        for t in TYPES:
+            ax.plot([int(s) for s in steps], [s1["curve"][s].get(f"eval_nohint.accuracy.{t}", float("nan")) for s in steps],
+                    "-o", ms=3, label=t)
+        ax.axhline(GATE_SEEING, color="grey", ls="--", lw=1)
+        ax.set_xlabel("stage-1 step"), ax.set_ylabel("nohint accuracy"), ax.set_ylim(0, 1.02), ax.legend()
+        ax.set_title("Gate 1: stage-1 accuracy per question type", fontsize=9)
+        fig.tight_layout(), fig.savefig(os.path.join(ROOT, "docs", "efficacy_stage1.png"), dpi=110)
+    if s2:
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        for r in s2["rungs"]:
+            run = json.load(open(os.path.join(work, "runs", "seeing", r["tag"], "seed0", "result.json")))
+            steps = [0] + sorted((int(s) for s in run["evals"]), key=int)
+            for split, ls in (("eval_conflict", "-"), ("eval_aligned", ":")):
+                ys = [s1["final"][split]] + [run["evals"][str(s)][split] for s in steps[1:]]
+                ax.plot(steps, ys, ls, marker="o", ms=3, label=f"{r['steps']}x{r['lr']:g} {split[5:]}")
+        ax.set_xlabel("stage-2 step (CE only)"), ax.set_ylabel("accuracy"), ax.set_ylim(0, 1.02), ax.legend(fontsize=7)
+        ax.set_title("Gate 2: the drift under CE", fontsize=9)
+        fig.tight_layout(), fig.savefig(os.path.join(ROOT, "docs", "efficacy_drift.png"), dpi=110)
+    regimes = [g for g in REGIMES if any(k[0] == g for k in res)]
+    if not regimes:
+        return
+    fig, axes = plt.subplots(len(regimes), 1, figsize=(10, 3.8 * len(regimes)), squeeze=False)
+    for row, regime in enumerate(regimes):
+        ax, names = axes[row][0], names_in(res, regime)
+        for i, name in enumerate(names):
+            ys = [final(r) for k, r in res.items() if k[:2] == (regime, name)]
+            ax.scatter([i] * len(ys), ys, s=18, alpha=0.7)
+            ax.plot([i - 0.25, i + 0.25], [statistics.mean(ys)] * 2, color="black")
+        if regime == "seeing" and s1:
+            ax.axhline(s1["final"]["eval_conflict"], color="grey", ls="--", lw=1, label="stage-1 model")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(names))), ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("conflict accuracy (final)"), ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{regime}: conflict accuracy per seed (bar = mean)", fontsize=9)
+    fig.tight_layout(), fig.savefig(os.path.join(ROOT, "docs", "efficacy.png"), dpi=110)
 
 
 def parse_seeds(text):
@@ -284,220 +523,43 @@ def parse_seeds(text):
     return [int(s) for s in text.split(",")]
 
 
-def load_results(work):
-    out = {}
-    for root, _, files in os.walk(os.path.join(work, "runs")):
-        if "result.json" in files:
-            with open(os.path.join(root, "result.json")) as f:
-                r = json.load(f)
-            r["evals"] = {step: normalised(row) for step, row in r["evals"].items()}
-            out[(r["regime"], r["setting"], r["seed"])] = r
-    return out
-
-
-def mean_std(xs, signed=False):
-    fmt = "{:+.3f}" if signed else "{:.3f}"
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return fmt.format(xs[0])
-    return (fmt + " ± {:.3f}").format(statistics.mean(xs), statistics.stdev(xs))
-
-
-def table(res, regime):
-    names = names_in(res, regime)
-    lines = ["| setting | seeds | aligned | conflict | nohint | Δ conflict (paired) | worst Δ | Δ aligned | hint rate | "
-             "conflict colour / shape / count | conflict at 1/3, 2/3 | VR per layer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in names:
-        runs = sorted((r for k, r in res.items() if k[0] == regime and k[1] == name), key=lambda r: r["seed"])
-        acc = {s: [final(r, s) for r in runs] for s in SPLITS}
-        is_ce = name.partition("@")[0] == "ce"
-        gains = paired_gains(res, regime, name) if not is_ce else []
-        aligned_gains = paired_gains(res, regime, name, "eval_aligned") if not is_ce else []
-        per_type = " / ".join("%.2f" % statistics.mean(final(r, f"eval_conflict.accuracy.{t}") for r in runs) for t in TYPES)
-        early = []
-        for frac in (1, 2):
-            step = str(runs[0]["steps"] // 3 * frac)
-            vals = [r["evals"][step]["eval_conflict"] for r in runs if step in r["evals"]]
-            early.append(statistics.mean(vals) if vals else float("nan"))
-        vr = [statistics.mean(r["vr_response"][l] for r in runs) for l in range(len(runs[0]["vr_response"]))]
-        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %.3f, %.3f | %s |" % (
-            label(name), len(runs), mean_std(acc["eval_aligned"]), mean_std(acc["eval_conflict"]),
-            mean_std(acc["eval_nohint"]), mean_std(gains, True) if gains else "-",
-            f"{min(gains):+.3f}" if gains else "-", mean_std(aligned_gains, True) if aligned_gains else "-",
-            mean_std([final(r, "eval_conflict.hint_rate") for r in runs]), per_type, early[0], early[1],
-            " ".join(f"{v:.2f}" for v in vr)))
-    return lines
-
-
-def target_lines(res, regime):
-    """The issue's target, setting by setting: +30 points conflict, aligned within 2, no seed worse by > 5,
-    and true regions at least 15 points above random ones."""
-    out = []
-    for name in names_in(res, regime):
-        gains = paired_gains(res, regime, name)
-        if name.partition("@")[0] == "ce" or not gains:
-            continue
-        aligned = paired_gains(res, regime, name, "eval_aligned")
-        ok = (statistics.mean(gains) >= 0.30, abs(statistics.mean(aligned)) <= 0.02, min(gains) >= -0.05)
-        out.append(f"- {name}: conflict {statistics.mean(gains):+.3f} ({'met' if ok[0] else 'not met'}), aligned "
-                   f"{statistics.mean(aligned):+.3f} ({'met' if ok[1] else 'not met'}), worst seed {min(gains):+.3f} "
-                   f"({'met' if ok[2] else 'not met'})")
-    for true, random_ in REGION_ABLATIONS:
-        a = {r["seed"]: final(r) for k, r in res.items() if k[:2] == (regime, true)}
-        b = {r["seed"]: final(r) for k, r in res.items() if k[:2] == (regime, random_)}
-        seeds = sorted(set(a) & set(b))
-        if seeds:
-            diff = statistics.mean(a[s] - b[s] for s in seeds)
-            out.append(f"- {true} (true regions) vs {random_} (random regions), seeds {seeds[0]}-{seeds[-1]}: conflict "
-                       f"{diff:+.3f} ({'met' if diff >= 0.15 else 'not met'}; target +0.150)")
-    return out
-
-
-# Each region-supervised setting and its random-region ablation (same loss, boxes moved at random).
-REGION_ABLATIONS = [("kl_true", "kl_random"), ("kl_mass", "kl_mass_random"), ("kl_mass_late", "kl_mass_late_random")]
-
-
-# Pilots run by hand before the plan (same binary and data generator), kept in the report because they
-# decided its design; every number is from a single run (seed 0 unless said).
-PILOTS = [
-    "Stage 1 with a trainable vision tower (vision_lr 2e-4 or 1e-3, 600-2,000 steps) learned colours worse than a "
-    "frozen random tower (conflict colour accuracy 0.06-0.13 vs 0.34-0.60); the plan freezes the tower.",
-    "Stage 1 on uninformative hints (`synth --chance-hints`, 2,000 steps): aligned 0.40, conflict 0.41, nohint 0.51. "
-    "Its CE stage 2 did not drift: after 300 steps at lr 3e-4 aligned 0.43 / conflict 0.39 (hint rate 0.21), at "
-    "lr 1e-3 aligned 0.49 / conflict 0.41; only 600 steps at 1e-3 began to (aligned 0.61, conflict 0.26 at step "
-    "450). A model that never needed the text learns the shortcut slowly, so there was nothing to prevent: the plan's "
-    "stage 1 uses hints right half the time (the issue's own pilot), so the model reads both.",
-    "On that chance-hint stage 1 (seed 0, 300 steps, lr 3e-4): dual_channel capped_log balanced / 0.8 / hinge gave "
-    "conflict 0.37 / 0.37 / 0.38 against CE's 0.39.",
-    "Earlier stage-1 pilot (chance hints without the no-hint option, 2,000 steps): attention_kl true regions "
-    "(weight 1, all layers) in stage 2 gave conflict 0.25 against CE's 0.24, aligned 0.61 against 0.63.",
-    "Loss spikes of `make demo` (the issue asks for none above 5x the running median after warm-up): the demo's "
-    "CE run logs 0.16-0.22 at steps 190, 200, 240, 260 and 290 against a median near 0.01 (ratio up to 20.5; "
-    "CE + dual_channel 15.6, at the same steps). The same run on the same data with the 32 training samples "
-    "whose hint is wrong (1.6%) given a right hint instead, nothing else changed (same order, same batches): "
-    "0.003-0.004 from step 180 on, largest ratio 1.1. The spikes are the batches holding those samples, which "
-    "a model that answers from the hint gets wrong: the benchmark's conflict itself, not an unstable optimiser; "
-    "the criterion as written cannot hold on this data and the training data stays as documented.",
-]
-
-
-def report(args):
-    res = load_results(args.work)
-    if not res:
-        sys.exit(f"no results under {args.work}/runs")
-    lines = ["# The modality-conflict study", "",
-             "Generated by `/usr/bin/python3 bench/efficacy.py --report` from the runs under "
-             f"`{os.path.relpath(args.work, ROOT)}`. `demo` preset and `configs/demo.yaml` (batch 16, cosine "
-             "schedule); `medium` images; training hints right 98% of the time. Accuracy at the final step; "
-             "Δ = paired per-seed difference to CE only (same seed = same initial weights and data order); hint "
-             "rate = share of conflict answers that repeat the misleading hint; VR = image share of the response "
-             "queries' attention per decoder layer (probe on eval_conflict).", ""]
-    stage1_result = os.path.join(args.work, "stage1", "result.json")
-    for regime in REGIMES:
-        if not any(k[0] == regime for k in res):
-            continue
-        if regime == "sees_first":
-            s1 = json.load(open(stage1_result)) if os.path.exists(stage1_result) else None
-            start = ""
-            if s1:
-                last = s1["evals"][str(s1["steps"])]
-                start = (f" The stage-1 model (the start of every run) scores aligned {last['eval_aligned']:.3f}, "
-                         f"conflict {last['eval_conflict']:.3f} (colour / shape / count "
-                         + " / ".join("%.2f" % last.get(f"eval_conflict.accuracy.{t}", float("nan")) for t in TYPES)
-                         + f"), nohint {last['eval_nohint']:.3f}, hint rate {last.get('eval_conflict.hint_rate', float('nan')):.3f}.")
-            lines += ["## Sees first, then a shortcut", "",
-                      f"Stage 1: {STAGE1['steps']} steps, lr {STAGE1['lr']:g}, CE only, hints right 50%, vision tower frozen. "
-                      f"Stage 2: {STAGE2['steps']} steps from the stage-1 weights, lr {STAGE2['lr']:g}, no warm-up, tower "
-                      f"frozen, hints right 98%.{start}", ""]
-        else:
-            lines += ["## From scratch", "", f"{SCRATCH['steps']} steps, lr {SCRATCH['lr']:g}, everything trains "
-                      "(configs/demo.yaml).", ""]
-        lines += table(res, regime) + ["", "Against the target (paired means over the seeds each setting has):", ""]
-        lines += target_lines(res, regime) + [""]
-    lines += ["## Pilots before the plan", ""] + [f"- {p}" for p in PILOTS] + [""]
-    lines += ["Per-seed conflict accuracy (final step):", ""]
-    for regime in REGIMES:
-        for name in names_in(res, regime):
-            runs = sorted((r for k, r in res.items() if k[0] == regime and k[1] == name), key=lambda r: r["seed"])
-            if runs:
-                lines.append(f"- {regime} / {name}: " + ", ".join(f"s{r['seed']} {final(r):.2f}" for r in runs))
-    lines.append("")
-    os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-    with open(os.path.join(ROOT, "docs", "efficacy.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    plot(res)
-    print(os.path.join(ROOT, "docs", "efficacy.md"))
-
-
-def plot(res):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    regimes = [g for g in REGIMES if any(k[0] == g for k in res)]
-    fig, axes = plt.subplots(len(regimes), 2, figsize=(13, 4.2 * len(regimes)), squeeze=False)
-    for row, regime in enumerate(regimes):
-        names = names_in(res, regime)
-        ax = axes[row][0]
-        for i, name in enumerate(names):
-            ys = [final(r) for k, r in res.items() if k[0] == regime and k[1] == name]
-            ax.scatter([i] * len(ys), ys, s=18, alpha=0.7)
-            ax.plot([i - 0.25, i + 0.25], [statistics.mean(ys)] * 2, color="black")
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("eval_conflict accuracy (final)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{regime}: conflict accuracy per seed (bar = mean)", fontsize=9)
-        ax = axes[row][1]
-        for name in names:
-            runs = [r for k, r in res.items() if k[0] == regime and k[1] == name]
-            layers = range(len(runs[0]["vr_response"]))
-            ax.plot(layers, [statistics.mean(r["vr_response"][l] for r in runs) for l in layers], "-o", ms=3, label=name)
-        ax.set_xlabel("decoder layer")
-        ax.set_ylabel("VR: image share of response attention")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{regime}: per-layer visual attention ratio (probe, eval_conflict)", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(ROOT, "docs", "efficacy.png"), dpi=110)
+def best_two(res):
+    def gain(name):
+        d = list(paired(res, "seeing", name).values())
+        return statistics.mean(d) if len(d) >= 3 else float("-inf")
+    return sorted((s for s in SETTINGS if s != "ce"), key=gain, reverse=True)[:2]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "modalign"))
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "efficacy"))
-    ap.add_argument("--regime", choices=REGIMES, default=None, help="one regime (default: the plan's)")
-    ap.add_argument("--only", default=None, help="comma-separated settings (default: the plan's)")
+    ap.add_argument("--only", default=None, help="comma-separated settings (default: all)")
     ap.add_argument("--seeds", default=None, help="e.g. 0-7 or 0,3 (default: 0-2)")
+    ap.add_argument("--regime", choices=REGIMES, default="seeing")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--full", action="store_true", help="also the search and seeds 3-7 for the best settings")
+    ap.add_argument("--gates", action="store_true", help="stop after the two gates")
     ap.add_argument("--report", action="store_true", help="only write the report from existing results")
     args = ap.parse_args()
     args.work = os.path.abspath(args.work)
     if not args.report:
-        if args.only or args.seeds or args.regime:  # a hand-picked piece of the study
-            regimes = [args.regime] if args.regime else list(REGIMES)
+        os.makedirs(args.work, exist_ok=True)
+        s1 = stage1(args)
+        print(f"gate 1 (a model that sees): {'passed' if s1['passed'] else 'NOT passed'}: nohint " +
+              ", ".join(f"{t} {s1['final'].get(f'eval_nohint.accuracy.{t}', 0):.3f}" for t in TYPES), flush=True)
+        s2 = drift(args, s1)
+        print(f"gate 2 (a drift): {'passed' if s2['passed'] else 'NOT passed'}; stage 2 = {s2['plan']}", flush=True)
+        plan = {"seeing": s2["plan"], "scratch": SCRATCH}
+        if not args.gates:
             names = args.only.split(",") if args.only else list(SETTINGS)
             seeds = parse_seeds(args.seeds) if args.seeds else FIRST_SEEDS
-            run_all(args, [(g, n, s) for g in regimes for n in names for s in seeds])
-        else:
-            # 1. sees_first: the main settings with 3 seeds; 2. scratch with its settings, 3 seeds.
-            run_all(args, [("sees_first", n, s) for n in MAIN for s in FIRST_SEEDS])
-            run_all(args, [("scratch", n, s) for n in SCRATCH_SETTINGS for s in FIRST_SEEDS])
-            if args.full:
-                # 3. the search on seed 0, its best two on seeds 1-2; CE and the two best settings on seeds 3-7.
-                run_all(args, [("sees_first", n, 0) for n in SEARCH])
-                res = load_results(args.work)
-                searched = sorted(SEARCH, key=lambda n: -statistics.mean(paired_gains(res, "sees_first", n) or [-9]))[:2]
-                print(f"sees_first: best two of the search on seed 0: {searched}", flush=True)
-                run_all(args, [("sees_first", n, s) for n in searched for s in FIRST_SEEDS])
-                run_all(args, [("sees_first", n, 0) for n in SCHEDULE_SEARCH])
-                res = load_results(args.work)
-                best = best_settings(res, "sees_first", 2)
-                print(f"sees_first: best two by paired conflict gain over seeds 0-2: {best}", flush=True)
-                run_all(args, [("sees_first", n, s) for n in ["ce"] + best for s in MORE_SEEDS])
+            run_all(args, [(args.regime, n, s) for n in names for s in seeds], plan)
+            if not (args.only or args.seeds):
+                best = best_two(load_results(args.work))
+                print(f"best two by paired conflict gain over seeds 0-2: {best}", flush=True)
+                run_all(args, [("seeing", n, s) for n in ["ce"] + best for s in MORE_SEEDS], plan)
+                run_all(args, [("scratch", n, s) for n in ["ce"] + best for s in FIRST_SEEDS], plan)
     report(args)
 
 
