@@ -139,4 +139,10 @@ case_ synth-not-empty 1 "synth-full is not empty; pick an empty folder or pass -
 case_ synth-huge-image 1 "--image-size above 4096" "$bin" synth --out synth-huge --train 2 --eval 1 --image-size 1000000
 case_ diverging-run 1 "non-finite steps in a row .*the last checkpoint \(weights checked finite\) is .*step-0000" \
   "$bin" train -c run.yaml --set train.output_dir=diverging --set train.learning_rate=1e30 --set train.max_steps=40 --set train.max_nonfinite_steps=2 --set "data.eval_files=[]"
+# ---- pretrain-tower: a file without synth's "objects", more held out than there are samples
+tower=("$bin" pretrain-tower -c run.yaml --set "data.eval_files=[]" --set train.max_steps=2 --out tower.safetensors)
+case_ tower-no-objects 2 'train.json\[0\] \(id train-00000\): pretrain-tower needs one image and "objects"' "${tower[@]}"
+case_ tower-holdout 2 "captions.json holds 12 samples; it needs 500 held out plus at least one batch" \
+  "${tower[@]}" --set "data.train_files=[data/captions.json]"
+[ -e tower.safetensors ] && bad "tower: a failed pre-stage wrote its output"
 finish
