@@ -120,8 +120,11 @@ PILOTS = [
     "colour-first captions bind 93%. Colour and shape answers sit at the level of naming a present colour or "
     "shape at random (about 0.6 on 1-3 shapes) in every variant: the decoder finds patches by their colour but "
     "not by their shape, although the tower encodes both (linear heads 1.000 / 0.996). The next recipe has to make "
-    "shape usable as an attention key (shape and colour of comparable size in the features the projector reads, "
-    "or the tower training in stage 1), not add data.",
+    "shape usable as an attention key, not add data. It is not that shape is faint in the tower's features: at "
+    "1,157 patches near object centres of 300 training images (the layer the projector reads, each patch "
+    "normalised to the same norm), the colour explains 54% of the feature variance and the shape 38%. Letting "
+    "the tower train in stage 1 from there (both caption orders and QA, constant lr) does not help either: "
+    "vision_lr 3e-4 0.57 / 0.62 / 1.00 at +500, vision_lr 1e-3 0.51 / 0.51 / 0.86.",
 ]
 
 
