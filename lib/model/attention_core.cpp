@@ -2,7 +2,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "lib/model/precision.h"
 
@@ -49,202 +51,245 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   blas_gemm(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
 }
 
-struct Dims {
-  int64_t b, t, h, g, d, s;
-  int64_t r() const { return h / g; }
+
+// c (G, m, n) = a (G, m, k) @ b (G, k, n) in a's dtype. float32/float64 on CPU call BLAS once per batch
+// element on the operands in place (either may be a transposed view; a batch stride of 0 broadcasts), which
+// inside the blocks' parallel loop costs none of batched matmul's per-element dispatch; other dtypes and
+// devices go through torch::matmul.
+torch::Tensor block_mm(torch::Tensor a, torch::Tensor b) {
+  const auto t = a.scalar_type();
+  if (!a.is_cpu() || (t != torch::kFloat32 && t != torch::kFloat64)) return torch::matmul(a, b);
+  auto layout = [](torch::Tensor& x, bool& trans, int64_t& ld) {  // row-major op(X) with leading dimension ld
+    if (x.stride(2) == 1 && x.stride(1) >= std::max<int64_t>(1, x.size(2))) {
+      trans = false, ld = x.stride(1);
+    } else if (x.stride(1) == 1 && x.stride(2) >= std::max<int64_t>(1, x.size(1))) {
+      trans = true, ld = x.stride(2);
+    } else {
+      x = x.contiguous(), trans = false, ld = std::max<int64_t>(1, x.size(2));
+    }
+  };
+  bool ta = false, tb = false;
+  int64_t lda = 0, ldb = 0;
+  layout(a, ta, lda);
+  layout(b, tb, ldb);
+  const int64_t g = a.size(0), m = a.size(1), k = a.size(2), n = b.size(2);
+  torch::Tensor c = torch::empty({g, m, n}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(t, "attention_block_mm", [&] {
+    const scalar_t *pa = a.data_ptr<scalar_t>(), *pb = b.data_ptr<scalar_t>();
+    scalar_t* pc = c.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < g; ++i)
+      gemm<scalar_t>(ta, tb, m, n, k, 1, pa + i * a.stride(0), lda, pb + i * b.stride(0), ldb, 0, pc + i * m * n,
+                     std::max<int64_t>(1, n));
+  });
+  return c;
+}
+
+// The problem's sizes and its mask, shared by the forward and backward passes. Work is split by sample and
+// block of query rows, every block batched over the G key/value heads: (G, r n, kend) scores for its n rows of
+// the r query heads of each key/value head. Absent mask tensors are empty (autograd functions take defined
+// tensors only).
+struct Geometry {
+  int64_t b, t, h, g, d, s, r, rows;
+  double scale;
+  bool causal;
+  std::vector<int64_t> length;      // per sample: keys at or past it are never read (a valid prefix)
+  torch::Tensor key_valid, segments;  // (B, T) bool when validity is not a prefix, (B, T) int64
+  torch::Tensor tri;                // (rows, rows) bool: j <= i within a block's diagonal square
+
+  int64_t blocks() const { return (t + rows - 1) / rows; }
+  int64_t key_end(int64_t bi, int64_t i1) const { return std::min(causal ? i1 : t, length[static_cast<size_t>(bi)]); }
+
+  // -inf where query i of rows [i0, i1) may not read key j < kend; s is (G, r n, kend).
+  void mask_scores(torch::Tensor& s, int64_t bi, int64_t i0, int64_t i1, int64_t kend) const {
+    const int64_t n = i1 - i0;
+    const double inf = std::numeric_limits<double>::infinity();
+    torch::Tensor s4 = s.view({g, r, n, kend});
+    if (causal && kend > i0)  // keys before i0 are all earlier than every row; the square [i0, i1) is a triangle
+      s4.narrow(3, i0, kend - i0).masked_fill_(tri.slice(0, 0, n).slice(1, 0, kend - i0).logical_not(), -inf);
+    if (key_valid.numel() > 0) s4.masked_fill_(key_valid[bi].slice(0, 0, kend).logical_not(), -inf);
+    if (segments.numel() > 0)
+      s4.masked_fill_(segments[bi].slice(0, i0, i1).unsqueeze(1) != segments[bi].slice(0, 0, kend).unsqueeze(0), -inf);
+  }
+
+  // Runs f(bi, i0, i1) for every sample and block of query rows; with `per_sample` a sample's blocks run
+  // in order in one task (the backward pass accumulates key gradients along them). Parallel on CPU: one
+  // task runs inline, where LibTorch's own operations may use every thread.
+  template <class F>
+  void for_each_block(bool cpu, bool per_sample, F&& f) const {
+    const int64_t nb = blocks(), tasks = per_sample ? b : b * nb;
+    auto run = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t bi = per_sample ? i : i / nb;
+        for (int64_t j = per_sample ? 0 : i % nb; j < (per_sample ? nb : i % nb + 1); ++j)
+          f(bi, j * rows, std::min(t, (j + 1) * rows));
+      }
+    };
+    if (cpu)
+      at::parallel_for(0, tasks, 1, run);
+    else
+      run(0, tasks);
+  }
 };
 
-Dims dims_of(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& sets) {
-  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), sets.size(2)};
+Geometry geometry(const torch::Tensor& qh, const torch::Tensor& k, const torch::Tensor& sets,
+                  const torch::Tensor& lengths, const torch::Tensor& key_valid, const torch::Tensor& segments,
+                  bool causal, int64_t rows) {
+  Geometry m{qh.size(0), qh.size(2), qh.size(1), k.size(2), qh.size(3), sets.size(2), qh.size(1) / k.size(2), rows,
+             1.0 / std::sqrt(static_cast<double>(qh.size(3))), causal, {}, key_valid, segments, {}};
+  if (m.rows <= 0) m.rows = attention_query_block(m.r, m.t);
+  m.length.assign(static_cast<size_t>(m.b), m.t);
+  if (lengths.numel() > 0) {
+    torch::Tensor l = lengths.to(torch::kCPU, torch::kInt64).contiguous();
+    std::copy(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + m.b, m.length.begin());
+  }
+  if (causal) m.tri = torch::ones({m.rows, m.rows}, qh.options().dtype(torch::kBool)).tril();
+  return m;
+}
+
+// Sample bi's rows [i0, i1) of a (B, H, T, ...) tensor as (G, r n, ...) (a copy when n < T), and a view of
+// the same rows as (G, r, n, ...) to write into.
+torch::Tensor rows_of(const torch::Tensor& bhx, const Geometry& m, int64_t bi, int64_t i0, int64_t i1) {
+  torch::Tensor x = bhx[bi];
+  std::vector<int64_t> shape{m.g, m.r, m.t};
+  for (int64_t i = 2; i < x.dim(); ++i) shape.push_back(x.size(i));
+  return x.view(shape).slice(2, i0, i1);
+}
+torch::Tensor rows_flat(const torch::Tensor& bhx, const Geometry& m, int64_t bi, int64_t i0, int64_t i1) {
+  torch::Tensor x = rows_of(bhx, m, bi, i0, i1);
+  std::vector<int64_t> shape{m.g, m.r * (i1 - i0)};
+  for (int64_t i = 3; i < x.dim(); ++i) shape.push_back(x.size(i));
+  return x.reshape(shape);
+}
+// Sample bi's keys or values [0, kend) of (B, T, G, d) as (G, kend, d).
+torch::Tensor keys_of(const torch::Tensor& btgd, int64_t bi, int64_t kend) {
+  return btgd[bi].slice(0, 0, kend).permute({1, 0, 2});
+}
+
+// Sample bi's key sets [0, kend) as (G, kend, S), the same for every key/value head.
+torch::Tensor sets_of(const torch::Tensor& sets, const Geometry& m, int64_t bi, int64_t kend) {
+  return sets[bi].slice(0, 0, kend).unsqueeze(0).expand({m.g, kend, m.s});
+}
+
+// Probabilities P (G, r n, kend) in the wide type: exp(scores - lse), exact softmax rows, 0 at masked keys;
+// lse (G, r n) given, or computed (+inf for a row without an allowed key, whose P is then 0).
+torch::Tensor block_probs(const Geometry& m, const torch::Tensor& qb, const torch::Tensor& kb, int64_t bi, int64_t i0,
+                          int64_t i1, torch::ScalarType wide, torch::Tensor& lse) {
+  torch::Tensor s = block_mm(qb, kb.transpose(1, 2)).to(wide).mul_(m.scale);
+  m.mask_scores(s, bi, i0, i1, kb.size(1));
+  if (!lse.defined()) {
+    lse = torch::logsumexp(s, -1);
+    lse.masked_fill_(torch::isneginf(lse), std::numeric_limits<double>::infinity());
+  }
+  return s.sub_(lse.unsqueeze(-1)).exp_();
 }
 
 struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> {
-  // Blocks are (sample b, key/value head g): its r = H / G query heads, head-major, form one (r T, d)
-  // matrix Q_g, and P_g = P[b, g r .. g r + r) is one contiguous (r T, T) matrix, so every product below
-  // is one GEMM per block with r times the rows of a per-head one.
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, const torch::Tensor& bias, const torch::Tensor& allowed,
-                               bool empty_rows, const torch::Tensor& sets) {
-    const Dims n = dims_of(q, k, sets);
-    const int64_t rt = n.r() * n.t, ld_kv = n.g * n.d;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(n.d));
+                               const torch::Tensor& v, const torch::Tensor& sets, const torch::Tensor& lengths,
+                               const torch::Tensor& key_valid, const torch::Tensor& segments, bool causal, int64_t rows) {
+    const torch::ScalarType wide = wide_type(q.scalar_type());
+    AutocastScope explicit_types(MixedPrecision{q.device().type()});  // every dtype below is chosen here
     torch::Tensor qh = q.transpose(1, 2).contiguous();                 // (B, H, T, d)
-    torch::Tensor p = torch::empty({n.b, n.h, n.t, n.t}, q.options());  // (B, H, T, T)
-    torch::Tensor out = torch::empty({n.b, n.h, n.t, n.d}, q.options());
-    torch::Tensor mass = torch::empty({n.b, n.h, n.t, n.s}, q.options());
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_scores", [&] {
-      const scalar_t *qp = qh.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>();
-      scalar_t* pp = p.data_ptr<scalar_t>();
-      at::parallel_for(0, n.b * n.g, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {  // S_g = Q_g K_bg^T / sqrt(d)
-          const int64_t bi = i / n.g, gi = i % n.g;
-          gemm<scalar_t>(false, true, rt, n.t, n.d, static_cast<scalar_t>(scale), qp + i * rt * n.d, n.d,
-                         kp + (bi * n.t * n.g + gi) * n.d, ld_kv, 0, pp + i * rt * n.t, n.t);
-        }
-      });
+    const Geometry m = geometry(qh, k, sets, lengths, key_valid, segments, causal, rows);
+    torch::Tensor out = torch::zeros({m.b, m.h, m.t, m.d}, q.options());
+    torch::Tensor mass = torch::zeros({m.b, m.h, m.t, m.s}, q.options().dtype(wide));
+    torch::Tensor lse = torch::full({m.b, m.h, m.t}, std::numeric_limits<double>::infinity(), q.options().dtype(wide));
+    m.for_each_block(q.is_cpu(), false, [&](int64_t bi, int64_t i0, int64_t i1) {
+      const int64_t kend = m.key_end(bi, i1), n = i1 - i0;
+      if (kend == 0) return;  // no key at all: output and taps 0
+      torch::Tensor l;
+      torch::Tensor p = block_probs(m, rows_flat(qh, m, bi, i0, i1), keys_of(k, bi, kend), bi, i0, i1, wide, l);
+      rows_of(lse, m, bi, i0, i1).copy_(l.view({m.g, m.r, n}));
+      rows_of(out, m, bi, i0, i1).copy_(block_mm(p.to(v.scalar_type()), keys_of(v, bi, kend)).view({m.g, m.r, n, m.d}));
+      if (m.s > 0) rows_of(mass, m, bi, i0, i1).copy_(block_mm(p, sets_of(sets, m, bi, kend)).view({m.g, m.r, n, m.s}));
     });
-    // Masked scores become the lowest finite value (adding it absorbs any score), so masked keys get
-    // exactly 0 and a row without allowed keys is uniform, as a lowest-value masked_fill gives. One
-    // broadcast add is an order of magnitude faster than masked_fill with a broadcast mask.
-    if (bias.numel() > 0) p.add_(bias);
-    p = torch::softmax(p, -1);
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_core_out", [&] {
-      const scalar_t *pp = p.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>(), *sp = sets.data_ptr<scalar_t>();
-      scalar_t *op = out.data_ptr<scalar_t>(), *mp = mass.data_ptr<scalar_t>();
-      at::parallel_for(0, n.b * n.g, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {  // O_g = P_g V_bg; mass_g = P_g sets_b
-          const int64_t bi = i / n.g, gi = i % n.g;
-          const scalar_t* pg = pp + i * rt * n.t;
-          gemm<scalar_t>(false, false, rt, n.d, n.t, 1, pg, n.t, vp + (bi * n.t * n.g + gi) * n.d, ld_kv, 0,
-                         op + i * rt * n.d, n.d);
-          if (n.s > 0)
-            gemm<scalar_t>(false, false, rt, n.s, n.t, 1, pg, n.t, sp + bi * n.t * n.s, n.s, 0, mp + i * rt * n.s, n.s);
-        }
-      });
-    });
-    ctx->save_for_backward({qh, k, v, sets});
-    ctx->saved_data["p"] = p;
-    if (empty_rows) ctx->saved_data["allowed"] = allowed;
+    ctx->save_for_backward({qh, k, v, sets, lengths, key_valid, segments, lse});
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["rows"] = m.rows;
     return {out.transpose(1, 2).contiguous(), mass};  // out (B, T, H, d)
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const torch::Tensor &qh = saved[0], &k = saved[1], &v = saved[2], &sets = saved[3];
-    const torch::Tensor p = ctx->saved_data["p"].toTensor();
-    const int64_t b = k.size(0), t = k.size(1), g = k.size(2), d = k.size(3), h = qh.size(1), s = sets.size(2);
-    const int64_t rt = (h / g) * t, ld_kv = g * d;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    torch::Tensor d_out = grads[0].defined() ? grads[0].transpose(1, 2).contiguous() : torch::zeros_like(qh);  // (B, H, T, d)
-    torch::Tensor d_mass = grads[1].defined() && s > 0 ? grads[1].contiguous() : torch::Tensor();          // (B, H, T, S)
-    torch::Tensor d_p = torch::empty_like(p);
-    AT_DISPATCH_FLOATING_TYPES(qh.scalar_type(), "attention_core_dp", [&] {
-      const scalar_t *dop = d_out.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>(), *sp = sets.data_ptr<scalar_t>();
-      const scalar_t* dmp = d_mass.defined() ? d_mass.data_ptr<scalar_t>() : nullptr;
-      scalar_t* dpp = d_p.data_ptr<scalar_t>();
-      at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {  // dP_g = dO_g V_bg^T (+ dMass_g sets_b^T)
-          const int64_t bi = i / g, gi = i % g;
-          scalar_t* dpg = dpp + i * rt * t;
-          gemm<scalar_t>(false, true, rt, t, d, 1, dop + i * rt * d, d, vp + (bi * t * g + gi) * d, ld_kv, 0, dpg, t);
-          if (dmp) gemm<scalar_t>(false, true, rt, t, s, 1, dmp + i * rt * s, s, sp + bi * t * s, s, 1, dpg, t);
-        }
-      });
+    const torch::Tensor &qh = saved[0], &k = saved[1], &v = saved[2], &sets = saved[3], &lse = saved[7];
+    const torch::ScalarType low = qh.scalar_type(), wide = wide_type(low);
+    AutocastScope explicit_types(MixedPrecision{qh.device().type()});
+    const Geometry m = geometry(qh, k, sets, saved[4], saved[5], saved[6], ctx->saved_data["causal"].toBool(),
+                                ctx->saved_data["rows"].toInt());
+    torch::Tensor d_out = grads[0].defined() ? grads[0].to(low).transpose(1, 2).contiguous() : torch::zeros_like(qh);  // (B, H, T, d)
+    torch::Tensor d_mass = grads[1].defined() && m.s > 0 ? grads[1].to(wide).contiguous() : torch::Tensor();  // (B, H, T, S)
+    torch::Tensor dqh = torch::zeros_like(qh);
+    torch::Tensor dk = torch::zeros({m.b, m.g, m.t, m.d}, k.options().dtype(wide)), dv = torch::zeros_like(dk);
+    m.for_each_block(qh.is_cpu(), true, [&](int64_t bi, int64_t i0, int64_t i1) {
+      const int64_t kend = m.key_end(bi, i1), n = i1 - i0;
+      if (kend == 0) return;
+      torch::Tensor qb = rows_flat(qh, m, bi, i0, i1), kb = keys_of(k, bi, kend), vb = keys_of(v, bi, kend);
+      torch::Tensor l = rows_flat(lse, m, bi, i0, i1);
+      torch::Tensor p = block_probs(m, qb, kb, bi, i0, i1, wide, l);                 // (G, r n, kend)
+      torch::Tensor dob = rows_flat(d_out, m, bi, i0, i1);                          // (G, r n, d)
+      torch::Tensor dp = block_mm(dob, vb.transpose(1, 2)).to(wide);
+      if (d_mass.defined()) dp.add_(block_mm(rows_flat(d_mass, m, bi, i0, i1), sets_of(sets, m, bi, kend).transpose(1, 2)));
+      // dS = P * (dP - rowsum(P * dP)) / sqrt(d): zero at masked keys and in empty rows, where P is.
+      torch::Tensor ds = (p * (dp - (p * dp).sum(-1, true))).mul_(m.scale).to(low);
+      rows_of(dqh, m, bi, i0, i1).copy_(block_mm(ds, kb).view({m.g, m.r, n, m.d}));           // dQ = dS K
+      dk[bi].slice(1, 0, kend).add_(block_mm(ds.transpose(1, 2), qb).to(wide));               // dK += dS^T Q
+      dv[bi].slice(1, 0, kend).add_(block_mm(p.to(low).transpose(1, 2), dob).to(wide));       // dV += P^T dO
     });
-    // dS = P * (dP - rowsum(dP * P)); masked scores get no gradient (as masked_fill's backward). Where a
-    // row has an allowed key, P (and so dS) is already exactly 0 at masked keys.
-    torch::Tensor d_s = torch::_softmax_backward_data(d_p, p, -1, p.scalar_type());
-    if (ctx->saved_data.count("allowed")) d_s.masked_fill_(~ctx->saved_data["allowed"].toTensor(), 0);
-    torch::Tensor dqh = torch::empty_like(qh), dk = torch::empty_like(k), dv = torch::empty_like(v);
-    AT_DISPATCH_FLOATING_TYPES(qh.scalar_type(), "attention_core_dqkv", [&] {
-      const scalar_t *qp = qh.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *pp = p.data_ptr<scalar_t>();
-      const scalar_t *dsp = d_s.data_ptr<scalar_t>(), *dop = d_out.data_ptr<scalar_t>();
-      scalar_t *dqp = dqh.data_ptr<scalar_t>(), *dkp = dk.data_ptr<scalar_t>(), *dvp = dv.data_ptr<scalar_t>();
-      const auto sc = static_cast<scalar_t>(scale);
-      at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t bi = i / g, gi = i % g, kv = (bi * t * g + gi) * d;
-          const scalar_t *dsg = dsp + i * rt * t, *pg = pp + i * rt * t;
-          gemm<scalar_t>(false, false, rt, d, t, sc, dsg, t, kp + kv, ld_kv, 0, dqp + i * rt * d, d);         // dQ_g = dS_g K
-          gemm<scalar_t>(true, false, t, d, rt, sc, dsg, t, qp + i * rt * d, d, 0, dkp + kv, ld_kv);         // dK = dS_g^T Q_g
-          gemm<scalar_t>(true, false, t, d, rt, 1, pg, t, dop + i * rt * d, d, 0, dvp + kv, ld_kv);          // dV = P_g^T dO_g
-        }
-      });
-    });
-    return {dqh.transpose(1, 2).contiguous(), dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
-  }
-};
-
-// bf16 q, k, v (mixed precision): the same products as batched bf16 GEMMs over the (sample, key/value head)
-// blocks (oneDNN through LibTorch, fast with AVX512-BF16), the softmax, its statistics, P and the taps in
-// float32. Autocast is off inside: every dtype below is chosen here.
-struct AttentionCoreBf16Function : torch::autograd::Function<AttentionCoreBf16Function> {
-  static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, const torch::Tensor& bias, const torch::Tensor& allowed,
-                               bool empty_rows, const torch::Tensor& sets) {
-    AutocastScope explicit_types(MixedPrecision{q.device().type()});
-    const Dims n = dims_of(q, k, sets);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(n.d));
-    torch::Tensor qg = q.transpose(1, 2).contiguous().view({n.b, n.g, n.r() * n.t, n.d});  // (B, G, rT, d)
-    torch::Tensor kg = k.permute({0, 2, 1, 3}), vg = v.permute({0, 2, 1, 3});            // (B, G, T, d)
-    torch::Tensor p = torch::matmul(qg, kg.transpose(-1, -2)).to(torch::kFloat32).mul_(scale);  // (B, G, rT, T)
-    p = p.view({n.b, n.h, n.t, n.t});
-    if (bias.numel() > 0) p.add_(bias);
-    p = torch::softmax(p, -1);                                                              // (B, H, T, T) float32
-    torch::Tensor pg = p.view({n.b, n.g, n.r() * n.t, n.t});
-    torch::Tensor out = torch::matmul(pg.to(q.scalar_type()), vg).view({n.b, n.h, n.t, n.d});  // bf16
-    torch::Tensor mass = torch::matmul(p, sets.unsqueeze(1));                               // (B, H, T, S) float32
-    ctx->save_for_backward({qg, k, v, sets});
-    ctx->saved_data["p"] = p;
-    if (empty_rows) ctx->saved_data["allowed"] = allowed;
-    return {out.transpose(1, 2).contiguous(), mass};  // out (B, T, H, d)
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const torch::Tensor &qg = saved[0], &k = saved[1], &v = saved[2], &sets = saved[3];
-    AutocastScope explicit_types(MixedPrecision{qg.device().type()});
-    const torch::Tensor p = ctx->saved_data["p"].toTensor();  // (B, H, T, T) float32
-    const int64_t b = k.size(0), t = k.size(1), g = k.size(2), d = k.size(3), h = p.size(1), rt = (h / g) * t;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    const auto low = qg.scalar_type();
-    torch::Tensor kg = k.permute({0, 2, 1, 3}), vg = v.permute({0, 2, 1, 3});  // (B, G, T, d)
-    torch::Tensor d_out = grads[0].defined() ? grads[0].to(low).transpose(1, 2).contiguous().view({b, g, rt, d})
-                                             : torch::zeros_like(qg);                       // (B, G, rT, d)
-    torch::Tensor d_p = torch::matmul(d_out, vg.transpose(-1, -2)).to(torch::kFloat32).view({b, h, t, t});
-    if (grads[1].defined() && sets.size(2) > 0) d_p.add_(torch::matmul(grads[1].to(torch::kFloat32), sets.transpose(1, 2).unsqueeze(1)));
-    torch::Tensor d_s = torch::_softmax_backward_data(d_p, p, -1, torch::kFloat32).mul_(scale);
-    if (ctx->saved_data.count("allowed")) d_s.masked_fill_(~ctx->saved_data["allowed"].toTensor(), 0);
-    torch::Tensor dsg = d_s.to(low).view({b, g, rt, t});
-    torch::Tensor dq = torch::matmul(dsg, kg).view({b, h, t, d}).transpose(1, 2).contiguous();   // (B, T, H, d)
-    torch::Tensor dk = torch::matmul(dsg.transpose(-1, -2), qg).permute({0, 2, 1, 3}).contiguous();  // (B, T, G, d)
-    torch::Tensor dv = torch::matmul(p.view({b, g, rt, t}).to(low).transpose(-1, -2), d_out).permute({0, 2, 1, 3}).contiguous();
-    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dqh.transpose(1, 2).contiguous(), dk.transpose(1, 2).to(low).contiguous(), dv.transpose(1, 2).to(low).contiguous(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
-bool attention_core_supported(const torch::Tensor& q) {
-  const auto t = q.scalar_type();
-  return q.device().is_cpu() && (t == torch::kFloat32 || t == torch::kFloat64 || t == torch::kBFloat16);
+torch::Tensor AttentionMask::dense(int64_t batch, int64_t tokens, torch::Device device) const {
+  auto opts = torch::TensorOptions().dtype(torch::kBool).device(device);
+  torch::Tensor a = torch::ones({batch, 1, tokens, tokens}, opts);
+  if (causal) a = a & torch::ones({tokens, tokens}, opts).tril();
+  if (key_valid.defined()) a = a & key_valid.to(torch::kBool).view({batch, 1, 1, tokens});
+  if (segments.defined()) a = a & (segments.unsqueeze(2) == segments.unsqueeze(1)).unsqueeze(1);
+  return a;
 }
 
-AttentionMask make_attention_mask(const torch::Tensor& allowed, torch::ScalarType dtype) {
-  TORCH_CHECK(allowed.dim() == 4 && allowed.size(1) == 1 && allowed.size(2) == allowed.size(3) &&
-                  allowed.scalar_type() == torch::kBool,
-              "make_attention_mask expects allowed (B, 1, T, T) bool, got ", allowed.sizes(), " ", allowed.scalar_type());
-  const bool f64 = dtype == torch::kFloat64;  // float32 otherwise: bf16 scores are added to it in float32
-  const double lowest = f64 ? std::numeric_limits<double>::lowest() : static_cast<double>(std::numeric_limits<float>::lowest());
-  torch::Tensor bias = torch::zeros(allowed.sizes(), allowed.options().dtype(f64 ? torch::kFloat64 : torch::kFloat32))
-                           .masked_fill_(~allowed, lowest);
-  return {allowed.contiguous(), bias, !allowed.any(-1).all().item<bool>()};
+bool attention_core_supported(const torch::Tensor& q) {
+  const auto t = q.scalar_type();
+  return t == torch::kFloat32 || t == torch::kFloat64 || t == torch::kBFloat16;
+}
+
+int64_t attention_query_block(int64_t r, int64_t t) {
+  constexpr int64_t kBudget = int64_t{1} << 20;  // score values per block
+  if (r * t * t <= kBudget) return std::max<int64_t>(t, 1);
+  return std::max<int64_t>(16, kBudget / std::max<int64_t>(r * t, 1));
 }
 
 AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   const AttentionMask& mask, const torch::Tensor& sets) {
-  TORCH_CHECK(attention_core_supported(q), "attention_core needs CPU float32/float64/bfloat16 tensors, got ", q.options());
-  const bool bf16 = q.scalar_type() == torch::kBFloat16;
-  const torch::ScalarType wide = wide_type(q.scalar_type());  // mask, sets, P and mass
+                                   const AttentionMask& mask, const torch::Tensor& sets, int64_t query_block) {
+  TORCH_CHECK(attention_core_supported(q), "attention_core needs float32/float64/bfloat16 tensors, got ", q.options());
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && k.size(0) == q.size(0) &&
                   k.size(1) == q.size(1) && k.size(3) == q.size(3) && q.size(2) % k.size(2) == 0,
               "attention_core expects q (B, T, H, d) and k, v (B, T, G, d) with H % G == 0, got ", q.sizes(), ", ",
               k.sizes(), ", ", v.sizes());
   const int64_t b = q.size(0), t = q.size(1);
-  if (mask.allowed.defined())
-    TORCH_CHECK(mask.allowed.size(0) == b && mask.allowed.size(2) == t && mask.bias.scalar_type() == wide,
-                "attention_core: mask (", mask.allowed.sizes(), ", ", mask.bias.scalar_type(), ") does not fit q ",
-                q.sizes(), " ", q.scalar_type());
-  torch::Tensor s = sets.defined() ? sets.to(wide).contiguous() : torch::zeros({b, t, 0}, q.options().dtype(wide));
+  const torch::ScalarType wide = wide_type(q.scalar_type());  // sets, the softmax statistics and the taps
+  auto o = q.options();
+  for (const auto* x : {&mask.key_valid, &mask.segments})
+    TORCH_CHECK(!x->defined() || x->sizes() == torch::IntArrayRef({b, t}),
+                "attention_core: mask key_valid and segments must be (B, T) = (", b, ", ", t, "), got ", x->sizes());
+  // Validity that is a prefix of each sample (right padding) becomes lengths: keys past them are never read.
+  torch::Tensor lengths = torch::empty({0}, o.dtype(torch::kInt64)), valid = torch::empty({0}, o.dtype(torch::kBool));
+  if (mask.key_valid.defined()) {
+    valid = mask.key_valid.to(o.dtype(torch::kBool)).contiguous();
+    torch::Tensor count = valid.sum(1);  // (B)
+    if (torch::equal(valid, torch::arange(t, o.dtype(torch::kInt64)).unsqueeze(0) < count.unsqueeze(1)))
+      lengths = count, valid = torch::empty({0}, o.dtype(torch::kBool));
+  }
+  torch::Tensor segments = mask.segments.defined() ? mask.segments.to(o.dtype(torch::kInt64)).contiguous()
+                                                   : torch::empty({0}, o.dtype(torch::kInt64));
+  torch::Tensor s = sets.defined() ? sets.to(o.dtype(wide)).contiguous() : torch::zeros({b, t, 0}, o.dtype(wide));
   TORCH_CHECK(s.dim() == 3 && s.size(0) == b && s.size(1) == t, "attention_core expects sets (B, T, S), got ", s.sizes());
-  // Custom functions take defined tensors only: an empty bias means "no mask".
-  const bool masked = mask.allowed.defined();
-  torch::Tensor bias = masked ? mask.bias : torch::empty({0}, q.options().dtype(wide));
-  torch::Tensor allowed = masked ? mask.allowed : torch::empty({0}, q.options().dtype(torch::kBool));
-  auto outs = bf16 ? AttentionCoreBf16Function::apply(q, k.to(q.scalar_type()).contiguous(),
-                                                      v.to(q.scalar_type()).contiguous(), bias, allowed, mask.empty_rows, s)
-                   : AttentionCoreFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(), bias, allowed,
-                                                  mask.empty_rows, s);
+  TORCH_CHECK(query_block >= 0, "attention_core: query_block must be >= 0, got ", query_block);
+  auto outs = AttentionCoreFunction::apply(q, k.to(q.scalar_type()).contiguous(), v.to(q.scalar_type()).contiguous(), s,
+                                           lengths, valid, segments, mask.causal, query_block);
   return {outs[0], outs[1]};
 }
 

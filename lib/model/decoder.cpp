@@ -16,7 +16,6 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
               "attention_mask and visual_mask must both be (B, T), got ", attention_mask.sizes(), " and ",
               visual_mask.sizes());
   const int64_t t = attention_mask.size(1);
-  const auto dev = attention_mask.device();
   DecoderContext ctx;
   torch::Tensor real = attention_mask.to(torch::kBool);
   ctx.visual_mask = visual_mask.to(torch::kBool) & real;
@@ -37,10 +36,7 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
   } else {
     std::tie(ctx.cos, ctx.sin) = rope_tables(s, (real.to(torch::kInt64).cumsum(1) - 1).clamp_min(0), dtype);
   }
-  torch::ScalarType table_type = ctx.cos.scalar_type();
-
-  torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(dev)).tril();
-  ctx.mask = make_attention_mask((causal.unsqueeze(0) & real.unsqueeze(1)).unsqueeze(1), table_type);  // (B, 1, T, T)
+  ctx.mask = {true, real, {}};  // causal, padding keys excluded
 
   torch::Tensor counts = ctx.visual_mask.sum(1);  // (B): may differ between samples (Qwen: any image size)
   const int64_t nv = counts.numel() ? counts.max().item<int64_t>() : 0;
@@ -148,7 +144,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   };
   if (aligner) k = aligner(k.transpose(1, 2), v.transpose(1, 2), ctx).transpose(1, 2);  // on (B, G, T, d)
   if (cache) *cache = {k, v};
-  if (!request.probs_to_visual && !request.full_probs && attention_core_supported(q)) {
+  // Blockwise attention (no T x T) unless this layer's tap must return per-key probabilities.
+  if (!(tap && (request.probs_to_visual || request.full_probs)) && attention_core_supported(q)) {
     AttentionCoreOutput core = attention_core(q, k, v, ctx.mask, sets);
     if (tap) fill_tap(core.mass);
     return o_proj(core.out.view({b, t, heads * head_dim}));  // (B, T, D)
@@ -163,7 +160,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   scores = scores.to(wide);
   // Masked scores take the lowest finite value (not -inf), so no row of P is ever NaN.
   double lowest = wide == torch::kFloat64 ? std::numeric_limits<double>::lowest() : std::numeric_limits<float>::lowest();
-  torch::Tensor p = torch::softmax(scores.masked_fill(~ctx.mask.allowed, lowest), -1);  // (B, H, T, T)
+  torch::Tensor allowed = ctx.mask.dense(b, t, scores.device());                             // (B, 1, T, T)
+  torch::Tensor p = torch::softmax(scores.masked_fill(~allowed, lowest), -1);                // (B, H, T, T)
   if (tap) {
     AutocastScope wide_taps(MixedPrecision{p.device().type()});  // taps stay float32 under mixed precision
     fill_tap(torch::matmul(p, sets.unsqueeze(1)));                // (B, H, T, 1+K)

@@ -1,4 +1,4 @@
-// LLaMA decoder (`language_model`) with eager attention that can report, for chosen layers, how much
+// LLaMA decoder (`language_model`) whose attention runs blockwise (attention_core: no T x T) and can report, for chosen layers, how much
 // attention each query puts on image tokens, and with MODA's optional duplex aligner on visual keys.
 //
 // Letters: B batch, T tokens, D width, H query heads, G key/value heads, d head dim, V vocab, Nv image
@@ -48,7 +48,7 @@ struct LayerTap {
 // Per-forward masks and tables shared by all layers (built once per forward).
 struct DecoderContext {
   torch::Tensor cos, sin;         // (B, T, 1, d) RoPE tables at positions cumsum(mask)-1
-  AttentionMask mask;             // (B, 1, T, T): causal and key not padding
+  AttentionMask mask;             // causal, padding keys excluded (O(T): key_valid (B, T))
   torch::Tensor visual_mask;      // (B, T) bool
   torch::Tensor text_mask;        // (B, T) bool: the aligner's text keys: real, non-image prompt tokens
   torch::Tensor visual_index;     // (B, Nv) int64 positions of image tokens (0 past a sample's count)
