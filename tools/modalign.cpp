@@ -1,5 +1,6 @@
 // The `modalign` command: parses the command line and calls one library function per subcommand.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 
 #include <cstdio>
 #include <cstdlib>
@@ -81,6 +82,18 @@ struct PlanArgs {
 // The memory a run needs per rank, from the config alone (no weights are read).
 int run_plan(const ConfigArgs& args, const PlanArgs& p) {
   modalign::RunConfig config = modalign::load_run_config(args.files, args.overrides);
+  // A preset named on the command line is enough to plan: it wins over a model.hf_config of the files (which
+  // may not be downloaded yet). The plan says which shapes it used.
+  const bool preset_named = std::any_of(args.overrides.begin(), args.overrides.end(),
+                                        [](const std::string& o) { return o.rfind("model.preset=", 0) == 0; });
+  if (preset_named && !config.model.hf_config.empty()) {
+    std::printf("shapes: preset %s (named on the command line; model.hf_config %s not read)\n",
+                config.model.preset.c_str(), config.model.hf_config.c_str());
+    config.model.hf_config.clear();
+  } else {
+    std::printf("shapes: %s\n", config.model.hf_config.empty() ? ("preset " + config.model.preset).c_str()
+                                                               : ("model.hf_config " + config.model.hf_config).c_str());
+  }
   const modalign::ModelShapes shapes = modalign::shapes_from_config(config.model);
   const int64_t nproc = p.nproc > 0 ? p.nproc : config.distributed.nproc;
   const modalign::MemoryPlan plan = modalign::plan_memory(config, shapes, p.seq_len, p.image_tokens, nproc);

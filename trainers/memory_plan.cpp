@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "losses/layer_spec.h"
+
 namespace modalign {
 namespace {
 
@@ -13,7 +15,7 @@ int64_t bytes_of(Dtype d) { return d == Dtype::Float64 ? 8 : d == Dtype::BFloat1
 // Bytes a block keeps for its backward pass, per token (what the fused kernels and linear layers save): the
 // input and the residual (2 D, in the residual stream's dtype), both norms' outputs, q, k, v, the attention
 // output, and the gated MLP's gate, up, gate activation and product (4 D + 2 kv + 4 I, in the matmuls' dtype:
-// bf16 under train.bf16). The attention probabilities come on top (attention_probs).
+// bf16 under train.bf16). Attention's own (a log-sum-exp per head, or probabilities) come on top.
 double saved_per_token(int64_t width, int64_t kv_width, int64_t intermediate, double residual, double matmul) {
   return residual * static_cast<double>(2 * width) + matmul * static_cast<double>(4 * width + 2 * kv_width + 4 * intermediate);
 }
@@ -50,7 +52,7 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
                     (sharded ? static_cast<double>(nproc + 1) * (16 << 20) : 0);
   p.weight_casts = t.bf16 ? 2.0 * static_cast<double>(p.counts.total() + p.lora) : 0;  // autocast's cache
   const double matmul = t.bf16 ? 2.0 : value;  // bytes of what the matmuls produce and save
-  const double prob = config.model.dtype == Dtype::Float64 ? 8.0 : 4.0;  // P is float32 for bf16 too
+  const double prob = config.model.dtype == Dtype::Float64 ? 8.0 : 4.0;  // softmax statistics: float32 for bf16 too
   p.process = 200.0 * 1024 * 1024;
 
   // Tokens: decoder positions per sample, and the tower's tokens per image (one image per sample).
@@ -67,37 +69,31 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
 
   // Decoder (whatever trains lies before or in it, so gradients always cross it): every layer's saved
   // values, or with checkpointing every layer's input; the embeddings and the final norm's input once each.
-  // A frozen decoder keeps a little less (its linear inputs); not modelled.
-  // One layer's bytes: its values, and its probabilities (B x H x T x T).
+  // A frozen decoder keeps a little less (its linear inputs); not modelled. Attention keeps one log-sum-exp
+  // per (query, head) (attention_core, blockwise); only the layers whose per-image-key probabilities
+  // attention_kl reads keep B x H x T x T (eager attention).
+  int64_t prob_layers = 0;
+  for (const auto& e : config.losses)
+    if (e.name == "attention_kl")
+      prob_layers = std::max<int64_t>(prob_layers, static_cast<int64_t>(resolve_layers(e.attention_kl.layers, x.num_hidden_layers).size()));
   const double probs = prob * static_cast<double>(p.batch * x.num_attention_heads) * static_cast<double>(p.seq_len * p.seq_len);
-  const double layer = tokens * saved_per_token(d, kv, inter, value, matmul) + probs;
+  const double lse = prob * static_cast<double>(x.num_attention_heads);  // per token
+  const double layer = tokens * (saved_per_token(d, kv, inter, value, matmul) + lse) + (prob_layers > 0 ? probs : 0);
   const double layers = static_cast<double>(x.num_hidden_layers);
-  double text = value * tokens * 2 * d + layers * layer, text_ckpt = value * tokens * (2 * d + layers * d);
-  p.attention_probs = layers * probs;
-  // Vision tower, when it trains: the same with its own widths (a frozen tower runs without autograd);
-  // Qwen's windowed blocks attend within windows of (window_size / patch_size)^2 patches.
+  p.attention_probs = static_cast<double>(prob_layers) * probs;
+  double text = value * tokens * 2 * d + layers * (layer - (prob_layers > 0 ? probs : 0)) + p.attention_probs;
+  double text_ckpt = value * tokens * (2 * d + layers * d);
+  // Vision tower, when it trains: the same with its own widths and its attention blockwise too (a frozen
+  // tower runs without autograd).
   double vision = 0, vision_ckpt = 0, vision_layer = 0;
   if (!t.freeze_vision_tower) {
     const int64_t vd = s.is_qwen() ? s.qwen_vision.hidden_size : s.vision.hidden_size;
     const int64_t vi = s.is_qwen() ? s.qwen_vision.intermediate_size : s.vision.intermediate_size;
     const int64_t heads = s.is_qwen() ? s.qwen_vision.num_heads : s.vision.num_attention_heads;
-    const double vt = static_cast<double>(p.vision_tokens);
-    const double full = prob * static_cast<double>(p.batch * heads) * vt * vt;
-    double vision_probs = 0;
-    if (s.is_qwen()) {
-      const auto& q = s.qwen_vision;
-      const double window = q.window_size > 0 ? std::pow(static_cast<double>(q.window_size / q.patch_size), 2) : vt;
-      const double full_blocks = q.window_size > 0 ? static_cast<double>(q.fullatt_block_indexes.size()) : static_cast<double>(q.depth);
-      vision_probs = full_blocks * full + (static_cast<double>(q.depth) - full_blocks) * full * std::min(1.0, window / vt);
-    } else {
-      vision_probs = static_cast<double>(s.vision_layers_used()) * full;
-    }
     const double vl = s.is_qwen() ? static_cast<double>(s.qwen_vision.depth) : static_cast<double>(s.vision_layers_used());
-    const double vision_values = vision_tokens * saved_per_token(vd, vd, vi, value, matmul);  // one block's
-    vision_layer = vision_values + full;
-    vision = vl * vision_values + vision_probs;
+    vision_layer = vision_tokens * (saved_per_token(vd, vd, vi, value, matmul) + prob * static_cast<double>(heads));
+    vision = vl * vision_layer;
     vision_ckpt = value * vision_tokens * vl * static_cast<double>(vd);
-    p.attention_probs += vision_probs;
   }
   // The backward pass's working set, one block at a time: the gradients flowing through the largest block
   // (about two of its saved sets), and with checkpointing that block recomputed as well.
@@ -127,7 +123,8 @@ std::string format_plan(const MemoryPlan& p, const RunConfig& config, int64_t np
   if (t.bf16) out += fmt::format("  {:<34}{:>12}\n", "bf16 weight copies (train.bf16)", gib(p.weight_casts));
   if (nproc > 1) out += fmt::format("  {:<34}{:>12}\n", "data-parallel buffers", gib(p.collectives));
   out += fmt::format("  {:<34}{:>12}\n", "activations", gib(p.activations));
-  out += fmt::format("  {:<34}{:>12}\n", "  of which attention probabilities", gib(p.attention_probs));
+  if (p.attention_probs > 0)  // attention is blockwise elsewhere: no T x T
+    out += fmt::format("  {:<34}{:>12}\n", "  of which probabilities (attention_kl)", gib(p.attention_probs));
   out += fmt::format("  {:<34}{:>12}\n", "  with gradient_checkpointing", gib(p.activations_checkpointed));
   out += fmt::format("  {:<34}{:>12}\n", "LibTorch, BLAS, loader", gib(p.process));
   out += fmt::format("  {:<34}{:>12}   ({} with checkpointing)\n", "total", gib(p.total(false)), gib(p.total(true)));

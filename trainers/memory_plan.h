@@ -1,7 +1,9 @@
 // Per-rank memory of a training run from its config alone (no weights read, so it works for 7B shapes on
 // a laptop): weights, gradients, AdamW state, the bf16 weight copies of mixed precision (train.bf16: the
 // float32 weights are the master copy, autocast casts them per forward) and an activation estimate with and
-// without activation checkpointing, attention probabilities (B x heads x T^2 per layer) shown apart. What `modalign plan` prints. Freezing is modelled by the module flags and LoRA
+// without activation checkpointing. Attention is blockwise (one log-sum-exp per query and head, linear in T);
+// only the decoder layers attention_kl taps keep probabilities (B x heads x T^2 each), shown apart. What
+// `modalign plan` prints. Freezing is modelled by the module flags and LoRA
 // by `all-linear` adapters; freeze_regex / trainable_regex are not (the plan says so).
 #pragma once
 #include <cstdint>
@@ -19,7 +21,7 @@ struct MemoryPlan {
   int64_t batch = 0, seq_len = 0, image_tokens = 0, vision_tokens = 0;  // per sample; vision: the tower's tokens
   // Bytes per rank.
   double weights = 0, gradients = 0, optimizer = 0, weight_casts = 0, activations = 0, activations_checkpointed = 0;
-  double attention_probs = 0;  // the part of `activations` that is attention probabilities
+  double attention_probs = 0;  // the part of `activations` that is attention probabilities (attention_kl's layers)
   double collectives = 0;      // data parallel: the gradient buckets in flight (and ZeRO-1's gather rounds)
   double process = 0;          // LibTorch, BLAS and loader buffers: a constant measured on this project's builds
   double total(bool checkpointing) const {

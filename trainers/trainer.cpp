@@ -12,6 +12,7 @@
 
 #include "lib/config/config_loader.h"
 #include "lib/io/weights.h"
+#include "lib/util/cpu_features.h"
 #include "trainers/components.h"
 #include "trainers/stop_signal.h"
 
@@ -285,6 +286,10 @@ void Trainer::prepare() {
   spdlog::info("training {} of {} parameter tensors for {} steps (batch {} x {} accumulation x {} processes), {} threads",
                trainable.size(), model_->named_parameters().size(), total_steps(), t.per_device_train_batch_size,
                t.gradient_accumulation_steps, dp_ ? dp_->world_size() : 1, torch::get_num_threads());
+  if (t.bf16 && config_.model.device == DeviceKind::Cpu && leader()) {  // before step 1, not 20x slower in silence
+    const Bf16Check bf16 = check_cpu_bf16();
+    if (!bf16.native) spdlog::warn("{}", bf16.message);
+  }
 }
 
 void Trainer::log_step(const StepStats& s, double seconds, double elapsed, int64_t first_step, bool bar) {

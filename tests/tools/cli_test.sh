@@ -104,6 +104,10 @@ check plan-7b 0 '^parameters: 8312351744 \(vision tower 631975680, projector 445
 check plan-fits-with-checkpointing 0 'fits in 24 GiB per rank as configured \(gradient_checkpointing: false\): no; with gradient_checkpointing: true it would' \
   "$bin" plan -c "$tmp/plan7b.yaml" --memory-gib 24
 check plan-too-small 0 'fits in 8 GiB per rank as configured \(gradient_checkpointing: false\): no$' "$bin" plan -c "$tmp/plan7b.yaml" --memory-gib 8
+# A preset named on the command line is enough to plan before the checkpoint exists (llava_stage2.yaml names an
+# hf_config under ../models that is not there), and the plan says which shapes it used.
+check plan-preset-wins 0 '^shapes: preset llava-1.5-7b \(named on the command line; model.hf_config .*not read\)' \
+  "$bin" plan -c "$src/configs/llava_stage2.yaml" --set model.preset=llava-1.5-7b
 # tokenize with the fixture's SentencePiece model: --add-special puts BOS (1) first; the ids decode back.
 check tokenize-spm 0 '^1 [0-9 ]+$' "$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?' --add-special
 ids=$("$bin" tokenize --tokenizer "$tmp/data/tokenizer.model" --text 'What colour is the circle?')
