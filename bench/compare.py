@@ -108,6 +108,19 @@ def decoder_flops(t, frozen, b, seq):
     return (dec + head) * lm
 
 
+def native_bf16():
+    """The rule of lib/util/cpu_features: a bf16 dot-product flag on a flags (x86) or Features (aarch64) line."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.startswith(("flags", "Features")) and {"avx512_bf16", "amx_bf16", "bf16"} & set(value.split()):
+            return True
+    return False
+
+
 def summary(xs):
     return statistics.median(xs), min(xs), max(xs)
 
@@ -118,7 +131,13 @@ def main():
     ap.add_argument("--bf16-presets", nargs="*", default=["demo", "small"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--build", default="build")
+    ap.add_argument("--bf16-anyway", action="store_true",
+                    help="run the bf16 rows on a CPU without native bf16 too (20-30x slower there)")
     args = ap.parse_args()
+    if args.bf16_presets and not native_bf16() and not args.bf16_anyway:
+        print("bf16 rows skipped: /proc/cpuinfo lists no avx512_bf16, amx_bf16 or bf16, so LibTorch's bf16 products "
+              "run far slower than float32 here (--bf16-anyway to measure them)", flush=True)
+        args.bf16_presets = []
     bench = os.path.join(args.build, "bench", "step_bench")
     out_dir = os.path.join(args.build, "bench")
     gemm_start = run_json([bench, "gemm", "--threads", "2"])["gflops"]
