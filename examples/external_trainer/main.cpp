@@ -8,6 +8,7 @@
 
 #include "losses/attention_stats.h"
 #include "losses/loss_composer.h"
+#include "training_loss.h"
 
 namespace {
 
@@ -63,6 +64,10 @@ int main() {
     modalign::AttentionStats stats = modalign::stats_from_probs({0}, {probs}, labels, torch::ones({b, t}), visual);
     auto terms = composer.compute(logits, stats);
     torch::Tensor loss = modalign::LossComposer::total(terms);
+    // The README's function (training_loss.cpp) computes the same loss from the same tensors.
+    const double readme = training_loss(logits, {probs}, labels, torch::ones({b, t}), visual, 1).item<double>();
+    if (std::abs(readme - loss.item<double>()) > 1e-6 * std::abs(loss.item<double>()))
+      return std::fprintf(stderr, "README's training_loss %.8f != %.8f\n", readme, loss.item<double>()), 1;
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
