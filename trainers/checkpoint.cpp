@@ -66,6 +66,11 @@ void set_cpu_rng_state(const std::vector<uint8_t>& bytes) {
   generator.set_state(state);
 }
 
+void TrainerState::record_loss(double loss) {
+  losses.push_back(loss);
+  if (losses.size() > kLossHistory) losses.erase(losses.begin(), losses.end() - static_cast<std::ptrdiff_t>(kLossHistory));
+}
+
 nlohmann::json TrainerState::to_json() const {
   return {{"step", step},
           {"epoch", cursor.epoch},

@@ -20,12 +20,16 @@ struct TrainerState {
   int64_t step = 0;
   DataCursor cursor;  // the next batch
   int64_t skipped_samples = 0, nonfinite_total = 0, nonfinite_streak = 0;
-  std::vector<double> losses;  // total loss per optimizer step so far
+  std::vector<double> losses;  // total loss of the last kLossHistory optimizer steps (all of them: metrics.jsonl)
   int64_t seed = 0;
   int64_t global_batch = 0;  // samples per optimizer step, all processes (a resume must keep it)
   std::vector<uint8_t> cpu_rng_state;  // LibTorch's default CPU generator (dropout)
   std::string run_id;  // made at a fresh start, kept by resumes: which checkpoints a run may prune
 
+  static constexpr size_t kLossHistory = 1000;  // trainer_state.json stays small however long the run
+
+  // Appends one step's loss, dropping the oldest beyond kLossHistory.
+  void record_loss(double loss);
   nlohmann::json to_json() const;
   // Throws std::runtime_error naming `where` (the file) and the missing or malformed key.
   static TrainerState from_json(const nlohmann::json& j, const std::string& where);

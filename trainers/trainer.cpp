@@ -324,7 +324,7 @@ TrainResult Trainer::train() {
     const auto t0 = std::chrono::steady_clock::now();
     StepStats s = train_step();
     ++state_.step;
-    state_.losses.push_back(s.loss);
+    state_.record_loss(s.loss);
     const auto now = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(now - t0).count();
     result.step_seconds.push_back(seconds);

@@ -28,7 +28,7 @@ namespace modalign {
 struct TrainResult {
   int64_t steps = 0;
   std::string checkpoint;        // last checkpoint written
-  std::vector<double> losses;    // total loss per optimizer step (this run and the resumed past)
+  std::vector<double> losses;    // total loss per optimizer step (this run and up to 1,000 of the resumed past)
   std::vector<double> step_seconds;  // wall time of each optimizer step of this run (data, forward, backward, update)
   std::vector<int64_t> step_tokens;  // real (unpadded) tokens of each step of this run, all processes
   int64_t skipped_samples = 0;

@@ -580,6 +580,20 @@ TEST(Checkpoint, HalfWrittenCheckpointsAreNeverPickedUp) {
                                          {"step-000004/trainer_state.json: 'data_cursor/batch' is missing or malformed"});
 }
 
+TEST(Checkpoint, LossHistoryStaysBounded) {
+  // trainer_state.json keeps the last kLossHistory steps' losses, oldest dropped first.
+  TrainerState state;
+  const size_t n = TrainerState::kLossHistory + 5;
+  for (size_t i = 0; i < n; ++i) state.record_loss(static_cast<double>(i));
+  ASSERT_EQ(state.losses.size(), TrainerState::kLossHistory);
+  EXPECT_EQ(state.losses.front(), 5.0);
+  EXPECT_EQ(state.losses.back(), static_cast<double>(n - 1));
+  TrainerState few;
+  few.record_loss(2.5);
+  few.record_loss(1.5);
+  EXPECT_EQ(few.losses, (std::vector<double>{2.5, 1.5}));
+}
+
 TEST(Optimizer, ScheduleValues) {
   TrainConfig c;
   c.warmup_steps = 10;
