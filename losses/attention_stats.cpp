@@ -33,6 +33,17 @@ LossTerm over_image_samples(const torch::Tensor& per_sample, const torch::Tensor
   return {(per_sample * image.to(per_sample.scalar_type())).sum(), image.sum()};
 }
 
+torch::Tensor query_rows(const torch::Tensor& queries) {
+  TORCH_CHECK(queries.dim() == 2, "query_rows expects queries (B, T), got ", queries.sizes());
+  torch::Tensor q = queries.to(torch::kBool);
+  torch::Tensor counts = q.sum(1);  // (B)
+  const int64_t n = counts.numel() ? counts.max().item<int64_t>() : 0;
+  // A stable descending sort puts each sample's selected positions first, in order.
+  torch::Tensor order = std::get<1>(torch::sort(q.to(torch::kInt32), /*stable=*/true, 1, true)).slice(1, 0, n);
+  torch::Tensor slots = torch::arange(n, counts.options()).unsqueeze(0) < counts.unsqueeze(1);  // (B, Q)
+  return order.masked_fill(~slots, -1);
+}
+
 torch::Tensor query_mean(const torch::Tensor& mass, const torch::Tensor& queries) {
   TORCH_CHECK(mass.dim() == 3 && queries.dim() == 2 && mass.size(0) == queries.size(0) && mass.size(2) == queries.size(1),
               "query_mean expects mass (B, H, T) and queries (B, T), got ", mass.sizes(), " and ", queries.sizes());

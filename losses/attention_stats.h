@@ -20,7 +20,8 @@ struct AttentionStats {
   std::vector<torch::Tensor> visual_mass;    // per layer (B, H, T): sum of P over image keys
   std::vector<torch::Tensor> sink_mass;      // optional, per layer (B, H, T): sum of P over sink keys
   std::vector<torch::Tensor> key_mass;       // optional, per layer (B, H, T, K): LossComposer::key_masks' sets
-  std::vector<torch::Tensor> probs_to_visual;  // optional, per layer (B, H, T, Nv)
+  std::vector<torch::Tensor> probs_to_visual;  // optional, per layer (B, H, T, Nv), or (B, H, Q, Nv) with probs_rows
+  torch::Tensor probs_rows;      // optional (B, Q) int64: the query positions probs_to_visual's rows are, -1 = none
   torch::Tensor labels;          // (B, T) int64, -100 = not supervised
   torch::Tensor attention_mask;  // (B, T) bool, false = padding
   torch::Tensor visual_mask;     // (B, T) bool, image-token positions
@@ -44,6 +45,9 @@ AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::v
 
 // (B, T) bool: t with labels[t+1] != -100.
 torch::Tensor response_queries(const torch::Tensor& labels);
+// (B, Q) int64: each sample's selected positions in order, -1 past its count; Q = the largest count.
+// queries (B, T) bool. What TapRequest::probs_rows and AttentionStats::probs_rows take.
+torch::Tensor query_rows(const torch::Tensor& queries);
 // (B, T) bool: image positions after the first image position of each sample.
 torch::Tensor image_queries(const torch::Tensor& visual_mask);
 // (B) bool: samples holding at least one image token.

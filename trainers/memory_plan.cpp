@@ -70,13 +70,14 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
   // Decoder (whatever trains lies before or in it, so gradients always cross it): every layer's saved
   // values, or with checkpointing every layer's input; the embeddings and the final norm's input once each.
   // A frozen decoder keeps a little less (its linear inputs); not modelled. Attention keeps one log-sum-exp
-  // per (query, head) (attention_core, blockwise); only the layers whose per-image-key probabilities
-  // attention_kl reads keep B x H x T x T (eager attention).
+  // per (query, head) (attention_core, blockwise); the layers attention_kl reads also keep the
+  // probabilities of the response queries on the image keys: B x H x (T - image tokens, at most) x image tokens.
   int64_t prob_layers = 0;
   for (const auto& e : config.losses)
     if (e.name == "attention_kl")
       prob_layers = std::max<int64_t>(prob_layers, static_cast<int64_t>(resolve_layers(e.attention_kl.layers, x.num_hidden_layers).size()));
-  const double probs = prob * static_cast<double>(p.batch * x.num_attention_heads) * static_cast<double>(p.seq_len * p.seq_len);
+  const double probs = prob * static_cast<double>(p.batch * x.num_attention_heads) *
+                       static_cast<double>((p.seq_len - p.image_tokens) * p.image_tokens);
   const double lse = prob * static_cast<double>(x.num_attention_heads);  // per token
   const double layer = tokens * (saved_per_token(d, kv, inter, value, matmul) + lse) + (prob_layers > 0 ? probs : 0);
   const double layers = static_cast<double>(x.num_hidden_layers);

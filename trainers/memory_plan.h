@@ -2,7 +2,8 @@
 // a laptop): weights, gradients, AdamW state, the bf16 weight copies of mixed precision (train.bf16: the
 // float32 weights are the master copy, autocast casts them per forward) and an activation estimate with and
 // without activation checkpointing. Attention is blockwise (one log-sum-exp per query and head, linear in T);
-// only the decoder layers attention_kl taps keep probabilities (B x heads x T^2 each), shown apart. What
+// the decoder layers attention_kl taps keep their response queries' probabilities on image keys (B x heads x
+// text tokens x image tokens each), shown apart. What
 // `modalign plan` prints. Freezing is modelled by the module flags and LoRA
 // by `all-linear` adapters; freeze_regex / trainable_regex are not (the plan says so).
 #pragma once

@@ -87,6 +87,7 @@ StepStats Trainer::forward_backward(const std::vector<Batch>& micro_batches) {
   for (const auto& batch : micro_batches) {
     AttentionStats s = batch_masks(batch);
     TapRequest request{needs.layers, needs.probs_to_visual, false, composer_->key_masks(s)};
+    if (needs.probs_to_visual) request.probs_rows = s.probs_rows = query_rows(response_queries(batch.labels));
     if (log_step) {  // the visual share of every layer on logging steps (one mat-vec per layer)
       request.layers.resize(static_cast<size_t>(model_->shapes.text.num_hidden_layers));
       std::iota(request.layers.begin(), request.layers.end(), 0);

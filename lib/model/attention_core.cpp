@@ -95,6 +95,24 @@ struct Geometry {
   std::vector<int64_t> length;      // per sample: keys at or past it are never read (a valid prefix)
   torch::Tensor key_valid, segments;  // (B, T) bool when validity is not a prefix, (B, T) int64
   torch::Tensor tri;                // (rows, rows) bool: j <= i within a block's diagonal square
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> probe_rows;  // per sample: (probe row q, position i)
+  torch::Tensor probe_keys, probe_valid;  // (B, Nv) int64, (B, Nv) bool; empty without a probe
+
+  // Sample bi's probe rows in [i0, i1), as (q, i - i0).
+  std::vector<std::pair<int64_t, int64_t>> probes_in(int64_t bi, int64_t i0, int64_t i1) const {
+    std::vector<std::pair<int64_t, int64_t>> out;
+    if (probe_rows.empty()) return out;
+    for (const auto& [qi, pos] : probe_rows[static_cast<size_t>(bi)])
+      if (pos >= i0 && pos < i1) out.push_back({qi, pos - i0});
+    return out;
+  }
+  // Sample bi's probe key columns clamped to [0, kend) (G-broadcastable index) and their weight (1 where the
+  // column is a key the block holds, else 0): (Nv) int64, (Nv) in `dtype`.
+  std::pair<torch::Tensor, torch::Tensor> probe_columns(int64_t bi, int64_t kend, torch::ScalarType dtype) const {
+    torch::Tensor keys = probe_keys[bi];
+    torch::Tensor keep = (probe_valid[bi] & (keys < kend) & (keys >= 0)).to(dtype);
+    return {keys.clamp(0, std::max<int64_t>(kend - 1, 0)), keep};
+  }
 
   int64_t blocks() const { return (t + rows - 1) / rows; }
   int64_t key_end(int64_t bi, int64_t i1) const { return std::min(causal ? i1 : t, length[static_cast<size_t>(bi)]); }
@@ -133,9 +151,19 @@ struct Geometry {
 
 Geometry geometry(const torch::Tensor& qh, const torch::Tensor& k, const torch::Tensor& sets,
                   const torch::Tensor& lengths, const torch::Tensor& key_valid, const torch::Tensor& segments,
-                  bool causal, int64_t rows) {
+                  bool causal, int64_t rows, const torch::Tensor& probe_rows, const torch::Tensor& probe_keys,
+                  const torch::Tensor& probe_valid) {
   Geometry m{qh.size(0), qh.size(2), qh.size(1), k.size(2), qh.size(3), sets.size(2), qh.size(1) / k.size(2), rows,
-             1.0 / std::sqrt(static_cast<double>(qh.size(3))), causal, {}, key_valid, segments, {}};
+             1.0 / std::sqrt(static_cast<double>(qh.size(3))), causal, {}, key_valid, segments, {}, {},
+             probe_keys, probe_valid};
+  if (probe_rows.numel() > 0) {
+    torch::Tensor r = probe_rows.to(torch::kCPU, torch::kInt64).contiguous();
+    auto a = r.accessor<int64_t, 2>();
+    m.probe_rows.resize(static_cast<size_t>(m.b));
+    for (int64_t bi = 0; bi < m.b; ++bi)
+      for (int64_t qi = 0; qi < r.size(1); ++qi)
+        if (a[bi][qi] >= 0) m.probe_rows[static_cast<size_t>(bi)].push_back({qi, a[bi][qi]});
+  }
   if (m.rows <= 0) m.rows = attention_query_block(m.r, m.t);
   m.length.assign(static_cast<size_t>(m.b), m.t);
   if (lengths.numel() > 0) {
@@ -186,11 +214,15 @@ torch::Tensor block_probs(const Geometry& m, const torch::Tensor& qb, const torc
 struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, const torch::Tensor& sets, const torch::Tensor& lengths,
-                               const torch::Tensor& key_valid, const torch::Tensor& segments, bool causal, int64_t rows) {
+                               const torch::Tensor& key_valid, const torch::Tensor& segments, bool causal, int64_t rows,
+                               const torch::Tensor& probe_rows, const torch::Tensor& probe_keys,
+                               const torch::Tensor& probe_valid) {
     const torch::ScalarType wide = wide_type(q.scalar_type());
     AutocastScope explicit_types(MixedPrecision{q.device().type()});  // every dtype below is chosen here
     torch::Tensor qh = q.transpose(1, 2).contiguous();                 // (B, H, T, d)
-    const Geometry m = geometry(qh, k, sets, lengths, key_valid, segments, causal, rows);
+    const Geometry m = geometry(qh, k, sets, lengths, key_valid, segments, causal, rows, probe_rows, probe_keys, probe_valid);
+    const int64_t nq = probe_rows.numel() > 0 ? probe_rows.size(1) : 0, nv = probe_keys.numel() > 0 ? probe_keys.size(1) : 0;
+    torch::Tensor probs = torch::zeros({m.b, m.h, nq, nv}, q.options().dtype(wide));  // (B, H, Q, Nv)
     torch::Tensor out = torch::zeros({m.b, m.h, m.t, m.d}, q.options());
     torch::Tensor mass = torch::zeros({m.b, m.h, m.t, m.s}, q.options().dtype(wide));
     torch::Tensor lse = torch::full({m.b, m.h, m.t}, std::numeric_limits<double>::infinity(), q.options().dtype(wide));
@@ -202,11 +234,16 @@ struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> 
       rows_of(lse, m, bi, i0, i1).copy_(l.view({m.g, m.r, n}));
       rows_of(out, m, bi, i0, i1).copy_(block_mm(p.to(v.scalar_type()), keys_of(v, bi, kend)).view({m.g, m.r, n, m.d}));
       if (m.s > 0) rows_of(mass, m, bi, i0, i1).copy_(block_mm(p, sets_of(sets, m, bi, kend)).view({m.g, m.r, n, m.s}));
+      const auto probes = m.probes_in(bi, i0, i1);
+      if (probes.empty()) return;
+      auto [cols, keep] = m.probe_columns(bi, kend, wide);
+      torch::Tensor p4 = p.view({m.h, n, kend});  // head-major: (G, r) flattened
+      for (const auto& [qi, row] : probes) probs[bi].select(1, qi).copy_(p4.select(1, row).index_select(1, cols) * keep);
     });
-    ctx->save_for_backward({qh, k, v, sets, lengths, key_valid, segments, lse});
+    ctx->save_for_backward({qh, k, v, sets, lengths, key_valid, segments, lse, probe_rows, probe_keys, probe_valid});
     ctx->saved_data["causal"] = causal;
     ctx->saved_data["rows"] = m.rows;
-    return {out.transpose(1, 2).contiguous(), mass};  // out (B, T, H, d)
+    return {out.transpose(1, 2).contiguous(), mass, probs};  // out (B, T, H, d)
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -215,7 +252,8 @@ struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> 
     const torch::ScalarType low = qh.scalar_type(), wide = wide_type(low);
     AutocastScope explicit_types(MixedPrecision{qh.device().type()});
     const Geometry m = geometry(qh, k, sets, saved[4], saved[5], saved[6], ctx->saved_data["causal"].toBool(),
-                                ctx->saved_data["rows"].toInt());
+                                ctx->saved_data["rows"].toInt(), saved[8], saved[9], saved[10]);
+    torch::Tensor d_probs = grads[2].defined() && grads[2].numel() > 0 ? grads[2].to(wide) : torch::Tensor();  // (B, H, Q, Nv)
     torch::Tensor d_out = grads[0].defined() ? grads[0].to(low).transpose(1, 2).contiguous() : torch::zeros_like(qh);  // (B, H, T, d)
     torch::Tensor d_mass = grads[1].defined() && m.s > 0 ? grads[1].to(wide).contiguous() : torch::Tensor();  // (B, H, T, S)
     torch::Tensor dqh = torch::zeros_like(qh);
@@ -229,6 +267,15 @@ struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> 
       torch::Tensor dob = rows_flat(d_out, m, bi, i0, i1);                          // (G, r n, d)
       torch::Tensor dp = block_mm(dob, vb.transpose(1, 2)).to(wide);
       if (d_mass.defined()) dp.add_(block_mm(rows_flat(d_mass, m, bi, i0, i1), sets_of(sets, m, bi, kend).transpose(1, 2)));
+      if (d_probs.defined()) {  // the probe's probabilities are P's entries: their gradient adds to dP there
+        const auto probes = m.probes_in(bi, i0, i1);
+        if (!probes.empty()) {
+          auto [cols, keep] = m.probe_columns(bi, kend, wide);
+          torch::Tensor dp4 = dp.view({m.h, n, kend});
+          for (const auto& [qi, row] : probes)
+            dp4.select(1, row).index_add_(1, cols, d_probs[bi].select(1, qi) * keep);
+        }
+      }
       // dS = P * (dP - rowsum(P * dP)) / sqrt(d): zero at masked keys and in empty rows, where P is.
       torch::Tensor ds = (p * (dp - (p * dp).sum(-1, true))).mul_(m.scale).to(low);
       rows_of(dqh, m, bi, i0, i1).copy_(block_mm(ds, kb).view({m.g, m.r, n, m.d}));           // dQ = dS K
@@ -236,7 +283,8 @@ struct AttentionCoreFunction : torch::autograd::Function<AttentionCoreFunction> 
       dv[bi].slice(1, 0, kend).add_(block_mm(p.to(low).transpose(1, 2), dob).to(wide));       // dV += P^T dO
     });
     return {dqh.transpose(1, 2).contiguous(), dk.transpose(1, 2).to(low).contiguous(), dv.transpose(1, 2).to(low).contiguous(),
-            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -263,7 +311,8 @@ int64_t attention_query_block(int64_t r, int64_t t) {
 }
 
 AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   const AttentionMask& mask, const torch::Tensor& sets, int64_t query_block) {
+                                   const AttentionMask& mask, const torch::Tensor& sets, int64_t query_block,
+                                   const AttentionProbe& probe) {
   TORCH_CHECK(attention_core_supported(q), "attention_core needs float32/float64/bfloat16 tensors, got ", q.options());
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && k.size(0) == q.size(0) &&
                   k.size(1) == q.size(1) && k.size(3) == q.size(3) && q.size(2) % k.size(2) == 0,
@@ -288,9 +337,21 @@ AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& 
   torch::Tensor s = sets.defined() ? sets.to(o.dtype(wide)).contiguous() : torch::zeros({b, t, 0}, o.dtype(wide));
   TORCH_CHECK(s.dim() == 3 && s.size(0) == b && s.size(1) == t, "attention_core expects sets (B, T, S), got ", s.sizes());
   TORCH_CHECK(query_block >= 0, "attention_core: query_block must be >= 0, got ", query_block);
+  torch::Tensor prows = torch::empty({0}, o.dtype(torch::kInt64)), pkeys = prows, pvalid = torch::empty({0}, o.dtype(torch::kBool));
+  if (probe.rows.defined()) {
+    TORCH_CHECK(probe.rows.dim() == 2 && probe.rows.size(0) == b && probe.keys.defined() && probe.keys.dim() == 2 &&
+                    probe.keys.size(0) == b && probe.keys_valid.defined() && probe.keys_valid.sizes() == probe.keys.sizes(),
+                "attention_core: probe rows (B, Q), keys and keys_valid (B, Nv) with B = ", b, ", got ", probe.rows.sizes(),
+                ", ", probe.keys.defined() ? probe.keys.sizes() : torch::IntArrayRef{}, ", ",
+                probe.keys_valid.defined() ? probe.keys_valid.sizes() : torch::IntArrayRef{});
+    prows = probe.rows.to(o.dtype(torch::kInt64)).contiguous();
+    pkeys = probe.keys.to(o.dtype(torch::kInt64)).contiguous();
+    pvalid = probe.keys_valid.to(o.dtype(torch::kBool)).contiguous();
+    TORCH_CHECK(prows.numel() == 0 || prows.max().item<int64_t>() < t, "attention_core: probe row past the ", t, " tokens");
+  }
   auto outs = AttentionCoreFunction::apply(q, k.to(q.scalar_type()).contiguous(), v.to(q.scalar_type()).contiguous(), s,
-                                           lengths, valid, segments, mask.causal, query_block);
-  return {outs[0], outs[1]};
+                                           lengths, valid, segments, mask.causal, query_block, prows, pkeys, pvalid);
+  return {outs[0], outs[1], probe.rows.defined() ? outs[2] : torch::Tensor()};
 }
 
 }  // namespace modalign

@@ -25,9 +25,18 @@ struct AttentionMask {
   torch::Tensor dense(int64_t batch, int64_t tokens, torch::Device device) const;
 };
 
+// Per-key probabilities for a few query rows (attention_kl's response queries over image keys), produced
+// inside the blocks: never more than Q x Nv per sample and head.
+struct AttentionProbe {
+  torch::Tensor rows;        // (B, Q) int64 query positions, -1 = none (padding)
+  torch::Tensor keys;        // (B, Nv) int64 key positions
+  torch::Tensor keys_valid;  // (B, Nv) bool: which columns of keys are keys
+};
+
 struct AttentionCoreOutput {
-  torch::Tensor out;   // (B, T, H, d): softmax(q k^T / sqrt(d), masked) v; 0 for a query with no allowed key
-  torch::Tensor mass;  // (B, H, T, S): sum of P over each key set; S = 0 without sets (float32 for bf16 q)
+  torch::Tensor out;    // (B, T, H, d): softmax(q k^T / sqrt(d), masked) v; 0 for a query with no allowed key
+  torch::Tensor mass;   // (B, H, T, S): sum of P over each key set; S = 0 without sets (float32 for bf16 q)
+  torch::Tensor probs;  // (B, H, Q, Nv) with a probe: P at its rows and keys (0 at padding); else undefined
 };
 
 // Whether attention_core handles these tensors (float32, float64 or bfloat16, any device).
@@ -38,11 +47,11 @@ bool attention_core_supported(const torch::Tensor& q);
 int64_t attention_query_block(int64_t r, int64_t t);
 
 // q (B, T, H, d), k and v (B, T, G, d); sets (B, T, S) or undefined. Query head h reads key/value head
-// h / (H / G). Differentiable in q, k and v. Memory beyond the inputs and outputs: O(B H T) for the
-// log-sum-exp plus one block's scores per thread. `query_block` (rows per block, 0 = attention_query_block)
-// changes only the summation order.
+// h / (H / G). Differentiable in q, k and v (through out, mass and probs). Memory beyond the inputs and
+// outputs: O(B H T) for the log-sum-exp plus one block's scores per thread. `query_block` (rows per block,
+// 0 = attention_query_block) changes only the summation order.
 AttentionCoreOutput attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    const AttentionMask& mask = {}, const torch::Tensor& sets = {},
-                                   int64_t query_block = 0);
+                                   int64_t query_block = 0, const AttentionProbe& probe = {});
 
 }  // namespace modalign

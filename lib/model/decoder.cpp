@@ -144,10 +144,14 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   };
   if (aligner) k = aligner(k.transpose(1, 2), v.transpose(1, 2), ctx).transpose(1, 2);  // on (B, G, T, d)
   if (cache) *cache = {k, v};
-  // Blockwise attention (no T x T) unless this layer's tap must return per-key probabilities.
-  if (!(tap && (request.probs_to_visual || request.full_probs)) && attention_core_supported(q)) {
-    AttentionCoreOutput core = attention_core(q, k, v, ctx.mask, sets);
+  // Blockwise attention (no T x T) unless this layer's tap must return per-key probabilities of every row.
+  const bool probe = tap && request.probs_to_visual && request.probs_rows.defined() && !request.full_probs;
+  if ((!tap || probe || !(request.probs_to_visual || request.full_probs)) && attention_core_supported(q)) {
+    AttentionProbe rows;
+    if (probe) rows = {request.probs_rows, ctx.visual_index, ctx.visual_slots};
+    AttentionCoreOutput core = attention_core(q, k, v, ctx.mask, sets, 0, rows);
     if (tap) fill_tap(core.mass);
+    if (probe) tap->probs_to_visual = core.probs;            // (B, H, Q, Nv)
     return o_proj(core.out.view({b, t, heads * head_dim}));  // (B, T, D)
   }
   // Eager attention: per-key probabilities, other devices and dtypes.

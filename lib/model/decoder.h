@@ -21,6 +21,8 @@ struct TapRequest {
   bool probs_to_visual = false;  // also P restricted to each sample's image keys
   bool full_probs = false;       // also the whole P (probing and tests; T^2 memory)
   torch::Tensor key_masks{};     // optional (B, T, K): also the mass on each of K other key sets
+  torch::Tensor probs_rows{};    // optional (B, Q) int64, -1 = none: probs_to_visual for these query rows only,
+                                 // computed blockwise (no T x T); undefined = every row, through eager attention
 };
 
 // Keys and values of what a generation has seen, for decoding one token at a time: prefill stores every
@@ -41,7 +43,8 @@ struct LayerTap {
   int64_t layer = 0;
   torch::Tensor visual_mass;      // (B, H, T): sum of P over image keys
   torch::Tensor key_mass;         // (B, H, T, K): sum of P over each requested key set
-  torch::Tensor probs_to_visual;  // (B, H, T, Nv) when requested; zero past a sample's image tokens
+  torch::Tensor probs_to_visual;  // (B, H, T, Nv) when requested, (B, H, Q, Nv) with probs_rows; zero past a
+                                  // sample's image tokens and at padding rows
   torch::Tensor probs;            // (B, H, T, T) when requested
 };
 

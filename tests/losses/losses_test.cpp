@@ -200,6 +200,19 @@ TEST(AttentionKl, HandComputed) {
   EXPECT_NEAR(value(AttentionKlLoss(o, 2).compute(s).sum), unnormalised, 1e-9);
   EXPECT_NEAR(unnormalised, expected - (std::log(0.4) + std::log(0.2)) / 2, 1e-12);
   o.renormalise = true;
+  // The same from the response rows alone (what the trainer's blockwise taps hand over): query_rows gives
+  // sample 0's rows 3, 4 and sample 1's 1, 2; probs_to_visual (B, H, Q, Nv) holds just those rows.
+  torch::Tensor rows = query_rows(response_queries(s.labels));
+  EXPECT_TRUE(torch::equal(rows, torch::tensor({{3, 4}, {1, 2}}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(query_rows(torch::tensor({{0, 1, 0, 1, 1}, {0, 0, 0, 0, 1}}).to(torch::kBool)),
+                           torch::tensor({{1, 3, 4}, {4, -1, -1}}, torch::kInt64)));
+  AttentionStats rows_only = s;
+  rows_only.probs_rows = rows;
+  torch::Tensor pr = p.gather(2, rows.view({2, 1, 2, 1}).expand({2, 1, 2, 2}));  // (B, H, Q, Nv)
+  rows_only.probs_to_visual = {pr, pr};
+  EXPECT_NEAR(value(AttentionKlLoss(o, 2).compute(rows_only).sum), expected, 1e-12);
+  rows_only.probs_to_visual = {p, p};  // T rows where Q were announced
+  test::expect_error<c10::Error>([&] { AttentionKlLoss(o, 2).compute(rows_only); }, {"query rows, expected 2 (probs_rows)"});
   s.region_target = torch::zeros({2, 2}, torch::kFloat64);  // no targets: nothing to sum, no NaN
   LossTerm none = AttentionKlLoss(o, 2).compute(s);
   EXPECT_EQ(value(none.count), 0);

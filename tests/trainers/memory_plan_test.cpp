@@ -83,24 +83,25 @@ TEST(MemoryPlan, ActivationsScaleWithTheBatchAndFallWithCheckpointing) {
   EXPECT_LT(half.activations, full.activations);
   EXPECT_GT(half.activations - half.attention_probs, (full.activations - full.attention_probs) / 2);
   // Attention is blockwise: without attention_kl no probabilities are kept, and the activations grow
-  // linearly in T. attention_kl keeps 4 bytes x B x heads x T^2 in each layer it
-  // taps: doubling T adds three times those at T = 160.
+  // linearly in T.
   EXPECT_EQ(full.attention_probs, 0);
   const double step = plan_memory(config, s, 320).activations - full.activations;
   EXPECT_GT(step, 0);
   EXPECT_NEAR(plan_memory(config, s, 480).activations - plan_memory(config, s, 320).activations, step, 1e-6 * step);
+  // attention_kl keeps, in each layer it taps, 4 bytes x B x heads x (text tokens) x (image tokens): its
+  // response queries' probabilities on the image keys (small: 64 image tokens).
   LossEntry kl;
   kl.name = "attention_kl";
   kl.attention_kl.layers.spec = "second_half";
   config.losses = {kl};
   const MemoryPlan with_kl = plan_memory(config, s, 160), twice = plan_memory(config, s, 320);
-  const double decoder_probs = 4.0 * 8 * static_cast<double>(s.text.num_attention_heads * s.text.num_hidden_layers / 2) * 160 * 160;
-  EXPECT_DOUBLE_EQ(with_kl.attention_probs, decoder_probs);
-  EXPECT_DOUBLE_EQ(twice.attention_probs - with_kl.attention_probs, 3 * decoder_probs);
+  const double per_row = 4.0 * 8 * static_cast<double>(s.text.num_attention_heads * s.text.num_hidden_layers / 2) * 64;
+  EXPECT_DOUBLE_EQ(with_kl.attention_probs, per_row * (160 - 64));
+  EXPECT_DOUBLE_EQ(twice.attention_probs, per_row * (320 - 64));
   // ... on top of the rest, and twice more in the backward pass's working set (two saved sets of the largest
   // block, now a tapped layer).
-  const double one_layer = decoder_probs / static_cast<double>(s.text.num_hidden_layers / 2);
-  EXPECT_DOUBLE_EQ(with_kl.activations - full.activations, decoder_probs + 2 * one_layer);
+  const double one_layer = with_kl.attention_probs / static_cast<double>(s.text.num_hidden_layers / 2);
+  EXPECT_DOUBLE_EQ(with_kl.activations - full.activations, with_kl.attention_probs + 2 * one_layer);
   config.losses.clear();
   // Mixed precision: float32 weights, gradients and moments, plus a bf16 copy of every weight; the values
   // the matmuls save are bf16, the residual stream and the probabilities stay float32.

@@ -11,7 +11,7 @@ namespace {
 // softmax, P v. Rows without an allowed key come out uniform here; the kernel gives them 0 instead, so
 // comparisons mask those rows with `has_key`.
 struct Reference {
-  torch::Tensor out, mass;
+  torch::Tensor out, mass, p;  // p (B, H, T, T)
 };
 Reference reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& allowed,
                     const torch::Tensor& sets) {
@@ -21,7 +21,7 @@ Reference reference(const torch::Tensor& q, const torch::Tensor& k, const torch:
   torch::Tensor scores = torch::matmul(qh, kh.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(3)));
   torch::Tensor p = torch::softmax(scores.masked_fill(~allowed, std::numeric_limits<double>::lowest()), -1);
   p = p * allowed.any(-1, true);  // rows with no allowed key: 0
-  return {torch::matmul(p, vh).transpose(1, 2), torch::matmul(p, sets.unsqueeze(1))};
+  return {torch::matmul(p, vh).transpose(1, 2), torch::matmul(p, sets.unsqueeze(1)), p};
 }
 
 // Random float64 q (B, T, H, d) and k, v (B, T, G, d) that require gradients.
@@ -106,6 +106,40 @@ TEST(AttentionCore, QueryBlocksChangeOnlyTheSummationOrder) {
   auto first = [](const torch::Tensor& x) { return x.slice(0, 0, 1).slice(1, 0, 3); };
   torch::Tensor alone = attention_core(first(q), first(k), first(v)).out;
   EXPECT_TRUE(torch::allclose(first(packed.out), alone, 1e-12, 1e-12));
+}
+
+TEST(AttentionCore, ProbeRowsAreTheirEntriesOfPWithGradients) {
+  // A few query rows' probabilities at chosen keys (attention_kl's response queries over image keys), from
+  // the blocks: equal to the dense P's entries (0 at padding rows and invalid key columns), and the gradient
+  // of a functional of them and of the output equals the reference's, in one block and in blocks of 2 rows.
+  const int64_t b = 3, t = 7;
+  auto qkv = random_qkv(8, b, t, 4, 2, 6);
+  torch::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+  AttentionMask mask = padded_causal(b, t);
+  torch::Tensor rows = torch::tensor({6, 2, -1, 3, -1, -1, 5, 4, 1}, torch::kInt64).view({b, 3});
+  torch::Tensor keys = torch::tensor({0, 1, 2, 1, 2, 0, 2, 3, 0}, torch::kInt64).view({b, 3});
+  torch::Tensor valid = torch::tensor({1, 1, 1, 1, 1, 0, 1, 1, 0}, torch::kBool).view({b, 3});
+  Reference ref = reference(q, k, v, mask.dense(b, t, torch::kCPU), torch::zeros({b, t, 0}, torch::kFloat64));
+  // want[b][h][i][j] = P[b][h][rows[b][i]][keys[b][j]] where both are real
+  torch::Tensor want = torch::zeros({b, 4, 3, 3}, torch::kFloat64);
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (int64_t i = 0; i < 3; ++i)
+      for (int64_t j = 0; j < 3; ++j)
+        if (rows[bi][i].item<int64_t>() >= 0 && valid[bi][j].item<bool>())
+          want.select(0, bi).select(1, i).select(1, j).copy_(
+              ref.p[bi].select(1, rows[bi][i].item<int64_t>()).select(1, keys[bi][j].item<int64_t>()));
+  torch::Tensor wo = torch::randn_like(ref.out), wp = torch::randn_like(want);
+  auto gr = torch::autograd::grad({(ref.out * wo).sum() + (want * wp).sum()}, {q, k, v});
+  for (int64_t block : {0, 2}) {
+    AttentionCoreOutput got = attention_core(q, k, v, mask, {}, block, AttentionProbe{rows, keys, valid});
+    ASSERT_EQ(got.probs.sizes(), want.sizes());
+    EXPECT_TRUE(torch::allclose(got.probs, want, 1e-12, 1e-12)) << block;
+    EXPECT_TRUE(torch::allclose(got.out, ref.out, 1e-12, 1e-12)) << block;
+    auto gg = torch::autograd::grad({(got.out * wo).sum() + (got.probs * wp).sum()}, {q, k, v});
+    for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(gg[i], gr[i], 1e-10, 1e-10)) << block << " input " << i;
+  }
+  EXPECT_FALSE(attention_core(q, k, v, mask).probs.defined());
+  EXPECT_THROW(attention_core(q, k, v, mask, {}, 0, AttentionProbe{rows + 7, keys, valid}), c10::Error);  // past T
 }
 
 TEST(AttentionCore, BlockSizeKeepsOneBlockOfScoresBounded) {

@@ -50,6 +50,15 @@ TEST(Model, ShapesAndPresetSizes) {
   EXPECT_EQ(out.taps[0].probs_to_visual.sizes(), (std::vector<int64_t>{3, 4, 24, 16}));
   EXPECT_EQ(out.taps[0].probs.sizes(), (std::vector<int64_t>{3, 4, 24, 24}));
   EXPECT_TRUE(model->forward(b.ids, b.mask, b.pixels).taps.empty());
+  // probs_to_visual for chosen rows only comes from the blockwise core: the eager map's rows, and the same
+  // visual mass; a padding row (-1) is 0.
+  torch::Tensor rows = torch::tensor({{23, 17, 5}, {19, -1, -1}, {3, 9, -1}}, torch::kInt64);
+  ModelOutput probe = model->forward(b.ids, b.mask, b.pixels, TapRequest{{1}, true, false, {}, rows});
+  torch::Tensor want = out.taps[0].probs_to_visual.gather(2, rows.clamp_min(0).view({3, 1, 3, 1}).expand({3, 4, 3, 16})) *
+                       (rows >= 0).to(torch::kFloat64).view({3, 1, 3, 1});
+  EXPECT_TRUE(torch::allclose(probe.taps[0].probs_to_visual, want, 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(probe.taps[0].visual_mass, out.taps[0].visual_mass, 1e-12, 1e-12));
+  EXPECT_FALSE(probe.taps[0].probs.defined());
 
   int64_t counted = 0;
   for (const auto& p : model->parameters()) counted += p.numel();
