@@ -32,9 +32,9 @@ def make_data(folder, side):
         json.dump([sample], f)
 
 
-def run(binary, folder, side, limit_gib, timeout):
+def run(name, binary, folder, side, limit_gib, timeout):
     tokens = (side // 16) ** 2
-    out = os.path.join(folder, "run-" + os.path.basename(binary.rstrip("/")) + str(abs(hash(binary)) % 1000))
+    out = os.path.join(folder, "run-" + name)
     subprocess.run(["rm", "-rf", out])
     cmd = [binary, "train", "-c", os.path.join(ROOT, "configs", "qwen2_5_vl_demo.yaml"),
            "--set", f"data.train_files=[{folder}/train.json]", "--set", f"data.image_folder={folder}",
@@ -71,7 +71,7 @@ def main():
         folder = os.path.join(a.out, f"side{side}")
         make_data(folder, side)
         for name, binary in binaries.items():
-            r = run(binary, folder, side, a.limit_gib, a.timeout) | {"side": side}
+            r = run(name, binary, folder, side, a.limit_gib, a.timeout) | {"side": side}
             results[name].append(r)
             print(name, json.dumps(r), flush=True)
     with open(os.path.join(a.out, "results.json"), "w") as f:

@@ -79,10 +79,11 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
   const double probs = prob * static_cast<double>(p.batch * x.num_attention_heads) *
                        static_cast<double>((p.seq_len - p.image_tokens) * p.image_tokens);
   const double lse = prob * static_cast<double>(x.num_attention_heads);  // per token
-  const double layer = tokens * (saved_per_token(d, kv, inter, value, matmul) + lse) + (prob_layers > 0 ? probs : 0);
+  const double layer_values = tokens * (saved_per_token(d, kv, inter, value, matmul) + lse);
+  const double layer = layer_values + (prob_layers > 0 ? probs : 0);  // the largest: a tapped one
   const double layers = static_cast<double>(x.num_hidden_layers);
   p.attention_probs = static_cast<double>(prob_layers) * probs;
-  double text = value * tokens * 2 * d + layers * (layer - (prob_layers > 0 ? probs : 0)) + p.attention_probs;
+  double text = value * tokens * 2 * d + layers * layer_values + p.attention_probs;
   double text_ckpt = value * tokens * (2 * d + layers * d);
   // Vision tower, when it trains: the same with its own widths and its attention blockwise too (a frozen
   // tower runs without autograd).

@@ -51,7 +51,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   blas_gemm(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
 }
 
-
 // c (G, m, n) = a (G, m, k) @ b (G, k, n) in a's dtype. float32/float64 on CPU call BLAS once per batch
 // element on the operands in place (either may be a transposed view; a batch stride of 0 broadcasts), which
 // inside the blocks' parallel loop costs none of batched matmul's per-element dispatch; other dtypes and
@@ -174,8 +173,8 @@ Geometry geometry(const torch::Tensor& qh, const torch::Tensor& k, const torch::
   return m;
 }
 
-// Sample bi's rows [i0, i1) of a (B, H, T, ...) tensor as (G, r n, ...) (a copy when n < T), and a view of
-// the same rows as (G, r, n, ...) to write into.
+// Sample bi's rows [i0, i1) of a (B, H, T, ...) tensor: rows_of as a (G, r, n, ...) view (to write into),
+// rows_flat as (G, r n, ...) (a copy when n < T).
 torch::Tensor rows_of(const torch::Tensor& bhx, const Geometry& m, int64_t bi, int64_t i0, int64_t i1) {
   torch::Tensor x = bhx[bi];
   std::vector<int64_t> shape{m.g, m.r, m.t};

@@ -146,7 +146,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const DecoderC
   if (cache) *cache = {k, v};
   // Blockwise attention (no T x T) unless this layer's tap must return per-key probabilities of every row.
   const bool probe = tap && request.probs_to_visual && request.probs_rows.defined() && !request.full_probs;
-  if ((!tap || probe || !(request.probs_to_visual || request.full_probs)) && attention_core_supported(q)) {
+  const bool whole_maps = tap && (request.full_probs || (request.probs_to_visual && !probe));
+  if (!whole_maps && attention_core_supported(q)) {
     AttentionProbe rows;
     if (probe) rows = {request.probs_rows, ctx.visual_index, ctx.visual_slots};
     AttentionCoreOutput core = attention_core(q, k, v, ctx.mask, sets, 0, rows);
