@@ -96,7 +96,7 @@ json spec_json(const RunConfig& c, const ModelShapes& shapes, int64_t steps) {
   for (size_t i = 0; i < c.losses.size(); ++i) {
     const LossEntry& e = c.losses[i];
     if (e.name != "dual_channel") throw std::invalid_argument("step_bench: the PyTorch peer implements dual_channel only");
-    const DualChannelOptions& d = e.dual_channel;
+    const DualChannelOptions& d = e.get<DualChannelOptions>();
     if (d.form != MassForm::CappedLog) throw std::invalid_argument("step_bench: the PyTorch peer implements capped_log only");
     losses.push_back({{"name", e.name}, {"weight", e.weight_value()}, {"inter_weight", d.inter_weight},
                       {"intra_weight", d.intra_weight}, {"layers", composer.losses()[i]->layers()},

@@ -1,10 +1,17 @@
 # Installs the libraries, public headers and a CMake package, so another project can write
-#   find_package(modalign REQUIRED)
-#   target_link_libraries(my_trainer PRIVATE modalign::losses)   # LibTorch only
+#   find_package(modalign REQUIRED)                       # needs only LibTorch
+#   target_link_libraries(my_trainer PRIVATE modalign::losses)
+# or, for the model, data and trainer library (needs fmt, spdlog, yaml-cpp, nlohmann_json too):
+#   find_package(modalign REQUIRED COMPONENTS library)
+#   target_link_libraries(my_tool PRIVATE modalign::modalign)
+# Each part has its own export set, so that the losses' targets name no other dependency.
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS modalign_losses modalign EXPORT modalignTargets
+install(TARGETS modalign_losses EXPORT modalignLossesTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(TARGETS modalign EXPORT modalignTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(TARGETS modalign_spm LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
@@ -17,6 +24,7 @@ if(MODALIGN_BUILD_TOOLS)
 endif()
 
 set(MODALIGN_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/modalign)
+install(EXPORT modalignLossesTargets NAMESPACE modalign:: DESTINATION ${MODALIGN_CMAKE_DIR})
 install(EXPORT modalignTargets NAMESPACE modalign:: DESTINATION ${MODALIGN_CMAKE_DIR})
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/modalignConfig.cmake.in
   ${PROJECT_BINARY_DIR}/modalignConfig.cmake INSTALL_DESTINATION ${MODALIGN_CMAKE_DIR})

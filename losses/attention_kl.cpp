@@ -2,7 +2,7 @@
 
 namespace modalign {
 
-AttentionKlLoss::AttentionKlLoss(const AttentionKlOptions& options, int64_t num_layers) : options_(options) {
+AttentionKlLoss::AttentionKlLoss(const AttentionKlOptions& options, int64_t num_layers) : options_(checked(options)) {
   layers_ = resolve_layers(options.layers, num_layers);
 }
 

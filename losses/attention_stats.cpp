@@ -61,17 +61,61 @@ torch::Tensor balanced_share(const torch::Tensor& queries, const torch::Tensor& 
   return (share * q).sum(1) / q.sum(1).clamp_min(1);  // (B)
 }
 
+torch::Tensor boolean_mask(const torch::Tensor& mask, const char* name) {
+  TORCH_CHECK(mask.defined(), name, " is undefined");
+  if (mask.scalar_type() == torch::kBool) return mask;
+  TORCH_CHECK(!(mask < 0).any().item<bool>(), name,
+              " holds negative values: it looks like an additive mask (0 = attend, a large negative number = masked), "
+              "as Hugging Face builds inside its models; pass the boolean mask (true = real token), e.g. (mask == 0)");
+  TORCH_CHECK(((mask == 0) | (mask == 1)).all().item<bool>(), name,
+              " must be boolean or hold only 0 and 1 (1 = real token / image token)");
+  return mask.to(torch::kBool);
+}
+
+namespace {
+
+// The cheap always-on checks of attention maps from another trainer (losses never see T x T maps otherwise).
+void check_probabilities(const torch::Tensor& p, const torch::Tensor& real, size_t index) {
+  torch::Tensor w = p.detach();
+  TORCH_CHECK(!(w < 0).any().item<bool>(), "probs[", index,
+              "] holds negative values: pass attention probabilities (softmax output), not log-probabilities or scores");
+  // Rows of real queries sum to 1 (padded rows may hold anything).
+  torch::Tensor sums = w.sum(-1);                                            // (B, H, T)
+  torch::Tensor bad = ((sums - 1).abs() > 1e-3) & real.unsqueeze(1);        // (B, H, T)
+  TORCH_CHECK(!bad.any().item<bool>(), "probs[", index, "]: rows of real queries must sum to 1 over the keys (the last "
+              "dimension), one row sums to ", sums.masked_select(bad)[0].item<double>(),
+              ": pass (B, H, queries, keys) softmax probabilities");
+  // A causal decoder puts nothing on later keys: mass above the diagonal means the maps are transposed.
+  const double above = w.triu(1).sum().item<double>(), all = w.sum().item<double>();
+  TORCH_CHECK(above <= 1e-3 * all, "probs[", index, "] puts ", above / std::max(all, 1e-30),
+              " of its mass on later keys: a causal decoder's maps are (B, H, queries, keys); are they transposed?");
+}
+
+}  // namespace
+
 AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::vector<torch::Tensor>& probs,
                                 const torch::Tensor& labels, const torch::Tensor& attention_mask,
                                 const torch::Tensor& visual_mask, const torch::Tensor& sink_mask,
                                 bool with_probs_to_visual) {
   TORCH_CHECK(layers.size() == probs.size(), "one probability map per layer expected, got ", probs.size(), " for ",
               layers.size(), " layers");
+  TORCH_CHECK(std::is_sorted(layers.begin(), layers.end()) &&
+                  std::adjacent_find(layers.begin(), layers.end()) == layers.end(),
+              "layers must be ascending without repeats (LossComposer::needs().layers), got ", layers);
+  TORCH_CHECK(labels.dim() == 2 && labels.scalar_type() == torch::kInt64, "labels must be (B, T) int64, got ",
+              labels.sizes(), " ", labels.scalar_type());
   AttentionStats stats;
   stats.layers = layers;
   stats.labels = labels;
-  stats.attention_mask = attention_mask.to(torch::kBool);
-  stats.visual_mask = visual_mask.to(torch::kBool) & stats.attention_mask;
+  stats.attention_mask = boolean_mask(attention_mask, "attention_mask");
+  torch::Tensor image = boolean_mask(visual_mask, "visual_mask");
+  TORCH_CHECK(stats.attention_mask.sizes() == labels.sizes() && image.sizes() == labels.sizes(),
+              "attention_mask ", stats.attention_mask.sizes(), " and visual_mask ", image.sizes(),
+              " must match labels ", labels.sizes());
+  stats.visual_mask = image & stats.attention_mask;
+  TORCH_CHECK(!image.any().item<bool>() || stats.visual_mask.any().item<bool>(),
+              "every image token falls where attention_mask is false: is the mask inverted? modalign's masks say "
+              "true (1) = real token, false (0) = padding");
   torch::Tensor counts = stats.visual_mask.sum(1);
   const int64_t nv = counts.numel() ? counts.max().item<int64_t>() : 0;
   // Each sample's image positions in order, (B, Nv) (a stable descending sort puts them first).
@@ -79,13 +123,17 @@ AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::v
   for (const auto& p : probs) {
     TORCH_CHECK(p.dim() == 4 && p.size(0) == labels.size(0) && p.size(2) == labels.size(1) && p.size(3) == labels.size(1),
                 "probs must be (B, H, T, T) matching labels ", labels.sizes(), ", got ", p.sizes());
+    check_probabilities(p, stats.attention_mask, static_cast<size_t>(&p - probs.data()));
     torch::Tensor w = widen(p);
     stats.visual_mass.push_back((w * stats.visual_mask.to(w.scalar_type()).unsqueeze(1).unsqueeze(1)).sum(-1));
     if (sink_mask.defined())
       stats.sink_mass.push_back((w * sink_mask.to(w.scalar_type()).unsqueeze(1).unsqueeze(1)).sum(-1));
     if (with_probs_to_visual) {
       torch::Tensor idx = index.view({p.size(0), 1, 1, nv}).expand({p.size(0), p.size(1), p.size(2), nv});
-      torch::Tensor keep = (counts > 0).to(w.scalar_type()).view({-1, 1, 1, 1});
+      // Slots past a sample's own image count hold other keys' probabilities: zero them.
+      torch::Tensor keep = (torch::arange(nv, counts.options()).unsqueeze(0) < counts.unsqueeze(1))
+                               .to(w.scalar_type())
+                               .view({p.size(0), 1, 1, nv});
       stats.probs_to_visual.push_back(w.gather(-1, idx) * keep);
     }
   }

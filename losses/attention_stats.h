@@ -36,7 +36,13 @@ struct AttentionStats {
   size_t slot(int64_t layer, const char* loss) const;
 };
 
+// A mask as bool: bool, or 0/1 of any type (1 = real / image token). Refuses Hugging Face's additive masks
+// (0 / large negative) and other values, naming `name` and how to convert.
+torch::Tensor boolean_mask(const torch::Tensor& mask, const char* name);
 // For trainers that keep full attention maps: stats from probs[l] (B, H, T, T) of the given layers.
+// Checked on every call (errors name the argument and the fix): masks boolean or 0/1, not additive; image tokens
+// not all outside attention_mask (an inverted mask); layers ascending and one map per layer; probabilities
+// non-negative, rows of real queries summing to 1, nothing above the diagonal (causal maps, not transposed).
 // `sink_mask` (B, T), when defined, fills sink_mass; probs_to_visual is filled when `with_probs_to_visual`.
 AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::vector<torch::Tensor>& probs,
                                 const torch::Tensor& labels, const torch::Tensor& attention_mask,

@@ -4,7 +4,8 @@
 
 namespace modalign {
 
-LayerDecayLoss::LayerDecayLoss(const LayerDecayOptions& options, int64_t num_layers) {
+LayerDecayLoss::LayerDecayLoss(const LayerDecayOptions& unchecked, int64_t num_layers) {
+  const LayerDecayOptions options = checked(unchecked);
   std::vector<int64_t> selected = resolve_layers(options.layers, num_layers);
   ref_ = options.ref ? *options.ref : selected.front();
   TORCH_CHECK(ref_ >= 0 && ref_ < num_layers, "layer_decay: ref ", ref_, " is outside the ", num_layers, " decoder layers");

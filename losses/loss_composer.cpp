@@ -16,14 +16,14 @@ namespace {
 
 std::map<std::string, LossFactory>& registry() {
   static std::map<std::string, LossFactory> factories = {
-      {"dual_channel", [](const LossEntry& e, int64_t n) { return std::make_unique<DualChannelLoss>(e.dual_channel, n); }},
-      {"layer_decay", [](const LossEntry& e, int64_t n) { return std::make_unique<LayerDecayLoss>(e.layer_decay, n); }},
+      {"dual_channel", [](const LossEntry& e, int64_t n) { return std::make_unique<DualChannelLoss>(e.get<DualChannelOptions>(), n); }},
+      {"layer_decay", [](const LossEntry& e, int64_t n) { return std::make_unique<LayerDecayLoss>(e.get<LayerDecayOptions>(), n); }},
       {"sink_suppression",
-       [](const LossEntry& e, int64_t n) { return std::make_unique<SinkSuppressionLoss>(e.sink_suppression, n); }},
-      {"attention_kl", [](const LossEntry& e, int64_t n) { return std::make_unique<AttentionKlLoss>(e.attention_kl, n); }},
+       [](const LossEntry& e, int64_t n) { return std::make_unique<SinkSuppressionLoss>(e.get<SinkSuppressionOptions>(), n); }},
+      {"attention_kl", [](const LossEntry& e, int64_t n) { return std::make_unique<AttentionKlLoss>(e.get<AttentionKlOptions>(), n); }},
       {"contrastive_tokens",
-       [](const LossEntry& e, int64_t) { return std::make_unique<ContrastiveTokensLoss>(e.contrastive_tokens); }},
-      {"text_prior_poe", [](const LossEntry& e, int64_t) { return std::make_unique<TextPriorPoeLoss>(e.text_prior_poe); }},
+       [](const LossEntry& e, int64_t) { return std::make_unique<ContrastiveTokensLoss>(e.get<ContrastiveTokensOptions>()); }},
+      {"text_prior_poe", [](const LossEntry& e, int64_t) { return std::make_unique<TextPriorPoeLoss>(e.get<TextPriorPoeOptions>()); }},
   };
   return factories;
 }
@@ -61,6 +61,8 @@ std::unique_ptr<AlignmentLoss> make_loss(const LossEntry& entry, int64_t num_lay
 
 LossComposer::LossComposer(const std::vector<LossEntry>& entries, int64_t num_layers) {
   for (const auto& e : entries) {
+    if (!(e.weight_value() >= 0))
+      throw std::invalid_argument("loss '" + e.name + "': weight must be >= 0, got " + std::to_string(e.weight_value()));
     losses_.push_back(make_loss(e, num_layers));
     weights_.push_back(e.weight_value());
   }

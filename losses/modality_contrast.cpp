@@ -42,7 +42,8 @@ torch::Tensor ModalityContrastLoss::count(const AttentionStats& masks) const {
   return (masks.labels.slice(1, 1) != -100).sum();
 }
 
-ContrastiveTokensLoss::ContrastiveTokensLoss(const ContrastiveTokensOptions& options) : options_(options) {
+ContrastiveTokensLoss::ContrastiveTokensLoss(const ContrastiveTokensOptions& options)
+    : options_(checked(options)) {
   TORCH_CHECK(options.min_weight <= options.max_weight, "contrastive_tokens: min_weight ", options.min_weight,
               " is above max_weight ", options.max_weight);
 }
@@ -62,7 +63,7 @@ LossTerm ContrastiveTokensLoss::compute(const AttentionStats& stats) const {
   return {(token_weights(stats).to(ce.scalar_type()) * ce).sum(), count(stats)};
 }
 
-TextPriorPoeLoss::TextPriorPoeLoss(const TextPriorPoeOptions& options) : options_(options) {}
+TextPriorPoeLoss::TextPriorPoeLoss(const TextPriorPoeOptions& options) : options_(checked(options)) {}
 
 LossTerm TextPriorPoeLoss::compute(const AttentionStats& stats) const {
   Rows r = supervised_rows(stats, "text_prior_poe");

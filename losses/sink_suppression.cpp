@@ -3,7 +3,7 @@
 namespace modalign {
 
 SinkSuppressionLoss::SinkSuppressionLoss(const SinkSuppressionOptions& options, int64_t num_layers)
-    : options_(options) {
+    : options_(checked(options)) {
   layers_ = resolve_layers(options.layers, num_layers);
 }
 

@@ -75,7 +75,7 @@ MemoryPlan plan_memory(const RunConfig& config, const ModelShapes& s, int64_t se
   int64_t prob_layers = 0;
   for (const auto& e : config.losses)
     if (e.name == "attention_kl")
-      prob_layers = std::max<int64_t>(prob_layers, static_cast<int64_t>(resolve_layers(e.attention_kl.layers, x.num_hidden_layers).size()));
+      prob_layers = std::max<int64_t>(prob_layers, static_cast<int64_t>(resolve_layers(e.get<AttentionKlOptions>().layers, x.num_hidden_layers).size()));
   const double probs = prob * static_cast<double>(p.batch * x.num_attention_heads) *
                        static_cast<double>((p.seq_len - p.image_tokens) * p.image_tokens);
   const double lse = prob * static_cast<double>(x.num_attention_heads);  // per token

@@ -46,10 +46,9 @@ int main() {
   TinyVlm model;
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-2));
 
-  modalign::LossEntry entry;  // what a YAML `losses:` entry would say
-  entry.name = "dual_channel";
-  entry.weight = 0.5;
-  modalign::LossComposer composer({entry}, /*num_layers=*/1);
+  modalign::DualChannelOptions dual;
+  dual.target = 0.8;
+  modalign::LossComposer composer({modalign::LossEntry(dual, /*weight=*/0.5)}, /*num_layers=*/1);
 
   const int64_t b = 8, t = kImage + kText;
   torch::Tensor visual = torch::zeros({b, t}, torch::kBool);

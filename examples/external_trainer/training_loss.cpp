@@ -11,10 +11,9 @@
 torch::Tensor training_loss(const torch::Tensor& logits, const std::vector<torch::Tensor>& probs_of_layer,
                             const torch::Tensor& labels, const torch::Tensor& attention_mask,
                             const torch::Tensor& visual_mask, int64_t num_decoder_layers) {
-  modalign::LossEntry entry;  // what a YAML `losses:` entry says
-  entry.name = "dual_channel";
-  entry.weight = 0.5;
-  modalign::LossComposer composer({entry}, num_decoder_layers);
+  modalign::DualChannelOptions dual;  // each loss has its own options type, checked as the YAML reader checks
+  dual.target = 0.8;                  // a fixed target mass; default: balanced
+  modalign::LossComposer composer({modalign::LossEntry(dual, /*weight=*/0.5)}, num_decoder_layers);
   const std::vector<int64_t> layers = composer.needs().layers;  // the layers the losses read, ascending
   std::vector<torch::Tensor> probs;                              // one map per entry of `layers`, in order
   for (int64_t l : layers) probs.push_back(probs_of_layer[static_cast<size_t>(l)]);

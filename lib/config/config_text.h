@@ -28,14 +28,6 @@ std::vector<std::string> name_list(const Names& names) {
   return out;
 }
 
-inline std::string describe(const Range& r) {
-  bool has_lo = r.lo > -std::numeric_limits<double>::infinity();
-  bool has_hi = r.hi < std::numeric_limits<double>::infinity();
-  if (has_lo && has_hi)
-    return fmt::format("in {}{}, {}{}", r.lo_open ? "(" : "[", r.lo, r.hi, r.hi_open ? ")" : "]");
-  if (has_lo) return fmt::format("{} {}", r.lo_open ? ">" : ">=", r.lo);
-  if (has_hi) return fmt::format("{} {}", r.hi_open ? "<" : "<=", r.hi);
-  return "any number";
-}
+inline std::string describe(const Range& r) { return r.describe(); }
 
 }  // namespace modalign::config_text

@@ -66,7 +66,7 @@ void validate(const RunConfig& c) {
     check(names.insert(e.name).second,
           fmt::format("losses[{}]: '{}' is listed twice; merge the entries", i, e.name));
     if (e.name == "dual_channel")
-      check(e.dual_channel.inter_weight > 0 || e.dual_channel.intra_weight > 0,
+      check(e.get<DualChannelOptions>().inter_weight > 0 || e.get<DualChannelOptions>().intra_weight > 0,
             fmt::format("losses[{}] (dual_channel): inter_weight and intra_weight are both 0", i));
   }
 

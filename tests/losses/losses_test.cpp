@@ -293,7 +293,7 @@ TEST(LossInvariants, DegenerateInputsStayFinite) {
   entries[1].name = "layer_decay";
   entries[2].name = "sink_suppression";
   entries[3].name = "attention_kl";
-  entries[0].dual_channel.form = MassForm::Log;
+  entries[0].get<DualChannelOptions>().form = MassForm::Log;
   LossComposer composer(entries, 2);
   for (auto labels : {s.labels, torch::full_like(s.labels, -100)}) {  // with and without supervised tokens
     s.labels = labels;
@@ -328,7 +328,7 @@ TEST(LossComposer, WeightsTermsCountsAndTotal) {
   std::vector<LossEntry> entries(2);
   entries[0].name = "dual_channel";
   entries[0].weight = 0.5;
-  entries[0].dual_channel.layers = {"1"};
+  entries[0].get<DualChannelOptions>().layers = {"1"};
   entries[1].name = "layer_decay";
   entries[1].weight = 2.0;
   LossComposer composer(entries, 4);
@@ -346,7 +346,7 @@ TEST(LossComposer, WeightsTermsCountsAndTotal) {
   EXPECT_EQ(terms[2].name, "layer_decay");
   LossTerm ce = text_ce(logits, s.labels);
   EXPECT_EQ(value(ce.count), 4);
-  DualChannelOptions dual = entries[0].dual_channel;
+  DualChannelOptions dual = entries[0].get<DualChannelOptions>();
   double expected = value(ce.sum) / 4 + 0.5 * value(DualChannelLoss(dual, 4).compute(s).sum) +
                     2.0 * value(LayerDecayLoss(LayerDecayOptions{}, 4).compute(s).sum);
   EXPECT_NEAR(value(LossComposer::total(terms)), expected, 1e-12);
@@ -370,6 +370,50 @@ TEST(LossComposer, UnknownNameListsRegisteredAndCustomLossesRegister) {
   register_loss("constant", [](const LossEntry&, int64_t) { return std::make_unique<Constant>(); });
   e.name = "constant";
   EXPECT_EQ(value(make_loss(e, 2)->compute(AttentionStats{}).sum), 3.0);
+}
+
+TEST(LossOptions, RangesAreCheckedInCppAsInYaml) {
+  // The mistakes YAML would refuse are refused when the options are built in C++ too, naming loss and field.
+  DualChannelOptions percent;
+  percent.target = 80;  // meant 0.8
+  test::expect_error<std::invalid_argument>([&] { DualChannelLoss(percent, 2); },
+                                            {"dual_channel.target must be in (0, 1], got 80"});
+  DualChannelOptions zero;
+  zero.target = 0;  // would disable the loss without a word
+  test::expect_error<std::invalid_argument>([&] { DualChannelLoss(zero, 2); }, {"dual_channel.target must be in (0, 1]"});
+  DualChannelOptions off;
+  off.inter_weight = off.intra_weight = 0;
+  test::expect_error<std::invalid_argument>([&] { DualChannelLoss(off, 2); }, {"inter_weight and intra_weight are both 0"});
+  AttentionKlOptions kl;
+  kl.eps = -1;
+  test::expect_error<std::invalid_argument>([&] { AttentionKlLoss(kl, 2); }, {"attention_kl.eps must be > 0, got -1"});
+  LayerDecayOptions decay;
+  decay.ref = -2;
+  test::expect_error<std::invalid_argument>([&] { LayerDecayLoss(decay, 2); }, {"layer_decay.ref must be >= 0, got -2"});
+  TextPriorPoeOptions poe;
+  poe.prior_scale = 0;
+  test::expect_error<std::invalid_argument>([&] { TextPriorPoeLoss{poe}; }, {"text_prior_poe.prior_scale must be > 0"});
+  test::expect_error<std::invalid_argument>([&] { LossComposer({LossEntry(DualChannelOptions{}, -1.0)}, 2); },
+                                            {"loss 'dual_channel': weight must be >= 0"});
+}
+
+TEST(LossOptions, AnEntryHoldsOnlyItsOwnLossOptions) {
+  DualChannelOptions d;
+  d.target = 0.8;
+  LossEntry typed(d, 0.3);  // the name follows the options' type
+  EXPECT_EQ(typed.name, "dual_channel");
+  EXPECT_EQ(typed.weight_value(), 0.3);
+  EXPECT_DOUBLE_EQ(*typed.get<DualChannelOptions>().target, 0.8);
+  test::expect_error<std::invalid_argument>([&] { typed.get<AttentionKlOptions>(); },
+                                            {"loss entry 'dual_channel' holds no attention_kl options"});
+  LossEntry named;  // a name alone (as `- name: layer_decay` in YAML) holds that loss's defaults
+  named.name = "layer_decay";
+  EXPECT_FALSE(named.get<LayerDecayOptions>().ref.has_value());
+  EXPECT_EQ(named.weight_value(), 0.5);
+  LossEntry mismatched(AttentionKlOptions{});
+  mismatched.name = "dual_channel";  // renamed after the fact: the factory refuses instead of using defaults
+  test::expect_error<std::invalid_argument>([&] { make_loss(mismatched, 2); },
+                                            {"loss entry 'dual_channel' holds no dual_channel options"});
 }
 
 // ---------------------------------------------------------------- modality contrast
@@ -495,6 +539,55 @@ TEST(ModalityContrast, ComposerReplacesTextCeAndRefusesBoth) {
   ContrastiveTokensOptions bad;
   bad.min_weight = 6;
   test::expect_error<c10::Error>([&] { ContrastiveTokensLoss{bad}; }, {"min_weight 6 is above max_weight 5"});
+}
+
+TEST(AttentionStats, ProbsToVisualHoldsEachSamplesOwnImageKeysOnly) {
+  // Sample 0 has image tokens at 1, 2, 3; sample 1 only at 2: its slots 1 and 2 must stay 0, not hold the
+  // probabilities of the keys after its image.
+  torch::Tensor causal = torch::ones({5, 5}, torch::kBool).tril();
+  torch::Tensor probs = torch::randn({2, 1, 5, 5}, torch::kFloat64).masked_fill(~causal, -INFINITY).softmax(-1);
+  torch::Tensor visual = torch::zeros({2, 5}, torch::kBool);
+  visual[0].slice(0, 1, 4).fill_(true);
+  visual[1][2] = true;
+  torch::Tensor labels = torch::full({2, 5}, -100, torch::kInt64);
+  AttentionStats s = stats_from_probs({0}, {probs}, labels, torch::ones({2, 5}, torch::kBool), visual, {}, true);
+  torch::Tensor p = s.probs_to_visual[0];  // (2, 1, 5, 3)
+  ASSERT_EQ(p.sizes(), (std::vector<int64_t>{2, 1, 5, 3}));
+  EXPECT_TRUE(torch::equal(p[0][0], probs[0][0].slice(1, 1, 4)));
+  EXPECT_TRUE(torch::equal(p[1][0].select(1, 0), probs[1][0].select(1, 2)));
+  EXPECT_EQ(p[1][0].slice(1, 1, 3).abs().sum().item<double>(), 0.0);
+}
+
+TEST(AttentionStats, MisusedInputsAreRefusedWithTheFix) {
+  // The misuse table of issue 28: each mistake ends in an error naming the argument and the fix.
+  torch::Tensor causal = torch::ones({4, 4}, torch::kBool).tril();
+  torch::Tensor probs = torch::randn({1, 2, 4, 4}, torch::kFloat64).masked_fill(~causal, -INFINITY).softmax(-1);
+  torch::Tensor labels = torch::tensor({-100, -100, 5, 6}, torch::kInt64).view({1, 4});
+  torch::Tensor real = torch::ones({1, 4}, torch::kBool);
+  torch::Tensor visual = torch::tensor({0, 1, 0, 0}, torch::kBool).view({1, 4});
+  auto stats = [&](torch::Tensor p, torch::Tensor mask, torch::Tensor vis) {
+    return stats_from_probs({0}, {p}, labels, mask, vis);
+  };
+  EXPECT_NO_THROW(stats(probs, real, visual));
+  EXPECT_NO_THROW(stats(probs, real.to(torch::kFloat32), visual.to(torch::kInt64)));  // 0/1 of any type
+  torch::Tensor additive = torch::zeros({1, 4});
+  test::expect_error<c10::Error>([&] { stats(probs, additive.index_put_({0, 0}, -1e9), visual); },
+                                 {"attention_mask holds negative values", "additive mask", "(mask == 0)"});
+  test::expect_error<c10::Error>([&] { stats(probs, real * 2, visual); }, {"attention_mask must be boolean or hold only 0 and 1"});
+  test::expect_error<c10::Error>([&] { stats(probs, visual.logical_not(), visual); }, {"is the mask inverted?"});
+  test::expect_error<c10::Error>([&] { stats(probs.log(), real, visual); }, {"probs[0] holds negative values", "not log-probabilities"});
+  test::expect_error<c10::Error>([&] { stats(probs * 0.5, real, visual); }, {"rows of real queries must sum to 1"});
+  torch::Tensor full = torch::randn({1, 2, 4, 4}, torch::kFloat64).softmax(-1);  // rows sum to 1, not causal
+  test::expect_error<c10::Error>([&] { stats(full, real, visual); }, {"on later keys", "transposed?"});
+  test::expect_error<c10::Error>([&] { stats_from_probs({1, 0}, {probs, probs}, labels, real, visual); },
+                                 {"layers must be ascending"});
+  test::expect_error<c10::Error>([&] { stats_from_probs({0, 1}, {probs}, labels, real, visual); },
+                                 {"one probability map per layer expected"});
+  // Padded query rows may hold anything (a trainer's padded rows are often all zero).
+  torch::Tensor padded = probs.clone();
+  padded.select(2, 3).zero_();
+  torch::Tensor three = torch::tensor({1, 1, 1, 0}, torch::kBool).view({1, 4});
+  EXPECT_NO_THROW(stats(padded, three, visual));
 }
 
 TEST(AttentionStats, UntappedLayerIsNamed) {

@@ -92,7 +92,7 @@ TEST(MemoryPlan, ActivationsScaleWithTheBatchAndFallWithCheckpointing) {
   // response queries' probabilities on the image keys (small: 64 image tokens).
   LossEntry kl;
   kl.name = "attention_kl";
-  kl.attention_kl.layers.spec = "second_half";
+  kl.get<AttentionKlOptions>().layers.spec = "second_half";
   config.losses = {kl};
   const MemoryPlan with_kl = plan_memory(config, s, 160), twice = plan_memory(config, s, 320);
   const double per_row = 4.0 * 8 * static_cast<double>(s.text.num_attention_heads * s.text.num_hidden_layers / 2) * 64;

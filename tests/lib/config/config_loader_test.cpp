@@ -58,7 +58,7 @@ TEST_F(ConfigTest, ListsAreReplacedWhole) {
   RunConfig c = load({a, b});
   ASSERT_EQ(c.losses.size(), 1u);
   EXPECT_EQ(c.losses[0].name, "sink_suppression");
-  EXPECT_EQ(c.losses[0].sink_suppression.sink, SinkTokens::System);
+  EXPECT_EQ(c.losses[0].get<SinkSuppressionOptions>().sink, SinkTokens::System);
   EXPECT_TRUE(load({a, b}, {"losses=[]"}).losses.empty());
 }
 
@@ -70,9 +70,9 @@ TEST_F(ConfigTest, OverridesApplyAfterFilesWithTypes) {
                            "losses.0.target=balanced"});
   EXPECT_DOUBLE_EQ(c.train.learning_rate, 5e-5);
   EXPECT_EQ(c.data.image_mean, (std::vector<double>{0.5, 0.25, 0.125}));
-  EXPECT_EQ(c.losses[0].dual_channel.form, MassForm::Hinge);
-  EXPECT_EQ(c.losses[0].dual_channel.layers.spec, "1,3");
-  EXPECT_FALSE(c.losses[0].dual_channel.target.has_value());
+  EXPECT_EQ(c.losses[0].get<DualChannelOptions>().form, MassForm::Hinge);
+  EXPECT_EQ(c.losses[0].get<DualChannelOptions>().layers.spec, "1,3");
+  EXPECT_FALSE(c.losses[0].get<DualChannelOptions>().target.has_value());
   ASSERT_TRUE(c.train.vision_lr.has_value());
   EXPECT_DOUBLE_EQ(*c.train.vision_lr, 1e-6);
   EXPECT_FALSE(load({a}, {"train.vision_lr=1e-6", "train.vision_lr=null"}).train.vision_lr.has_value());
@@ -126,8 +126,8 @@ TEST_F(ConfigTest, DumpReadsBackToTheSameConfig) {
   apply_yaml(back, text, "dump", "");
   EXPECT_EQ(dump_config(back), text);
   EXPECT_DOUBLE_EQ(back.train.learning_rate, 3.3e-5);
-  EXPECT_EQ(*back.losses[1].layer_decay.ref, 1);
-  EXPECT_DOUBLE_EQ(*back.losses[0].dual_channel.target, 0.8);
+  EXPECT_EQ(*back.losses[1].get<LayerDecayOptions>().ref, 1);
+  EXPECT_DOUBLE_EQ(*back.losses[0].get<DualChannelOptions>().target, 0.8);
   EXPECT_EQ(back.data.image_aspect_ratio, AspectMode::Crop);
   // What a resume reports: exactly the lines that differ.
   EXPECT_TRUE(config_changes(text, "saved", c).empty());
