@@ -8,10 +8,10 @@ teaches it to read a text hint instead? Two gates decided with CE alone come fir
 
 1. Data (`modalign synth`, medium images: 1-3 shapes): `data` (seed 0: the stage-2 training split, hints right
    98%, and the eval splits aligned / conflict / nohint, 200 each) and `data-stage1` (seed 1: 20,000 images,
-   their captions.json, and QA whose hints carry no information, `--chance-hints`).
+   their captions.json and qa_dense.json: every question about each image in one conversation, no hints).
 2. Gate 1, a model that sees: the CLIP tower pretrained alone on the stage-1 images' per-patch colour and
    shape labels (`modalign pretrain-tower -c configs/seeing_tower.yaml`), then LLaVA's stage 1 on it, frozen:
-   captions and chance-hint QA (configs/seeing_stage1.yaml). Passed when the held-out nohint split (another
+   captions and dense questions at lr 3e-4 (configs/seeing_stage1.yaml). Passed when the held-out nohint split (another
    seed's images) is answered at >= 0.95 on colour, shape and count.
 3. Gate 2, a drift that exists: CE-only stage 2 from the stage-1 model on the hint-heavy split, tower frozen
    as in LLaVA's stage 2, on a ladder of schedules (DRIFT_LADDER, seed 0); the first rung on which conflict

@@ -208,8 +208,37 @@ nlohmann::ordered_json regions(const std::vector<const Placed*>& about, int size
 }
 
 // One QA sample of `split`; `caption_out`, when given, receives the caption sample of the same image.
+// Every question about one image in one conversation, without hints: each shape's colour, each colour's
+// shape and the count, in an order shuffled by its own generator (seeded by the image), so that the other
+// splits' samples do not depend on it. The stage-1 split that teaches the decoder to bind (docs/efficacy.md).
+nlohmann::ordered_json dense_questions(const std::vector<Placed>& shapes, const std::string& image, int64_t i,
+                                       uint64_t seed) {
+  std::vector<std::pair<std::string, std::string>> qa;  // question, answer
+  for (const auto& p : shapes) {
+    qa.push_back({fmt::format("What colour is the {}?", kShapes[p.shape]), kColours[p.colour].name});
+    qa.push_back({fmt::format("Which shape is {}?", kColours[p.colour].name), kShapes[p.shape]});
+  }
+  qa.push_back({"How many shapes are there?", kCounts[shapes.size()]});
+  std::mt19937_64 order(seed * 7919 + static_cast<uint64_t>(i));
+  std::shuffle(qa.begin(), qa.end(), order);
+  nlohmann::ordered_json turns = nlohmann::ordered_json::array();
+  for (size_t k = 0; k < qa.size(); ++k) {
+    turns.push_back({{"from", "human"}, {"value", (k == 0 ? "<image>\n" : "") + qa[k].first}});
+    turns.push_back({{"from", "gpt"}, {"value", qa[k].second}});
+  }
+  nlohmann::ordered_json d;
+  d["id"] = fmt::format("qa-{:05d}", i);
+  d["image"] = image;
+  d["conversations"] = turns;
+  d["answer"] = qa.front().second;
+  d["hint"] = "";
+  d["type"] = "qa";
+  d["regions"] = nlohmann::json::array();
+  return d;
+}
+
 nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const SynthOptions& o, HintMode mode, Rng& rng,
-                                   nlohmann::ordered_json* caption_out) {
+                                   nlohmann::ordered_json* caption_out, nlohmann::ordered_json* dense_out) {
   Level lv = level(o.difficulty);
   std::vector<Placed> shapes = place(lv, static_cast<int>(o.image_size), rng);
   RgbImage img = draw(shapes, lv, static_cast<int>(o.image_size), rng);
@@ -253,6 +282,7 @@ nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const Sy
       c["objects"].push_back({{"shape", kShapes[s.shape]}, {"colour", kColours[s.colour].name},
                               {"centre", {s.cx, s.cy}}, {"radius", s.radius}});
   }
+  if (dense_out) *dense_out = dense_questions(shapes, image, i, o.seed);
   return j;
 }
 
@@ -296,7 +326,7 @@ std::string synthesize(const SynthOptions& o) {
     if (!o.force)
       throw std::invalid_argument("synth: " + o.out_dir + " is not empty; pick an empty folder or pass --force to replace "
                                   "the benchmark there");
-    for (const char* name : {"images", "train.json", "captions.json", "eval_aligned.json", "eval_conflict.json",
+    for (const char* name : {"images", "train.json", "captions.json", "qa_dense.json", "eval_aligned.json", "eval_conflict.json",
                              "eval_nohint.json", "tokenizer.model", "synth.json"})
       fs::remove_all(fs::path(o.out_dir) / name);
   }
@@ -312,15 +342,19 @@ std::string synthesize(const SynthOptions& o) {
                           {"eval_nohint", o.eval, HintMode::None}};
   for (size_t s = 0; s < std::size(splits); ++s) {
     Rng rng{std::mt19937_64(o.seed * 1000003 + s)};
-    nlohmann::ordered_json samples = nlohmann::ordered_json::array(), captions = nlohmann::ordered_json::array();
+    nlohmann::ordered_json samples = nlohmann::ordered_json::array(), captions = nlohmann::ordered_json::array(),
+                           dense = nlohmann::ordered_json::array();
     const bool train = splits[s].mode == HintMode::Train;
     for (int64_t i = 0; i < splits[s].count; ++i) {
-      nlohmann::ordered_json c;
-      samples.push_back(make_sample(splits[s].name, i, o, splits[s].mode, rng, train ? &c : nullptr));
-      if (train) captions.push_back(std::move(c));
+      nlohmann::ordered_json c, d;
+      samples.push_back(make_sample(splits[s].name, i, o, splits[s].mode, rng, train ? &c : nullptr, train ? &d : nullptr));
+      if (train) captions.push_back(std::move(c)), dense.push_back(std::move(d));
     }
     write_file_atomic((fs::path(o.out_dir) / (std::string(splits[s].name) + ".json")).string(), samples.dump(1) + "\n");
-    if (train) write_file_atomic((fs::path(o.out_dir) / "captions.json").string(), captions.dump(1) + "\n");
+    if (train) {
+      write_file_atomic((fs::path(o.out_dir) / "captions.json").string(), captions.dump(1) + "\n");
+      write_file_atomic((fs::path(o.out_dir) / "qa_dense.json").string(), dense.dump(1) + "\n");
+    }
   }
   std::string corpus_path = (fs::path(o.out_dir) / "tokenizer_corpus.txt").string();
   write_file_atomic(corpus_path, tokenizer_corpus());
@@ -335,7 +369,7 @@ std::string synthesize(const SynthOptions& o) {
                                  {"difficulty", kDifficulty[static_cast<int>(o.difficulty)]}, {"vocab_size", o.vocab_size},
                                  {"shapes", {lv.shapes_min, lv.shapes_max}}, {"chance", chance_levels(o.difficulty)}};
   write_file_atomic((fs::path(o.out_dir) / "synth.json").string(), meta.dump(2) + "\n");
-  return fmt::format("synth: wrote {} train samples with their captions and 3 x {} eval samples ({}, {}x{} images, training hints {}) and a tokenizer to {}",
+  return fmt::format("synth: wrote {} train samples with their captions and dense questions and 3 x {} eval samples ({}, {}x{} images, training hints {}) and a tokenizer to {}",
                      o.train, o.eval, kDifficulty[static_cast<int>(o.difficulty)], o.image_size, o.image_size,
                      o.chance_hints ? std::string("at chance") : fmt::format("right {:g}", o.hint_agreement), o.out_dir);
 }

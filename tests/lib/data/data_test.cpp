@@ -498,7 +498,7 @@ TEST_F(Data, SynthIsDeterministicAndConflictHintsDisagree) {
     EXPECT_TRUE(test::read_text(entry.path().string()) == test::read_text((b.path() / rel).string())) << rel;
     ++files;
   }
-  EXPECT_EQ(files, 20u + 30u + 7u);  // images, 4 splits, captions, tokenizer, synth.json
+  EXPECT_EQ(files, 20u + 30u + 8u);  // images, 4 splits, captions, dense questions, tokenizer, synth.json
   auto conflict = nlohmann::json::parse(test::read_text((a.path() / "s/eval_conflict.json").string()));
   auto aligned = nlohmann::json::parse(test::read_text((a.path() / "s/eval_aligned.json").string()));
   auto nohint = nlohmann::json::parse(test::read_text((a.path() / "s/eval_nohint.json").string()));
@@ -605,6 +605,35 @@ TEST_F(Data, SynthCaptionsDescribeEveryShapeOfTheirImage) {
       const std::string phrase = (colour == "orange" ? "an " : "a ") + colour + " " + shape + " at the " + place;
       EXPECT_NE(text.find(phrase), std::string::npos) << text << " lacks " << phrase;
     }
+  }
+  // qa_dense.json: per training image, every question about it once (each shape's colour, each colour's
+  // shape, the count), answered from the caption's objects, no hints.
+  auto dense = nlohmann::json::parse(test::read_text(o.out_dir + "/qa_dense.json"));
+  ASSERT_EQ(dense.size(), train.size());
+  const std::vector<std::string> count_words{"zero", "one", "two", "three", "four"};
+  for (size_t i = 0; i < dense.size(); ++i) {
+    const auto& d = dense[i];
+    const auto& objects = captions[i]["objects"];
+    EXPECT_EQ(d["image"], train[i]["image"]);
+    EXPECT_EQ(d["hint"], "");
+    std::map<std::string, std::string> expected{{"How many shapes are there?", count_words[objects.size()]}};
+    for (const auto& obj : objects) {
+      expected["What colour is the " + obj["shape"].get<std::string>() + "?"] = obj["colour"];
+      expected["Which shape is " + obj["colour"].get<std::string>() + "?"] = obj["shape"];
+    }
+    const auto& turns = d["conversations"];
+    ASSERT_EQ(turns.size(), 2 * expected.size());
+    std::map<std::string, std::string> asked;
+    for (size_t k = 0; k < turns.size(); k += 2) {
+      std::string q = turns[k]["value"];
+      if (k == 0) {
+        ASSERT_EQ(q.rfind("<image>\n", 0), 0u);
+        q = q.substr(8);
+      }
+      asked[q] = turns[k + 1]["value"];
+    }
+    EXPECT_EQ(asked, expected);
+    EXPECT_EQ(d["answer"], turns[1]["value"]);
   }
   // By hand: object_mask draws the shapes synth draws (last over first, pixel centres at +0.5).
   std::vector<SynthObject> two{{1, 0, 4.0, 4.0, 2.0}, {0, 2, 6.0, 4.0, 1.5}};  // a square, then a circle over it
