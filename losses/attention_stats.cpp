@@ -86,7 +86,7 @@ void check_probabilities(const torch::Tensor& p, const torch::Tensor& real, size
               "dimension), one row sums to ", sums.masked_select(bad)[0].item<double>(),
               ": pass (B, H, queries, keys) softmax probabilities");
   // A causal decoder puts nothing on later keys: mass above the diagonal means the maps are transposed.
-  const double above = w.triu(1).sum().item<double>(), all = w.sum().item<double>();
+  const double above = w.triu(1).sum().item<double>(), all = sums.sum().item<double>();
   TORCH_CHECK(above <= 1e-3 * all, "probs[", index, "] puts ", above / std::max(all, 1e-30),
               " of its mass on later keys: a causal decoder's maps are (B, H, queries, keys); are they transposed?");
 }

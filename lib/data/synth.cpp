@@ -115,18 +115,23 @@ struct Question {
   std::vector<const Placed*> about;  // the shapes whose pixels hold the answer
 };
 
+// The benchmark's three questions (ask, dense_questions and the tokenizer corpus use the same texts).
+std::string colour_question(const char* shape) { return fmt::format("What colour is the {}?", shape); }
+std::string shape_question(const char* colour) { return fmt::format("Which shape is {}?", colour); }
+constexpr const char* kCountQuestion = "How many shapes are there?";
+
 Question ask(const std::vector<Placed>& shapes, Rng& rng) {
   int kind = rng.below(10);
   const Placed& target = shapes[rng.below(static_cast<int>(shapes.size()))];
   Question q;
   if (kind < 5) {
-    q = {fmt::format("What colour is the {}?", kShapes[target.shape]), kColours[target.colour].name, "colour", {}, {&target}};
+    q = {colour_question(kShapes[target.shape]), kColours[target.colour].name, "colour", {}, {&target}};
     for (const auto& c : kColours) q.options.push_back(c.name);
   } else if (kind < 8) {
-    q = {fmt::format("Which shape is {}?", kColours[target.colour].name), kShapes[target.shape], "shape", {}, {&target}};
+    q = {shape_question(kColours[target.colour].name), kShapes[target.shape], "shape", {}, {&target}};
     q.options.assign(std::begin(kShapes), std::end(kShapes));
   } else {
-    q = {"How many shapes are there?", kCounts[shapes.size()], "count", {}, {}};
+    q = {kCountQuestion, kCounts[shapes.size()], "count", {}, {}};
     q.options.assign(kCounts + 1, kCounts + 5);
     for (const auto& s : shapes) q.about.push_back(&s);
   }
@@ -178,9 +183,9 @@ std::string tokenizer_corpus() {
   std::vector<std::pair<std::string, std::vector<std::string>>> questions;  // text, options
   std::vector<std::string> colours, shapes(std::begin(kShapes), std::end(kShapes)), counts(kCounts + 1, kCounts + 5);
   for (const auto& c : kColours) colours.push_back(c.name);
-  for (const char* shape : kShapes) questions.push_back({fmt::format("What colour is the {}?", shape), colours});
-  for (const auto& c : kColours) questions.push_back({fmt::format("Which shape is {}?", c.name), shapes});
-  questions.push_back({"How many shapes are there?", counts});
+  for (const char* shape : kShapes) questions.push_back({colour_question(shape), colours});
+  for (const auto& c : kColours) questions.push_back({shape_question(c.name), shapes});
+  questions.push_back({kCountQuestion, counts});
   for (const auto& [text, options] : questions) {
     corpus += "<image>\n" + text + "\n";
     for (const auto& option : options) corpus += "<image>\n" + text + " Hint: it is probably " + option + ".\n" + option + "\n";
@@ -207,7 +212,6 @@ nlohmann::ordered_json regions(const std::vector<const Placed*>& about, int size
   return out;
 }
 
-// One QA sample of `split`; `caption_out`, when given, receives the caption sample of the same image.
 // Every question about one image in one conversation, without hints: each shape's colour, each colour's
 // shape and the count, in an order shuffled by its own generator (seeded by the image), so that the other
 // splits' samples do not depend on it. The stage-1 split that teaches the decoder to bind (docs/efficacy.md).
@@ -215,10 +219,10 @@ nlohmann::ordered_json dense_questions(const std::vector<Placed>& shapes, const 
                                        uint64_t seed) {
   std::vector<std::pair<std::string, std::string>> qa;  // question, answer
   for (const auto& p : shapes) {
-    qa.push_back({fmt::format("What colour is the {}?", kShapes[p.shape]), kColours[p.colour].name});
-    qa.push_back({fmt::format("Which shape is {}?", kColours[p.colour].name), kShapes[p.shape]});
+    qa.push_back({colour_question(kShapes[p.shape]), kColours[p.colour].name});
+    qa.push_back({shape_question(kColours[p.colour].name), kShapes[p.shape]});
   }
-  qa.push_back({"How many shapes are there?", kCounts[shapes.size()]});
+  qa.push_back({kCountQuestion, kCounts[shapes.size()]});
   std::mt19937_64 order(seed * 7919 + static_cast<uint64_t>(i));
   std::shuffle(qa.begin(), qa.end(), order);
   nlohmann::ordered_json turns = nlohmann::ordered_json::array();
@@ -237,6 +241,8 @@ nlohmann::ordered_json dense_questions(const std::vector<Placed>& shapes, const 
   return d;
 }
 
+// One QA sample of `split`; `caption_out` and `dense_out`, when given, receive the caption sample and the dense
+// questions of the same image.
 nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const SynthOptions& o, HintMode mode, Rng& rng,
                                    nlohmann::ordered_json* caption_out, nlohmann::ordered_json* dense_out) {
   Level lv = level(o.difficulty);
