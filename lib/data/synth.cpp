@@ -174,6 +174,19 @@ std::string caption(const std::vector<Placed>& shapes, int size) {
   return text + ".";
 }
 
+// The shape-first list of an image in drawing order, e.g. "circle red, square orange.": each kind directly
+// followed by its colour, so the token that predicts a colour is the shape's own and the decoder learns to
+// find patches by their shape (the caption, colour first, only teaches it to find them by colour: without
+// this list "What colour is the square?" stayed at a present colour at random, docs/efficacy.md). Its
+// words are the captions' own, so the tokenizer corpus needs nothing new.
+constexpr const char* kShapeListPrompt = "Describe the shapes.";
+std::string shape_list(const std::vector<Placed>& shapes) {
+  std::string text;
+  for (const Placed& p : shapes)
+    text += fmt::format("{}{} {}", text.empty() ? "" : ", ", kShapes[p.shape], kColours[p.colour].name);
+  return text + ".";
+}
+
 // Every text the benchmark can produce (the template's words, each question with each hint, each
 // answer, the caption's words), so that the tokenizer depends on nothing but the vocabulary size: two
 // benchmarks made with other seeds, hint settings or difficulties share it, and a model trained on one
@@ -241,10 +254,30 @@ nlohmann::ordered_json dense_questions(const std::vector<Placed>& shapes, const 
   return d;
 }
 
-// One QA sample of `split`; `caption_out` and `dense_out`, when given, receive the caption sample and the dense
-// questions of the same image.
+// A one-turn description sample (`prompt` answered by `text`) of an image, its regions every shape's box.
+nlohmann::ordered_json description(const std::string& id, const std::string& image, const char* prompt,
+                                   const std::string& text, const char* type, const std::vector<Placed>& shapes, int size) {
+  std::vector<const Placed*> all;
+  for (const auto& s : shapes) all.push_back(&s);
+  nlohmann::ordered_json c;
+  c["id"] = id;
+  c["image"] = image;
+  c["conversations"] = {{{"from", "human"}, {"value", std::string("<image>\n") + prompt}}, {{"from", "gpt"}, {"value", text}}};
+  c["answer"] = text;
+  c["hint"] = "";
+  c["type"] = type;
+  c["regions"] = regions(all, size);
+  return c;
+}
+
+// The stage-1 samples of one training image (docs/efficacy.md): its caption, its shape list, its dense questions.
+struct Stage1Samples {
+  nlohmann::ordered_json caption, shape_list, dense;
+};
+
+// One QA sample of `split`; `stage1`, when given, receives the stage-1 samples of the same image.
 nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const SynthOptions& o, HintMode mode, Rng& rng,
-                                   nlohmann::ordered_json* caption_out, nlohmann::ordered_json* dense_out) {
+                                   Stage1Samples* stage1) {
   Level lv = level(o.difficulty);
   std::vector<Placed> shapes = place(lv, static_cast<int>(o.image_size), rng);
   RgbImage img = draw(shapes, lv, static_cast<int>(o.image_size), rng);
@@ -270,25 +303,18 @@ nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const Sy
   j["hint"] = hint;
   j["type"] = q.type;
   j["regions"] = regions(q.about, static_cast<int>(o.image_size));
-  if (caption_out) {
-    const std::string text = caption(shapes, static_cast<int>(o.image_size));
-    std::vector<const Placed*> all;
-    for (const auto& s : shapes) all.push_back(&s);
-    nlohmann::ordered_json& c = *caption_out;
-    c["id"] = fmt::format("caption-{:05d}", i);
-    c["image"] = image;
-    c["conversations"] = {{{"from", "human"}, {"value", std::string("<image>\n") + kCaptionPrompt}},
-                          {{"from", "gpt"}, {"value", text}}};
-    c["answer"] = text;
-    c["hint"] = "";
-    c["type"] = "caption";
-    c["regions"] = regions(all, static_cast<int>(o.image_size));
+  if (stage1) {
+    const int size = static_cast<int>(o.image_size);
+    nlohmann::ordered_json& c = stage1->caption =
+        description(fmt::format("caption-{:05d}", i), image, kCaptionPrompt, caption(shapes, size), "caption", shapes, size);
     c["objects"] = nlohmann::json::array();  // in drawing order: what pretrain-tower's patch labels come from
     for (const auto& s : shapes)
       c["objects"].push_back({{"shape", kShapes[s.shape]}, {"colour", kColours[s.colour].name},
                               {"centre", {s.cx, s.cy}}, {"radius", s.radius}});
+    stage1->shape_list = description(fmt::format("shapes-{:05d}", i), image, kShapeListPrompt, shape_list(shapes),
+                                     "shape_list", shapes, size);
+    stage1->dense = dense_questions(shapes, image, i, o.seed);
   }
-  if (dense_out) *dense_out = dense_questions(shapes, image, i, o.seed);
   return j;
 }
 
@@ -332,8 +358,8 @@ std::string synthesize(const SynthOptions& o) {
     if (!o.force)
       throw std::invalid_argument("synth: " + o.out_dir + " is not empty; pick an empty folder or pass --force to replace "
                                   "the benchmark there");
-    for (const char* name : {"images", "train.json", "captions.json", "qa_dense.json", "eval_aligned.json", "eval_conflict.json",
-                             "eval_nohint.json", "tokenizer.model", "synth.json"})
+    for (const char* name : {"images", "train.json", "captions.json", "shape_list.json", "qa_dense.json", "eval_aligned.json",
+                             "eval_conflict.json", "eval_nohint.json", "tokenizer.model", "synth.json"})
       fs::remove_all(fs::path(o.out_dir) / name);
   }
   fs::create_directories(fs::path(o.out_dir) / "images");
@@ -349,16 +375,18 @@ std::string synthesize(const SynthOptions& o) {
   for (size_t s = 0; s < std::size(splits); ++s) {
     Rng rng{std::mt19937_64(o.seed * 1000003 + s)};
     nlohmann::ordered_json samples = nlohmann::ordered_json::array(), captions = nlohmann::ordered_json::array(),
-                           dense = nlohmann::ordered_json::array();
+                           lists = nlohmann::ordered_json::array(), dense = nlohmann::ordered_json::array();
     const bool train = splits[s].mode == HintMode::Train;
     for (int64_t i = 0; i < splits[s].count; ++i) {
-      nlohmann::ordered_json c, d;
-      samples.push_back(make_sample(splits[s].name, i, o, splits[s].mode, rng, train ? &c : nullptr, train ? &d : nullptr));
-      if (train) captions.push_back(std::move(c)), dense.push_back(std::move(d));
+      Stage1Samples one;
+      samples.push_back(make_sample(splits[s].name, i, o, splits[s].mode, rng, train ? &one : nullptr));
+      if (train)
+        captions.push_back(std::move(one.caption)), lists.push_back(std::move(one.shape_list)), dense.push_back(std::move(one.dense));
     }
     write_file_atomic((fs::path(o.out_dir) / (std::string(splits[s].name) + ".json")).string(), samples.dump(1) + "\n");
     if (train) {
       write_file_atomic((fs::path(o.out_dir) / "captions.json").string(), captions.dump(1) + "\n");
+      write_file_atomic((fs::path(o.out_dir) / "shape_list.json").string(), lists.dump(1) + "\n");
       write_file_atomic((fs::path(o.out_dir) / "qa_dense.json").string(), dense.dump(1) + "\n");
     }
   }
@@ -375,7 +403,7 @@ std::string synthesize(const SynthOptions& o) {
                                  {"difficulty", kDifficulty[static_cast<int>(o.difficulty)]}, {"vocab_size", o.vocab_size},
                                  {"shapes", {lv.shapes_min, lv.shapes_max}}, {"chance", chance_levels(o.difficulty)}};
   write_file_atomic((fs::path(o.out_dir) / "synth.json").string(), meta.dump(2) + "\n");
-  return fmt::format("synth: wrote {} train samples with their captions and dense questions and 3 x {} eval samples ({}, {}x{} images, training hints {}) and a tokenizer to {}",
+  return fmt::format("synth: wrote {} train samples with their captions, shape lists and dense questions and 3 x {} eval samples ({}, {}x{} images, training hints {}) and a tokenizer to {}",
                      o.train, o.eval, kDifficulty[static_cast<int>(o.difficulty)], o.image_size, o.image_size,
                      o.chance_hints ? std::string("at chance") : fmt::format("right {:g}", o.hint_agreement), o.out_dir);
 }

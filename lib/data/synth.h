@@ -33,7 +33,10 @@ struct SynthOptions {
 // out_dir/captions.json holds one caption sample per training image ("Describe the image." answered by
 // the count and every shape's colour, kind and place on a 3 x 3 grid; type "caption", every shape's box
 // as regions, and "objects": each shape's kind, colour, centre and radius in drawing order, for
-// object_mask): a stage-1 (feature alignment) set in LLaVA's format. Returns a one-line summary.
+// object_mask): a stage-1 (feature alignment) set in LLaVA's format. out_dir/shape_list.json asks the same
+// images "Describe the shapes." and answers each shape's kind followed by its colour ("circle red, square
+// orange."); out_dir/qa_dense.json asks every question about each image in one conversation, without hints.
+// Returns a one-line summary.
 std::string synthesize(const SynthOptions& options);
 
 // One drawn shape: indices into synth_shapes() and synth_colours(), centre and radius in pixels.

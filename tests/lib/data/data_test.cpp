@@ -498,7 +498,7 @@ TEST_F(Data, SynthIsDeterministicAndConflictHintsDisagree) {
     EXPECT_TRUE(test::read_text(entry.path().string()) == test::read_text((b.path() / rel).string())) << rel;
     ++files;
   }
-  EXPECT_EQ(files, 20u + 30u + 8u);  // images, 4 splits, captions, dense questions, tokenizer, synth.json
+  EXPECT_EQ(files, 20u + 30u + 9u);  // images, 4 splits, captions, shape lists, dense questions, tokenizer, synth.json
   auto conflict = nlohmann::json::parse(test::read_text((a.path() / "s/eval_conflict.json").string()));
   auto aligned = nlohmann::json::parse(test::read_text((a.path() / "s/eval_aligned.json").string()));
   auto nohint = nlohmann::json::parse(test::read_text((a.path() / "s/eval_nohint.json").string()));
@@ -605,6 +605,18 @@ TEST_F(Data, SynthCaptionsDescribeEveryShapeOfTheirImage) {
       const std::string phrase = (colour == "orange" ? "an " : "a ") + colour + " " + shape + " at the " + place;
       EXPECT_NE(text.find(phrase), std::string::npos) << text << " lacks " << phrase;
     }
+  }
+  // shape_list.json: per training image, each object's kind then its colour, in drawing order.
+  auto lists = nlohmann::json::parse(test::read_text(o.out_dir + "/shape_list.json"));
+  ASSERT_EQ(lists.size(), train.size());
+  for (size_t i = 0; i < lists.size(); ++i) {
+    std::string expected;
+    for (const auto& obj : captions[i]["objects"])
+      expected += (expected.empty() ? "" : ", ") + obj["shape"].get<std::string>() + " " + obj["colour"].get<std::string>();
+    EXPECT_EQ(lists[i]["image"], train[i]["image"]);
+    EXPECT_EQ(lists[i]["conversations"][0]["value"], "<image>\nDescribe the shapes.");
+    EXPECT_EQ(lists[i]["conversations"][1]["value"], expected + ".");
+    EXPECT_EQ(lists[i]["regions"], captions[i]["regions"]);
   }
   // qa_dense.json: per training image, every question about it once (each shape's colour, each colour's
   // shape, the count), answered from the caption's objects, no hints.
