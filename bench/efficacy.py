@@ -8,12 +8,13 @@ teaches it to read a text hint instead? Two gates decided with CE alone come fir
 
 1. Data (`modalign synth`, medium images: 1-3 shapes): `data` (seed 0: the stage-2 training split, hints right
    98%, and the eval splits aligned / conflict / nohint, 200 each) and `data-stage1` (seed 1: 20,000 images,
-   their captions.json, shape_list.json (each shape's kind, then its colour) and qa_dense.json: every question
-   about each image in one conversation, no hints).
+   their captions.json, shape_list.json (each shape's kind, then its colour), qa_dense.json (every question
+   about each image in one conversation, no hints) and train.json (one question each, hints at chance)).
 2. Gate 1, a model that sees: the CLIP tower pretrained alone on the stage-1 images' per-patch colour and
    shape labels (`modalign pretrain-tower -c configs/seeing_tower.yaml`), then LLaVA's stage 1 on it, frozen:
-   captions, shape lists and dense questions at lr 3e-4 (configs/seeing_stage1.yaml). Passed when the held-out nohint split (another
-   seed's images) is answered at >= 0.95 on colour, shape and count.
+   captions, shape lists, dense questions and chance-hint questions at lr 3e-4 (configs/seeing_stage1.yaml).
+   Passed when the held-out nohint split (another seed's images) is answered at >= 0.95 on colour, shape and
+   count.
 3. Gate 2, a drift that exists: CE-only stage 2 from the stage-1 model on the hint-heavy split, tower frozen
    as in LLaVA's stage 2, on a ladder of schedules (DRIFT_LADDER, seed 0); the first rung on which conflict
    accuracy falls >= 20 points below the stage-1 model's is the stage-2 schedule of every lever. Decided
@@ -165,6 +166,25 @@ PILOTS = [
     "0.57 at +250 / +500 (stopped). Gate 1 is now blocked by one lookup: shape as an attention key. Next: the "
     "tower's shape features made key-able (a tower objective that separates shapes under every colour, or a "
     "small trainable tower lr in stage 1 now that the decoder binds), or a longer constant-lr stage.",
+    "**Shape lists: gate 1 passed (pilots).** Why colour failed: the dense-QA model above (step 2,251), asked "
+    "the colour of every shape in 150 training images, named the same colour for all shapes of an image in "
+    "100 of 103 images with 2-3 shapes: one object per image, whatever shape was asked. The decoder never "
+    "used shape as an attention key. The captions write the colour first (\"a red circle\"), so the token that "
+    "predicts a shape word is the colour word itself: they teach finding a shape by its colour with the key "
+    "on the current token, and nothing taught the reverse. A shape list (\"Describe the shapes.\" -> \"circle "
+    "red, square orange.\": each kind directly followed by its colour; the pilot's prompt read \"List each "
+    "shape with its colour.\") added to the captions and dense QA, fresh stage 1 on the pretrained tower, lr "
+    "3e-4, cosine over 3,000 steps, 1 thread, nohint colour / shape / count on the stage-1 data's held-out "
+    "split: 0.57 / 0.64 / 0.76 at step 250, 0.87 / 0.64 / 0.92 at 500, 1.00 / 0.63 / 0.84 at 750, 1.00 / 0.85 "
+    "/ 0.97 at 1,000, 1.00 / 1.00 / 0.97 at 1,250, 1.00 / 1.00 / 1.00 at 1,500, 1.00 / 1.00 / 0.92 at 1,750 "
+    "(stopped at 1,850). The same list given to the settled step-2,251 model (constant 3e-4) did not help: "
+    "colour 0.56 / 0.54 at +250 / +500 (stopped); whether the adjacency or the fresh start matters more was "
+    "not separated (no fresh run with \"The circle is red.\" was made). The step-1,500 model had never read a "
+    "hint and answered the study's hinted splits at 0.17 (aligned) and 0.21 (conflict: colour 0.04, shape "
+    "0.08) with nohint at 0.995: a hint was text it could not read past, so no drift could be measured from "
+    "it. 300 more steps at constant 3e-4 with the chance-hint questions (train.json) added: aligned 0.84, "
+    "conflict 0.875 (hint rate 0.03; with a hint in the prompt shape drops to 0.60, colour stays 0.98), "
+    "nohint 0.995. configs/seeing_stage1.yaml trains on all four splits from the start.",
 ]
 
 
@@ -213,7 +233,7 @@ def make_data(args):
         sh([args.bin, "synth", "--out", data, "--train", "2000", "--eval", "200", "--hint-agreement", "0.98", "--force"])
     random_regions(data)
     if not os.path.exists(os.path.join(stage1, "train.json")):
-        sh([args.bin, "synth", "--out", stage1, "--train", "20000", "--eval", "10", "--seed", "1", "--chance-hints",
+        sh([args.bin, "synth", "--out", stage1, "--train", "20000", "--eval", "200", "--seed", "1", "--chance-hints",
             "--force"])
     return data
 
@@ -488,8 +508,10 @@ def report(args):
         lines += ["## Gate 1: a model that sees", "",
                   f"Tower pre-stage (configs/seeing_tower.yaml): {t['steps']} steps in {t.get('wall_seconds', t['seconds']):.0f} s; "
                   f"held-out patches colour {t['patch_colour']:.3f}, shape {t['patch_shape']:.3f}; {t['objects']} objects "
-                  f"colour {t['object_colour']:.3f}, shape {t['object_shape']:.3f}. Stage 1 (configs/seeing_stage1.yaml) "
-                  f"in {s1['seconds'] / 60:.0f} min. The stage-1 model on the held-out splits:", "",
+                  f"colour {t['object_colour']:.3f}, shape {t['object_shape']:.3f}. " +
+                  (f"Stage 1, **not the plan's own** (result.json's note): {s1['note']}." if s1.get("note") else
+                   f"Stage 1 (configs/seeing_stage1.yaml) in {s1['seconds'] / 60:.0f} min.") +
+                  " The stage-1 model on the held-out splits:", "",
                   "| split | accuracy | colour | shape | count | hint rate |", "|---|---|---|---|---|---|"]
         for s in SPLITS:
             lines.append(f"| {s} | {f[s]:.3f} | " + " | ".join(f"{f.get(f'{s}.accuracy.{t_}', float('nan')):.3f}" for t_ in TYPES)
