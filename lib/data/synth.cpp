@@ -225,6 +225,21 @@ nlohmann::ordered_json regions(const std::vector<const Placed*>& about, int size
   return out;
 }
 
+// One sample in LLaVA's format with the benchmark's fields; `turns` alternate human and gpt.
+nlohmann::ordered_json sample(const std::string& id, const std::string& image, nlohmann::ordered_json turns,
+                              const std::string& answer, const std::string& hint, const std::string& type,
+                              nlohmann::ordered_json boxes) {
+  nlohmann::ordered_json j;
+  j["id"] = id;
+  j["image"] = image;
+  j["conversations"] = std::move(turns);
+  j["answer"] = answer;
+  j["hint"] = hint;
+  j["type"] = type;
+  j["regions"] = std::move(boxes);
+  return j;
+}
+
 // Every question about one image in one conversation, without hints: each shape's colour, each colour's
 // shape and the count, in an order shuffled by its own generator (seeded by the image), so that the other
 // splits' samples do not depend on it. The stage-1 split that teaches the decoder to bind (docs/efficacy.md).
@@ -243,15 +258,8 @@ nlohmann::ordered_json dense_questions(const std::vector<Placed>& shapes, const 
     turns.push_back({{"from", "human"}, {"value", (k == 0 ? "<image>\n" : "") + qa[k].first}});
     turns.push_back({{"from", "gpt"}, {"value", qa[k].second}});
   }
-  nlohmann::ordered_json d;
-  d["id"] = fmt::format("qa-{:05d}", i);
-  d["image"] = image;
-  d["conversations"] = turns;
-  d["answer"] = qa.front().second;
-  d["hint"] = "";
-  d["type"] = "qa";
-  d["regions"] = nlohmann::json::array();
-  return d;
+  return sample(fmt::format("qa-{:05d}", i), image, std::move(turns), qa.front().second, "", "qa",
+                nlohmann::ordered_json::array());
 }
 
 // A one-turn description sample (`prompt` answered by `text`) of an image, its regions every shape's box.
@@ -259,15 +267,8 @@ nlohmann::ordered_json description(const std::string& id, const std::string& ima
                                    const std::string& text, const char* type, const std::vector<Placed>& shapes, int size) {
   std::vector<const Placed*> all;
   for (const auto& s : shapes) all.push_back(&s);
-  nlohmann::ordered_json c;
-  c["id"] = id;
-  c["image"] = image;
-  c["conversations"] = {{{"from", "human"}, {"value", std::string("<image>\n") + prompt}}, {{"from", "gpt"}, {"value", text}}};
-  c["answer"] = text;
-  c["hint"] = "";
-  c["type"] = type;
-  c["regions"] = regions(all, size);
-  return c;
+  return sample(id, image, {{{"from", "human"}, {"value", std::string("<image>\n") + prompt}}, {{"from", "gpt"}, {"value", text}}},
+                text, "", type, regions(all, size));
 }
 
 // The stage-1 samples of one training image (docs/efficacy.md): its caption, its shape list, its dense questions.
@@ -295,14 +296,9 @@ nlohmann::ordered_json make_sample(const std::string& split, int64_t i, const Sy
     while (!agree && hint == q.answer) hint = any_option();
   }
   std::string human = "<image>\n" + q.text + (hint.empty() ? "" : " Hint: it is probably " + hint + ".");
-  nlohmann::ordered_json j;
-  j["id"] = fmt::format("{}-{:05d}", split, i);
-  j["image"] = image;
-  j["conversations"] = {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", q.answer}}};
-  j["answer"] = q.answer;
-  j["hint"] = hint;
-  j["type"] = q.type;
-  j["regions"] = regions(q.about, static_cast<int>(o.image_size));
+  nlohmann::ordered_json j = sample(fmt::format("{}-{:05d}", split, i), image,
+                                    {{{"from", "human"}, {"value", human}}, {{"from", "gpt"}, {"value", q.answer}}}, q.answer,
+                                    hint, q.type, regions(q.about, static_cast<int>(o.image_size)));
   if (stage1) {
     const int size = static_cast<int>(o.image_size);
     nlohmann::ordered_json& c = stage1->caption =
