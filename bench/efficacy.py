@@ -24,10 +24,15 @@ teaches it to read a text hint instead? Two gates decided with CE alone come fir
    From scratch (configs/demo.yaml, 300 steps) for reference: CE and the two best, 3 seeds.
 
 Runs go to --work (default build/efficacy); each is one `modalign` process with one thread, --jobs side by
-side (2 on 2 cores). Every step writes its result file last, so a stopped study resumes where it was.
+side (2 on 2 cores). Every step writes its result file last, so a stopped study resumes where it was. The
+record (--record, default bench/seeing, committed) keeps what a new machine needs to continue: every result
+file, the data's digests and the stage-1 weights (26 MB; the one model every paired comparison starts from, 70
+min of 2 cores to make again). A new work folder starts as a copy of it; the data are made again and must
+match the record's digests byte for byte. The report is written from the record.
 """
 import argparse
 import concurrent.futures as cf
+import hashlib
 import json
 import math
 import os
@@ -40,6 +45,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
+RECORD = os.path.join(ROOT, "bench", "seeing")
 DEMO, TOWER, STAGE1 = (os.path.join(CONFIGS, f) for f in ("demo.yaml", "seeing_tower.yaml", "seeing_stage1.yaml"))
 SPLITS = ("eval_aligned", "eval_conflict", "eval_nohint")
 TYPES = ("colour", "shape", "count")
@@ -225,6 +231,40 @@ def sets(pairs):
     return sum([["--set", s] for s in pairs], [])
 
 
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def latest_checkpoint(run_dir):
+    with open(os.path.join(run_dir, "latest")) as f:
+        return os.path.join(run_dir, f.read().strip())
+
+
+def keep(args, rel):
+    """Copies WORK/rel into the record (--record, committed with the project), where the next machine finds it."""
+    if args.record:
+        os.makedirs(os.path.dirname(os.path.join(args.record, rel)), exist_ok=True)
+        shutil.copyfile(os.path.join(args.work, rel), os.path.join(args.record, rel) + ".tmp")
+        os.replace(os.path.join(args.record, rel) + ".tmp", os.path.join(args.record, rel))
+
+
+def restore(args):
+    """Copies every file of the record missing from WORK into it, so finished steps and runs are skipped: a study
+    continues on a new machine from the stage-1 weights and the results committed by the last one."""
+    if not (args.record and os.path.isdir(args.record)):
+        return
+    for root, _, files in os.walk(args.record):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), args.record)
+            if not os.path.exists(os.path.join(args.work, rel)):
+                os.makedirs(os.path.dirname(os.path.join(args.work, rel)), exist_ok=True)
+                shutil.copyfile(os.path.join(root, name), os.path.join(args.work, rel))
+
+
 def seeing_env(args):
     return dict(os.environ, SEEING=args.work)
 
@@ -255,7 +295,25 @@ def make_data(args):
     if not os.path.exists(os.path.join(stage1, "train.json")):
         sh([args.bin, "synth", "--out", stage1, "--train", "20000", "--eval", "200", "--seed", "1", "--chance-hints",
             "--force"])
+    digests = {d: folder_digest(os.path.join(args.work, d)) for d in ("data", "data-stage1")}
+    path = os.path.join(args.work, "data.json")
+    if os.path.exists(path) and json.load(open(path)) != digests:
+        raise RuntimeError(f"{path}: the data the record's runs used differ from what this binary's synth made "
+                           f"({digests}); the record cannot be continued with it")
+    write_json(path, digests)
+    keep(args, "data.json")
+    keep(args, "data/synth.json")
     return data
+
+
+def folder_digest(folder):
+    """sha256 over every file of a folder (names and contents, sorted): the same data, byte for byte."""
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, folder).encode() + b"\0" + sha256(path).encode())
+    return h.hexdigest()
 
 
 def eval_sets(args, out):
@@ -293,36 +351,53 @@ def read_evals(out):
 
 def tower(args):
     out, report = os.path.join(args.work, "tower.safetensors"), os.path.join(args.work, "tower.json")
-    if not os.path.exists(report):
+    if not (os.path.exists(report) and os.path.exists(out)):  # a restored report without the weights runs again
         t0 = time.time()
         sh([args.bin, "pretrain-tower", "-c", TOWER, "--out", out, "--report", report] +
            sets([f"train.num_threads={2 * args.threads}"]), os.path.join(args.work, "tower.log"), seeing_env(args))
         r = json.load(open(report))
         r["wall_seconds"] = time.time() - t0
         write_json(report, r)
+        keep(args, "tower.json")
     return json.load(open(report))
 
 
+def timed(seconds_file, fn):
+    """Runs fn() and adds its wall time to seconds_file, also when it fails or is interrupted, so a step run in
+    pieces (stopped, resumed) reports the sum of its pieces."""
+    t0 = time.time()
+    try:
+        fn()
+    finally:
+        before = json.load(open(seconds_file)) if os.path.exists(seconds_file) else 0.0
+        write_json(seconds_file, before + time.time() - t0)
+    return json.load(open(seconds_file))
+
+
 def stage1(args):
-    """Gate 1: the tower pretrained, then LLaVA's stage 1 on it; evaluated on `data`'s held-out splits."""
+    """Gate 1: the tower pretrained, then LLaVA's stage 1 on it; evaluated on `data`'s held-out splits. The final
+    weights are copied to stage1/model.safetensors, which stage 2 starts from (and the record keeps)."""
     make_data(args)
-    t = tower(args)
     out = os.path.join(args.work, "stage1")
     result_path = os.path.join(out, "result.json")
     if os.path.exists(result_path):
         return json.load(open(result_path))
+    t = tower(args)
     os.makedirs(out, exist_ok=True)  # a stopped stage 1 resumes from its newest checkpoint (a finished one returns)
-    t0 = time.time()
-    sh([args.bin, "train", "-c", STAGE1] + sets([f"train.num_threads={2 * args.threads}",
-                                               "checkpoint.resume_from_checkpoint=auto"]),
-       os.path.join(out, "stdout.log"), seeing_env(args))
-    seconds = time.time() - t0
+    seconds = timed(os.path.join(out, "seconds.json"), lambda: sh(
+        [args.bin, "train", "-c", STAGE1] + sets([f"train.num_threads={2 * args.threads}",
+                                                 "checkpoint.resume_from_checkpoint=auto"]),
+        os.path.join(out, "stdout.log"), seeing_env(args)))
+    shutil.copyfile(os.path.join(latest_checkpoint(out), "model.safetensors"), os.path.join(out, "model.safetensors"))
     sh([args.bin, "eval", "-c", STAGE1] + sets(eval_sets(args, out)) +
        ["--checkpoint", out, "--out", os.path.join(out, "eval.json")], os.path.join(out, "eval.log"), seeing_env(args))
     final = read_eval_file(os.path.join(out, "eval.json"))
     passed = all(final.get(f"eval_nohint.accuracy.{t_}", 0) >= GATE_SEEING for t_ in TYPES)
-    result = {"tower": t, "seconds": seconds, "curve": read_evals(out), "final": final, "passed": passed}
+    result = {"tower": t, "seconds": seconds, "curve": read_evals(out), "final": final, "passed": passed,
+              "sha256": sha256(os.path.join(out, "model.safetensors"))}
     write_json(result_path, result)
+    keep(args, "stage1/model.safetensors")
+    keep(args, "stage1/result.json")
     return result
 
 
@@ -359,6 +434,7 @@ def run_one(args, regime, name, seed, plan, tag=None):
             if entry.startswith("step-"):
                 shutil.rmtree(os.path.join(out, entry))
     write_json(result_path, result)
+    keep(args, os.path.relpath(result_path, args.work))
     return result_path, True
 
 
@@ -397,6 +473,7 @@ def drift(args, s1):
     result = {"stage1_conflict": start, "rungs": rungs, "passed": chosen is not None,
               "plan": chosen or DRIFT_LADDER[-1]}
     write_json(path, result)
+    keep(args, "stage2.json")
     return result
 
 
@@ -505,7 +582,7 @@ def target_lines(res, regime, start):
 
 
 def report(args):
-    work = args.work
+    work = args.record or args.work
     res = load_results(work)
     s1_path, s2_path = os.path.join(work, "stage1", "result.json"), os.path.join(work, "stage2.json")
     s1 = json.load(open(s1_path)) if os.path.exists(s1_path) else None
@@ -630,6 +707,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "modalign"))
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "efficacy"))
+    ap.add_argument("--record", default=RECORD,
+                    help="folder of the committed record (results, stage-1 weights) the study continues from and "
+                         "adds to, and the report is written from; '' = none (a pilot)")
     ap.add_argument("--only", default=None, help="comma-separated settings (default: all)")
     ap.add_argument("--seeds", default=None, help="e.g. 0-7 or 0,3 (default: 0-2)")
     ap.add_argument("--regime", choices=REGIMES, default="seeing")
@@ -641,6 +721,7 @@ def main():
     args.work = os.path.abspath(args.work)
     if not args.report:
         os.makedirs(args.work, exist_ok=True)
+        restore(args)
         s1 = stage1(args)
         print(f"gate 1 (a model that sees): {'passed' if s1['passed'] else 'NOT passed'}: nohint " +
               ", ".join(f"{t} {s1['final'].get(f'eval_nohint.accuracy.{t}', 0):.3f}" for t in TYPES), flush=True)
