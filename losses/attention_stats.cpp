@@ -14,6 +14,20 @@ torch::Tensor widen(const torch::Tensor& x) {
   return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
 }
 
+AttentionStats with_aligned_labels(const AttentionStats& stats) {
+  if (!stats.labels_shifted) return stats;
+  const torch::Tensor& shifted = stats.labels;
+  TORCH_CHECK(shifted.dim() == 2 && shifted.size(1) > 0, "labels must be (B, T), got ", shifted.sizes());
+  TORCH_CHECK((shifted.select(1, -1) == -100).all().item<bool>(),
+              "labels_shifted = true, but the last column of labels holds a token: shifted labels say what each position "
+              "predicts, and no token of the sequence follows the last one. Were they aligned with input_ids (then "
+              "labels_shifted = false)?");
+  AttentionStats out = stats;  // tensor handles only
+  out.labels = torch::cat({torch::full({shifted.size(0), 1}, -100, shifted.options()), shifted.slice(1, 0, -1)}, 1);
+  out.labels_shifted = false;
+  return out;
+}
+
 torch::Tensor response_queries(const torch::Tensor& labels) {
   TORCH_CHECK(labels.dim() == 2, "labels must be (B, T), got ", labels.sizes());
   torch::Tensor q = torch::zeros(labels.sizes(), labels.options().dtype(torch::kBool));
@@ -93,19 +107,12 @@ void check_probabilities(const torch::Tensor& p, const torch::Tensor& real, size
 
 }  // namespace
 
-AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::vector<torch::Tensor>& probs,
-                                const torch::Tensor& labels, const torch::Tensor& attention_mask,
-                                const torch::Tensor& visual_mask, const torch::Tensor& sink_mask,
-                                bool with_probs_to_visual) {
-  TORCH_CHECK(layers.size() == probs.size(), "one probability map per layer expected, got ", probs.size(), " for ",
-              layers.size(), " layers");
-  TORCH_CHECK(std::is_sorted(layers.begin(), layers.end()) &&
-                  std::adjacent_find(layers.begin(), layers.end()) == layers.end(),
-              "layers must be ascending without repeats (LossComposer::needs().layers), got ", layers);
+AttentionStats batch_stats(const torch::Tensor& labels, const torch::Tensor& attention_mask,
+                           const torch::Tensor& visual_mask) {
+  TORCH_CHECK(labels.defined(), "labels are undefined");
   TORCH_CHECK(labels.dim() == 2 && labels.scalar_type() == torch::kInt64, "labels must be (B, T) int64, got ",
               labels.sizes(), " ", labels.scalar_type());
   AttentionStats stats;
-  stats.layers = layers;
   stats.labels = labels;
   stats.attention_mask = boolean_mask(attention_mask, "attention_mask");
   torch::Tensor image = boolean_mask(visual_mask, "visual_mask");
@@ -116,10 +123,23 @@ AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::v
   TORCH_CHECK(!image.any().item<bool>() || stats.visual_mask.any().item<bool>(),
               "every image token falls where attention_mask is false: is the mask inverted? modalign's masks say "
               "true (1) = real token, false (0) = padding");
-  torch::Tensor counts = stats.visual_mask.sum(1);
-  const int64_t nv = counts.numel() ? counts.max().item<int64_t>() : 0;
-  // Each sample's image positions in order, (B, Nv) (a stable descending sort puts them first).
-  torch::Tensor index = std::get<1>(torch::sort(stats.visual_mask.to(torch::kInt32), true, 1, true)).slice(1, 0, nv);
+  return stats;
+}
+
+AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::vector<torch::Tensor>& probs,
+                                const torch::Tensor& labels, const torch::Tensor& attention_mask,
+                                const torch::Tensor& visual_mask, const torch::Tensor& sink_mask,
+                                bool with_probs_to_visual) {
+  TORCH_CHECK(layers.size() == probs.size(), "one probability map per layer expected, got ", probs.size(), " for ",
+              layers.size(), " layers");
+  TORCH_CHECK(std::is_sorted(layers.begin(), layers.end()) &&
+                  std::adjacent_find(layers.begin(), layers.end()) == layers.end(),
+              "layers must be ascending without repeats (LossComposer::needs().layers), got ", layers);
+  AttentionStats stats = batch_stats(labels, attention_mask, visual_mask);
+  stats.layers = layers;
+  torch::Tensor positions = query_rows(stats.visual_mask);  // (B, Nv): each sample's image positions, -1 past them
+  const int64_t nv = positions.size(1);
+  torch::Tensor index = positions.clamp_min(0);
   for (const auto& p : probs) {
     TORCH_CHECK(p.dim() == 4 && p.size(0) == labels.size(0) && p.size(2) == labels.size(1) && p.size(3) == labels.size(1),
                 "probs must be (B, H, T, T) matching labels ", labels.sizes(), ", got ", p.sizes());
@@ -131,9 +151,7 @@ AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::v
     if (with_probs_to_visual) {
       torch::Tensor idx = index.view({p.size(0), 1, 1, nv}).expand({p.size(0), p.size(1), p.size(2), nv});
       // Slots past a sample's own image count hold other keys' probabilities: zero them.
-      torch::Tensor keep = (torch::arange(nv, counts.options()).unsqueeze(0) < counts.unsqueeze(1))
-                               .to(w.scalar_type())
-                               .view({p.size(0), 1, 1, nv});
+      torch::Tensor keep = (positions >= 0).to(w.scalar_type()).view({p.size(0), 1, 1, nv});
       stats.probs_to_visual.push_back(w.gather(-1, idx) * keep);
     }
   }

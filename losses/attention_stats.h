@@ -23,6 +23,10 @@ struct AttentionStats {
   std::vector<torch::Tensor> probs_to_visual;  // optional, per layer (B, H, T, Nv), or (B, H, Q, Nv) with probs_rows
   torch::Tensor probs_rows;      // optional (B, Q) int64: the query positions probs_to_visual's rows are, -1 = none
   torch::Tensor labels;          // (B, T) int64, -100 = not supervised
+  // false: labels aligned with input_ids (Hugging Face's models: position t predicts labels[t+1]); true:
+  // labels already shifted (position t predicts labels[t], as trainers that shift in the collator store them).
+  // Read by LossComposer and AlignmentTaps, which shift aligned labels themselves.
+  bool labels_shifted = false;
   torch::Tensor attention_mask;  // (B, T) bool, false = padding
   torch::Tensor visual_mask;     // (B, T) bool, image-token positions
   torch::Tensor region_target;   // optional (B, Nv): target distribution over image patches, 0-rows = none
@@ -39,16 +43,24 @@ struct AttentionStats {
 // A mask as bool: bool, or 0/1 of any type (1 = real / image token). Refuses Hugging Face's additive masks
 // (0 / large negative) and other values, naming `name` and how to convert.
 torch::Tensor boolean_mask(const torch::Tensor& mask, const char* name);
+// The batch's masks, checked (errors name the argument and the fix): labels (B, T) int64; masks of the same shape,
+// boolean or 0/1, not additive; image tokens not all outside attention_mask (an inverted mask). visual_mask comes
+// back restricted to real tokens; no layer is tapped yet.
+AttentionStats batch_stats(const torch::Tensor& labels, const torch::Tensor& attention_mask,
+                           const torch::Tensor& visual_mask);
 // For trainers that keep full attention maps: stats from probs[l] (B, H, T, T) of the given layers.
-// Checked on every call (errors name the argument and the fix): masks boolean or 0/1, not additive; image tokens
-// not all outside attention_mask (an inverted mask); layers ascending and one map per layer; probabilities
-// non-negative, rows of real queries summing to 1, nothing above the diagonal (causal maps, not transposed).
+// Checked on every call: the masks as batch_stats checks them; layers ascending and one map per layer;
+// probabilities non-negative, rows of real queries summing to 1, nothing above the diagonal (causal maps, not
+// transposed).
 // `sink_mask` (B, T), when defined, fills sink_mass; probs_to_visual is filled when `with_probs_to_visual`.
 AttentionStats stats_from_probs(const std::vector<int64_t>& layers, const std::vector<torch::Tensor>& probs,
                                 const torch::Tensor& labels, const torch::Tensor& attention_mask,
                                 const torch::Tensor& visual_mask, const torch::Tensor& sink_mask = {},
                                 bool with_probs_to_visual = false);
 
+// `stats` with labels aligned with input_ids: when labels_shifted, a column of -100 in front and the last column
+// dropped (it must be -100: no token of the sequence follows the last position), labels_shifted false.
+AttentionStats with_aligned_labels(const AttentionStats& stats);
 // (B, T) bool: t with labels[t+1] != -100.
 torch::Tensor response_queries(const torch::Tensor& labels);
 // (B, Q) int64: each sample's selected positions in order, -1 past its count; Q = the largest count.

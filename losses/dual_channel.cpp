@@ -3,8 +3,7 @@
 namespace modalign {
 
 DualChannelLoss::DualChannelLoss(const DualChannelOptions& options, int64_t num_layers) : options_(checked(options)) {
-  if (options.inter_weight == 0 && options.intra_weight == 0)
-    throw std::invalid_argument("dual_channel: inter_weight and intra_weight are both 0 (the loss would be 0)");
+  if (const std::string why = options.conflict(); !why.empty()) throw std::invalid_argument("dual_channel: " + why);
   layers_ = resolve_layers(options.layers, num_layers);
 }
 

@@ -61,8 +61,9 @@ std::unique_ptr<AlignmentLoss> make_loss(const LossEntry& entry, int64_t num_lay
 
 LossComposer::LossComposer(const std::vector<LossEntry>& entries, int64_t num_layers) {
   for (const auto& e : entries) {
-    if (!(e.weight_value() >= 0))
-      throw std::invalid_argument("loss '" + e.name + "': weight must be >= 0, got " + std::to_string(e.weight_value()));
+    LossEntry ranges = e;  // the weight's range as the YAML reader declares it (the options: each loss's own ctor)
+    RangeCheck check(e.name);
+    ranges.visit(check);
     losses_.push_back(make_loss(e, num_layers));
     weights_.push_back(e.weight_value());
   }
@@ -88,14 +89,16 @@ LossNeeds LossComposer::needs() const {
   return all;
 }
 
-torch::Tensor LossComposer::key_masks(const AttentionStats& masks) const {
+torch::Tensor LossComposer::key_masks(const AttentionStats& batch) const {
+  const AttentionStats masks = with_aligned_labels(batch);
   std::vector<torch::Tensor> sets;
   for (const auto& loss : losses_)
     if (loss->needs().sink_mass) sets.push_back(loss->sink_keys(masks));
   return sets.empty() ? torch::Tensor() : torch::stack(sets, -1);  // (B, T, K)
 }
 
-std::vector<WeightedTerm> LossComposer::compute(const torch::Tensor& logits, const AttentionStats& stats) const {
+std::vector<WeightedTerm> LossComposer::compute(const torch::Tensor& logits, const AttentionStats& given) const {
+  const AttentionStats stats = with_aligned_labels(given);
   const LossNeeds all = needs();
   std::vector<WeightedTerm> terms{{"text_ce", all.replaces_text_ce ? 0.0 : 1.0, text_ce(logits, stats.labels)}};
   int64_t key_set = 0;
@@ -121,7 +124,8 @@ std::vector<WeightedTerm> LossComposer::compute(const torch::Tensor& logits, con
   return terms;
 }
 
-std::vector<torch::Tensor> LossComposer::counts(const AttentionStats& masks) const {
+std::vector<torch::Tensor> LossComposer::counts(const AttentionStats& batch) const {
+  const AttentionStats masks = with_aligned_labels(batch);
   std::vector<torch::Tensor> out{(masks.labels.slice(1, 1) != -100).sum()};
   for (const auto& loss : losses_) out.push_back(loss->count(masks));
   return out;

@@ -120,6 +120,10 @@ struct DualChannelOptions {
     v.field("target_scale", target_scale, "multiplies the target (balanced or fixed)", Range::positive());
     v.field("eps", eps, "added inside the logarithms", Range::positive());
   }
+  // Why these options make no loss although each field is in range; empty when they do.
+  std::string conflict() const {
+    return inter_weight == 0 && intra_weight == 0 ? "inter_weight and intra_weight are both 0 (the loss would be 0)" : "";
+  }
 };
 
 // Anti-decay across depth: mean_{l > ref} relu(M_X^ref - M_X^l).

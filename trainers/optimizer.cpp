@@ -193,7 +193,9 @@ void GroupedAdamW::shard(DataParallel& dp) {
   begin_ = std::min(total, dp.rank() * chunk_), end_ = std::min(total, begin_ + chunk_);
   for (size_t i = 0; i < params_.size(); ++i) {
     const int64_t lo = std::max(begin_, starts_[i]), hi = std::min(end_, starts_[i] + params_[i].second.numel());
-    slices_.push_back({lo - starts_[i], std::max<int64_t>(0, hi - lo)});
+    Slice slice;
+    slice.offset = lo - starts_[i], slice.length = std::max<int64_t>(0, hi - lo);
+    slices_.push_back(slice);
   }
   starts_.push_back(total);  // one past the last parameter
 }

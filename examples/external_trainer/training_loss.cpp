@@ -1,12 +1,12 @@
 // tests/tools/external_trainer_test.sh checks that the README shows exactly the lines between the markers.
 #include "training_loss.h"
 
-// README-BEGIN
+// README-BEGIN dense
 #include "losses/attention_stats.h"
 #include "losses/loss_composer.h"
 
-// logits (B,T,V); labels (B,T) int64 aligned with input_ids, -100 = not supervised (the losses shift them
-// themselves: do not pass labels already shifted); attention_mask, visual_mask (B,T) bool or 0/1;
+// logits (B,T,V); labels (B,T) int64 aligned with input_ids, -100 = not supervised (labels your collator already
+// shifted: set stats.labels_shifted = true); attention_mask, visual_mask (B,T) bool or 0/1;
 // probs_of_layer[l]: your attention probabilities (B,H,T,T) of decoder layer l, rows summing to 1.
 torch::Tensor training_loss(const torch::Tensor& logits, const std::vector<torch::Tensor>& probs_of_layer,
                             const torch::Tensor& labels, const torch::Tensor& attention_mask,

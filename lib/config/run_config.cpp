@@ -65,9 +65,10 @@ void validate(const RunConfig& c) {
     const LossEntry& e = c.losses[i];
     check(names.insert(e.name).second,
           fmt::format("losses[{}]: '{}' is listed twice; merge the entries", i, e.name));
-    if (e.name == "dual_channel")
-      check(e.get<DualChannelOptions>().inter_weight > 0 || e.get<DualChannelOptions>().intra_weight > 0,
-            fmt::format("losses[{}] (dual_channel): inter_weight and intra_weight are both 0", i));
+    if (e.name == "dual_channel") {
+      const std::string why = e.get<DualChannelOptions>().conflict();
+      check(why.empty(), fmt::format("losses[{}] (dual_channel): {}", i, why));
+    }
   }
 
   if (errors.empty()) return;

@@ -5,6 +5,7 @@
 #include "lib/model/fused_ops.h"
 #include "lib/model/precision.h"
 #include "lib/model/recompute.h"
+#include "losses/attention_stats.h"
 
 namespace modalign {
 namespace nn = torch::nn;
@@ -38,12 +39,10 @@ DecoderContext make_decoder_context(const TextShapes& s, const torch::Tensor& at
   }
   ctx.mask = {true, real, {}};  // causal, padding keys excluded
 
-  torch::Tensor counts = ctx.visual_mask.sum(1);  // (B): may differ between samples (Qwen: any image size)
-  const int64_t nv = counts.numel() ? counts.max().item<int64_t>() : 0;
-  ctx.visual_slots = torch::arange(nv, counts.options()).unsqueeze(0) < counts.unsqueeze(1);  // (B, Nv)
-  // Stable descending sort puts each sample's image positions first, in order: (B, Nv)
-  torch::Tensor order = std::get<1>(torch::sort(ctx.visual_mask.to(torch::kInt32), /*stable=*/true, 1, true));
-  ctx.visual_index = order.slice(1, 0, nv) * ctx.visual_slots.to(torch::kInt64);
+  // Each sample's image positions in order, -1 past its count (counts differ: Qwen takes any image size): (B, Nv)
+  torch::Tensor positions = query_rows(ctx.visual_mask);
+  ctx.visual_slots = positions >= 0;
+  ctx.visual_index = positions.clamp_min(0);
   return ctx;
 }
 

@@ -11,7 +11,7 @@ namespace modalign {
 
 ModelShapes preset_shapes(const std::string& name) {
   ModelShapes s;
-  if (name == "tiny") return s;  // equals ../shared/golden's config
+  if (name == "tiny") return s;  // equals the golden file's config (tests/golden/README.md)
   if (name == "demo") {
     s.vision = {192, 768, 4, 4, 64, 8, 3, 1e-5};
     s.text = {512, 256, 688, 6, 8, 4, 1e-6, 10000.0, true, false, {}};
@@ -28,7 +28,7 @@ ModelShapes preset_shapes(const std::string& name) {
     s.image_token_index = 32000;
     return s;
   }
-  if (name == "qwen2_5_vl_tiny" || name == "qwen2_vl_tiny") {  // ../shared/golden/QWEN.md's config
+  if (name == "qwen2_5_vl_tiny" || name == "qwen2_vl_tiny") {  // tests/golden/QWEN.md's config
     s.family = name == "qwen2_vl_tiny" ? ModelFamily::Qwen2VL : ModelFamily::Qwen2_5VL;
     if (s.family == ModelFamily::Qwen2VL) s.qwen_vision.window_size = 0, s.qwen_vision.fullatt_block_indexes = {};
     s.text = {96, 32, 64, 2, 4, 2, 1e-6, 1e6, false, true, {1, 1, 2}};

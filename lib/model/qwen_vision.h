@@ -6,7 +6,7 @@
 // Letters: N patches of all images, C tower width, h heads, d head dim, M = N / 4 merged tokens,
 // K = C * temporal_patch_size * patch^2 values per patch row.
 // Patch rows come in the image processor's order: per image, frame, then the 2x2 merge blocks in
-// row-major order, then the patches of a block in row-major order (ARCHITECTURE / QWEN.md).
+// row-major order, then the patches of a block in row-major order (tests/golden/QWEN.md).
 #pragma once
 #include <torch/torch.h>
 

@@ -358,6 +358,38 @@ TEST(LossComposer, WeightsTermsCountsAndTotal) {
   EXPECT_NEAR(value(LossComposer::total(terms, global)), expected / 2, 1e-12);
 }
 
+// labels_shifted: the same batch with labels shifted by the collator (position t predicts labels[t]) gives the
+// same terms and counts as labels aligned with input_ids; a token in the last column cannot be shifted labels.
+TEST(LossComposer, ShiftedLabelsWithTheFlagGiveTheAlignedResult) {
+  std::vector<LossEntry> entries(2);
+  entries[0].name = "dual_channel";
+  entries[1].name = "layer_decay";
+  LossComposer composer(entries, 2);
+  AttentionStats aligned = hand_stats();
+  torch::manual_seed(0);
+  torch::Tensor logits = torch::randn({2, 6, 10}, torch::kFloat64);
+  AttentionStats shifted = aligned;
+  shifted.labels = torch::cat({aligned.labels.slice(1, 1), torch::full({2, 1}, -100, torch::kInt64)}, 1);
+  shifted.labels_shifted = true;
+  auto a = composer.compute(logits, aligned), b = composer.compute(logits, shifted);
+  auto ca = composer.counts(aligned), cb = composer.counts(shifted);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(value(a[i].term.sum), value(b[i].term.sum), 1e-12) << a[i].name;
+    EXPECT_EQ(value(a[i].term.count), value(b[i].term.count)) << a[i].name;
+    EXPECT_EQ(value(ca[i]), value(cb[i])) << a[i].name;
+  }
+  // The mistake the flag exists for: shifted labels read as aligned train each position on the wrong token.
+  shifted.labels_shifted = false;
+  EXPECT_GT(std::abs(value(composer.compute(logits, shifted)[0].term.sum) - value(a[0].term.sum)), 1e-3);
+  AttentionStats wrong = aligned;  // aligned labels (a token at the end) declared shifted
+  wrong.labels = aligned.labels.clone();
+  wrong.labels.select(1, -1).fill_(3);
+  wrong.labels_shifted = true;
+  test::expect_error<c10::Error>([&] { composer.compute(logits, wrong); },
+                                 {"labels_shifted = true", "last column", "labels_shifted = false"});
+}
+
 TEST(LossComposer, UnknownNameListsRegisteredAndCustomLossesRegister) {
   LossEntry e;
   e.name = "focal";
@@ -394,7 +426,7 @@ TEST(LossOptions, RangesAreCheckedInCppAsInYaml) {
   poe.prior_scale = 0;
   test::expect_error<std::invalid_argument>([&] { TextPriorPoeLoss{poe}; }, {"text_prior_poe.prior_scale must be > 0"});
   test::expect_error<std::invalid_argument>([&] { LossComposer({LossEntry(DualChannelOptions{}, -1.0)}, 2); },
-                                            {"loss 'dual_channel': weight must be >= 0"});
+                                            {"dual_channel.weight must be >= 0, got -1"});
 }
 
 TEST(LossOptions, AnEntryHoldsOnlyItsOwnLossOptions) {

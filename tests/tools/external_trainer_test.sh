@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # Installs modalign into a temporary prefix, builds examples/external_trainer against it with
 # find_package(modalign), and runs it: the losses work for a trainer that is not ours, with only LibTorch (the other
-# dependencies made unfindable) and a LibTorch under another prefix than the one modalign was built with. The README's C++ block
-# under "Use the losses in your own trainer" must be the example's training_loss.cpp between its markers.
+# dependencies made unfindable) and a LibTorch under another prefix than the one modalign was built with.
 set -euo pipefail
 build=$1; src=$2
-want=$(sed -n '/README-BEGIN/,/README-END/{//!p}' "$src/examples/external_trainer/training_loss.cpp")
-got=$(awk '/^### Use the losses in your own trainer/{s=1} s && /^```cpp/{c=1; next} c && /^```/{exit} c' "$src/README.md")
-if [ "$want" != "$got" ]; then
-  echo "README's own-trainer C++ block differs from examples/external_trainer/training_loss.cpp:"
-  diff <(echo "$want") <(echo "$got") || true
-  exit 1
-fi
+# The README's C++ blocks under "Use the losses in your own trainer", in order, are the example's files between
+# their markers: training_loss.cpp (dense maps), then tapped_loss.cpp (blockwise attention with taps).
+n=0
+for file in training_loss.cpp tapped_loss.cpp; do
+  n=$((n + 1))
+  want=$(sed -n '/README-BEGIN/,/README-END/{//!p}' "$src/examples/external_trainer/$file")
+  got=$(awk -v n="$n" '/^### Use the losses in your own trainer/{s=1; next} s && /^##/{exit}
+                       s && /^```cpp/{k++; if (k == n) {c=1; next}} c && /^```/{exit} c' "$src/README.md")
+  if [ -z "$want" ] || [ "$want" != "$got" ]; then
+    echo "README's own-trainer C++ block $n differs from examples/external_trainer/$file:"
+    diff <(echo "$want") <(echo "$got") || true
+    exit 1
+  fi
+done
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
 # The losses' package must name no path of the LibTorch it was built with, nor any other dependency.
-if grep -n '/usr/\|fmt::\|spdlog\|yaml-cpp\|nlohmann' "$tmp"/prefix/lib*/cmake/modalign/modalignLossesTargets*.cmake; then
-  echo "modalign::losses' installed targets name a dependency other than the consumer's LibTorch (above)"; exit 1
+if grep -n '/usr/\|fmt::\|spdlog\|yaml-cpp\|nlohmann' "$tmp"/prefix/lib*/cmake/modalign/modalign{Losses,Attention}Targets*.cmake; then
+  echo "modalign::losses' or ::attention's installed targets name a path or a library beyond LibTorch, OpenMP and BLAS (above)"; exit 1
 fi
 # "A LibTorch that is not Debian's": the same LibTorch relocated under another prefix (its CMake files copied,
 # its libraries and headers linked), found first through the consumer's CMAKE_PREFIX_PATH.

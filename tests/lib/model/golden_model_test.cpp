@@ -1,4 +1,4 @@
-// lib/model against ../shared/golden (copied to tests/golden): weights, inputs and outputs computed in
+// lib/model against tests/golden/llava_tiny_golden.safetensors: weights, inputs and outputs computed in
 // float64 by an independent plain-PyTorch LLaVA implementation. Checks the image-token expansion, the
 // logits and the per-layer visual attention mass, in float64 (1e-9) and float32 (1e-5).
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
-// The Qwen2.5-VL family against ../shared/golden/qwen2_5_vl_tiny_golden.safetensors (copied to
-// tests/golden, see QWEN.md there): computed in float64 by an independent plain-PyTorch implementation
+// The Qwen2.5-VL family against tests/golden/qwen2_5_vl_tiny_golden.safetensors (see QWEN.md
+// there): computed in float64 by an independent plain-PyTorch implementation
 // written from the Hugging Face source. Checks the M-RoPE position ids, the vision layout (2-D rotary
 // positions, window order, segment offsets), patch embeddings, merged vision features, logits, per-layer
 // visual mass and the losses computed from the model's own taps: 1e-9 in float64, QWEN.md's float32
