@@ -244,12 +244,17 @@ def latest_checkpoint(run_dir):
         return os.path.join(run_dir, f.read().strip())
 
 
+def copy_file(src, dst):
+    """src to dst through a temporary name, its folder made: dst is whole or absent."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
 def keep(args, rel):
     """Copies WORK/rel into the record (--record, committed with the project), where the next machine finds it."""
     if args.record:
-        os.makedirs(os.path.dirname(os.path.join(args.record, rel)), exist_ok=True)
-        shutil.copyfile(os.path.join(args.work, rel), os.path.join(args.record, rel) + ".tmp")
-        os.replace(os.path.join(args.record, rel) + ".tmp", os.path.join(args.record, rel))
+        copy_file(os.path.join(args.work, rel), os.path.join(args.record, rel))
 
 
 def restore(args):
@@ -261,8 +266,7 @@ def restore(args):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), args.record)
             if not os.path.exists(os.path.join(args.work, rel)):
-                os.makedirs(os.path.dirname(os.path.join(args.work, rel)), exist_ok=True)
-                shutil.copyfile(os.path.join(root, name), os.path.join(args.work, rel))
+                copy_file(os.path.join(root, name), os.path.join(args.work, rel))
 
 
 def seeing_env(args):
@@ -380,8 +384,11 @@ def stage1(args):
     make_data(args)
     out = os.path.join(args.work, "stage1")
     result_path = os.path.join(out, "result.json")
-    if os.path.exists(result_path):
-        return json.load(open(result_path))
+    if os.path.exists(result_path):  # finished here, or restored from the record: the weights must be those it ran
+        result = json.load(open(result_path))
+        if sha256(os.path.join(out, "model.safetensors")) != result["sha256"]:
+            raise RuntimeError(f"{out}/model.safetensors is not the stage-1 model {result_path} describes (sha256)")
+        return result
     t = tower(args)
     os.makedirs(out, exist_ok=True)  # a stopped stage 1 resumes from its newest checkpoint (a finished one returns)
     seconds = timed(os.path.join(out, "seconds.json"), lambda: sh(

@@ -61,7 +61,7 @@ std::unique_ptr<AlignmentLoss> make_loss(const LossEntry& entry, int64_t num_lay
 
 LossComposer::LossComposer(const std::vector<LossEntry>& entries, int64_t num_layers) {
   for (const auto& e : entries) {
-    LossEntry ranges = e;  // the weight's range as the YAML reader declares it (the options: each loss's own ctor)
+    LossEntry ranges = e;  // the weight's and the options' ranges, as the YAML reader declares them
     RangeCheck check(e.name);
     ranges.visit(check);
     losses_.push_back(make_loss(e, num_layers));
