@@ -35,9 +35,10 @@ build: deps configure
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
-# The demo: synthesise the modality-conflict benchmark, train the `demo` preset from scratch with CE only
-# and with the alignment loss of configs/demo.yaml side by side on CPU, print both evaluations (aligned /
-# conflict / no-hint splits, hint rate, accuracy per question type), draw the curves.
+# The demo: the seeing study's stage 2 from its stage-1 model (bench/seeing/stage1, a model that sees):
+# synthesise the hint-heavy data, evaluate the stage-1 model, fine-tune it with CE only and with the loss of
+# configs/demo.yaml side by side on CPU, print the three evaluations (aligned / conflict / no-hint splits,
+# hint rate, accuracy per question type), draw the curves.
 DEMO_DIR ?= demo
 demo: build
 	bash tools/demo.sh $(BUILD_DIR) $(DEMO_DIR) $(PYTHON)

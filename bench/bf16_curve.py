@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Does bf16 mixed precision train like float32? The `demo` preset (configs/demo.yaml: 300 steps, CE +
+"""Does bf16 mixed precision train like float32? The `demo` preset (configs/demo_scratch.yaml: 300 steps, CE +
 dual_channel, the tower training) run from the same seed in float32 and with train.bf16, side by side with
 one thread each, logging the loss at every step; then a control: float32 again on 2 threads, whose only
 difference is the order of some float32 sums (thread-partitioned reductions). Once the loss nears zero the
@@ -61,7 +61,7 @@ def main():
         if done(run):
             print(f"{name}: already complete in {run}")
             return None
-        cmd = [binary, "train", "-c", "configs/demo.yaml", "--set", f"data.train_files=[{data}/train.json]",
+        cmd = [binary, "train", "-c", "configs/demo_scratch.yaml", "--set", f"data.train_files=[{data}/train.json]",
                "--set", f"data.image_folder={data}", "--set", f"data.tokenizer={data}/tokenizer.model",
                "--set", f"data.eval_files=[{data}/eval_aligned.json, {data}/eval_conflict.json, {data}/eval_nohint.json]",
                "--set", f"train.num_threads={threads}", "--set", "logging.logging_steps=1",

@@ -6,7 +6,7 @@ set -eu
 bin=${1:-build/modalign}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 "$bin" synth --out "$tmp/data" --train 2000 --eval 10 >/dev/null 2>&1
-common=(-c configs/demo.yaml --set "data.train_files=[$tmp/data/train.json]" --set data.eval_files=[]
+common=(-c configs/demo_scratch.yaml --set "data.train_files=[$tmp/data/train.json]" --set data.eval_files=[]
         --set "data.image_folder=$tmp/data" --set "data.tokenizer=$tmp/data/tokenizer.model"
         --set train.eval_steps=0 --set train.warmup_steps=0 --set checkpoint.save_steps=0 --set logging.progress=plain --set logging.logging_steps=1000)
 wall() {  # steps nproc batch threads -> seconds

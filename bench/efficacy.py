@@ -21,7 +21,7 @@ teaches it to read a text hint instead? Two gates decided with CE alone come fir
    before any loss runs and stored in WORK/stage2.json.
 4. The levers: CE and every setting on that schedule with paired seeds (same seed = same data order), 3 seeds
    each, then CE and the two best by paired conflict gain to 8 seeds; each final checkpoint probed.
-   From scratch (configs/demo.yaml, 300 steps) for reference: CE and the two best, 3 seeds.
+   From scratch (configs/demo_scratch.yaml, 300 steps) for reference: CE and the two best, 3 seeds.
 
 Runs go to --work (default build/efficacy); each is one `modalign` process with one thread, --jobs side by
 side (2 on 2 cores). Every step writes its result file last, so a stopped study resumes where it was. The
@@ -46,7 +46,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 RECORD = os.path.join(ROOT, "bench", "seeing")
-DEMO, TOWER, STAGE1 = (os.path.join(CONFIGS, f) for f in ("demo.yaml", "seeing_tower.yaml", "seeing_stage1.yaml"))
+DEMO, SCRATCH_CONFIG, TOWER, STAGE1 = (os.path.join(CONFIGS, f) for f in (
+    "demo.yaml", "demo_scratch.yaml", "seeing_tower.yaml", "seeing_stage1.yaml"))
 SPLITS = ("eval_aligned", "eval_conflict", "eval_nohint")
 TYPES = ("colour", "shape", "count")
 GATE_SEEING, GATE_DRIFT = 0.95, 0.20
@@ -426,11 +427,12 @@ def run_one(args, regime, name, seed, plan, tag=None):
     if regime == "seeing":
         pairs += [f"model.weights={os.path.join(args.work, 'stage1')}", "train.freeze_vision_tower=true",
                   "train.warmup_steps=0"]
+    config = DEMO if regime == "seeing" else SCRATCH_CONFIG
     t0 = time.time()
-    sh([args.bin, "train", "-c", DEMO] + sets(pairs), os.path.join(out, "stdout.log"))
+    sh([args.bin, "train", "-c", config] + sets(pairs), os.path.join(out, "stdout.log"))
     seconds = time.time() - t0
     probe_dir = os.path.join(out, "probe")
-    sh([args.bin, "probe", "-c", DEMO] + sets(pairs) +
+    sh([args.bin, "probe", "-c", config] + sets(pairs) +
        ["--checkpoint", out, "--data", f"{data}/eval_conflict.json", "--out", probe_dir], os.path.join(out, "probe.log"))
     probe = json.load(open(os.path.join(probe_dir, "probe.json")))[0]
     result = {"regime": regime, "setting": tag or name, "seed": seed, "steps": plan["steps"], "lr": plan["lr"],
@@ -635,7 +637,7 @@ def report(args):
         if not any(k[0] == regime for k in res):
             continue
         start = s1["final"]["eval_conflict"] if (regime == "seeing" and s1) else None
-        title = "## Levers on the seeing model" if regime == "seeing" else f"## From scratch ({SCRATCH['steps']} steps, lr {SCRATCH['lr']:g}, configs/demo.yaml)"
+        title = "## Levers on the seeing model" if regime == "seeing" else f"## From scratch ({SCRATCH['steps']} steps, lr {SCRATCH['lr']:g}, configs/demo_scratch.yaml)"
         lines += [title, ""] + table(res, regime, start) + [""]
         if start is not None:
             lines += ["Against the target (paired over the seeds each setting has):", ""] + target_lines(res, regime, start) + [""]

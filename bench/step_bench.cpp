@@ -118,17 +118,14 @@ std::shared_ptr<Processor> make_processor(const RunConfig& config) {
   return build_processor(config, shapes_from_config(config.model));
 }
 
-// The first `steps` batches the Trainer will draw: the same sampler, seed and processor.
+// The first `steps` batches the Trainer will draw: its own loader builder (sampler, seed, grouping, processor).
 NamedTensors trainer_batches(const RunConfig& c, int64_t steps) {
-  std::vector<int64_t> sizes;
-  auto examples = std::make_shared<std::vector<Example>>(load_datasets(c.data.train_files, sizes));
-  Sampler sampler(SamplerOptions{sizes, c.data.mixing_weights, static_cast<uint64_t>(c.train.seed),
-                                 c.train.per_device_train_batch_size, {}, 0, 1});
-  DataLoader loader(examples, make_processor(c), std::move(sampler),
-                    LoaderOptions{c.data.on_bad_sample, 0, 1, {}});
+  const ModelShapes shapes = shapes_from_config(c.model);
+  std::unique_ptr<DataLoader> loader =
+      build_train_loader(c, build_processor(c, shapes), *build_loss_composer(c, shapes), 0, 1, DataCursor{});
   NamedTensors out;
   for (int64_t i = 0; i < steps; ++i) {
-    Batch b = loader.next();
+    Batch b = loader->next();
     for (auto [name, t] : {std::pair{"input_ids", b.input_ids}, {"attention_mask", b.attention_mask},
                            {"labels", b.labels}, {"pixel_values", b.pixel_values}, {"image_grid_thw", b.image_grid_thw}})
       if (t.defined()) out.emplace_back(std::to_string(i) + "." + name, t.contiguous());

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Prints the final evaluation of several runs side by side, from their metrics.jsonl: accuracy per split,
-the conflict split's hint rate and accuracy per question type. `make demo` uses it for CE vs the aligned run.
+"""Prints the final evaluation of several runs side by side, from their metrics.jsonl (or a `modalign eval
+--out` file): accuracy per split, the conflict split's hint rate and accuracy per question type. `make demo`
+uses it for the stage-1 model, CE and the aligned run.
 
-    /usr/bin/python3 tools/compare_runs.py "CE only=demo/run-ce" "CE + alignment=demo/run"
+    /usr/bin/python3 tools/compare_runs.py "stage 1=demo/stage1.json" "CE only=demo/run-ce" "CE + alignment=demo/run"
 """
 import json
 import os
@@ -10,7 +11,15 @@ import sys
 
 
 def final_eval(run):
-    """split -> {key: value} of the last eval records in run/metrics.jsonl."""
+    """(step, split -> {key: value}) of the last eval records in run/metrics.jsonl, or of an eval --out file."""
+    if run.endswith(".json"):
+        out = {}
+        for e in json.load(open(run)):
+            row = out.setdefault(e["split"], {"accuracy": e["accuracy"]})
+            if e.get("hint_rate", -1) >= 0:
+                row["hint_rate"] = e["hint_rate"]
+            row.update({f"accuracy.{t}": a for t, a in e.get("accuracy_by_type", {}).items()})
+        return "-", out
     last_step, out = None, {}
     with open(os.path.join(run, "metrics.jsonl")) as f:
         for line in f:

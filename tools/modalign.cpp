@@ -1,4 +1,5 @@
-// The `modalign` command: parses the command line and calls one library function per subcommand.
+// The `modalign` command: parses the command line; each subcommand is one run_<name> function that reads its
+// inputs, calls the library and prints (the work itself is in lib/ and trainers/).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 
@@ -122,7 +123,8 @@ int run_train(const ConfigArgs& args, int64_t nproc, const std::vector<std::stri
   return 0;
 }
 
-// The model of a config with a checkpoint's weights, and its processor: what eval, probe and generate use.
+// The model of a config with a checkpoint's weights (none: as the config builds it), and its processor: what eval, probe
+// and generate use.
 struct LoadedModel {
   modalign::VisionLanguageModel model{nullptr};
   std::shared_ptr<modalign::Processor> processor;
@@ -130,7 +132,7 @@ struct LoadedModel {
 LoadedModel load_model(const modalign::RunConfig& config, const std::string& checkpoint) {
   modalign::setup_runtime(config.train);
   LoadedModel m{modalign::build_model(config), nullptr};
-  modalign::load_checkpoint_weights(m.model, checkpoint);
+  if (!checkpoint.empty()) modalign::load_checkpoint_weights(m.model, checkpoint);
   m.processor = modalign::build_processor(config, m.model->shapes);
   return m;
 }
@@ -330,11 +332,12 @@ int main(int argc, char** argv) {
   probe->callback([&] { code = run_probe(probe_args, probe_opts); });
 
   ConfigArgs config_args;
-  bool defaults = false, dump = false;
-  CLI::App* config = app.add_subcommand("config", "print every key's default, or the resolved config of a run");
+  bool defaults = false;
+  CLI::App* config = app.add_subcommand("config", "print the resolved config of a run, or every key's default");
   config_args.add_to(config);
   config->add_flag("--defaults", defaults, "print every key with its default and help");
-  config->add_flag("--dump", dump, "print the resolved YAML a run with these files and overrides would use");
+  config->add_flag("--dump", "what `config` does without a flag (kept for scripts): print the resolved YAML a run "
+                             "with these files and overrides would use");
   config->callback([&] { code = run_config(config_args, defaults); });
 
   ConfigArgs plan_args;
@@ -373,9 +376,11 @@ int main(int argc, char** argv) {
 
   ConfigArgs eval_args;
   std::string eval_checkpoint, eval_out;
-  CLI::App* eval = app.add_subcommand("eval", "evaluate a checkpoint on the configured eval splits");
+  CLI::App* eval = app.add_subcommand("eval", "evaluate a checkpoint (or the config's model.weights) on the eval splits");
   eval_args.add_to(eval);
-  eval->add_option("--checkpoint", eval_checkpoint, "checkpoint folder (step-N), run folder or its `latest` file")->required();
+  eval->add_option("--checkpoint", eval_checkpoint,
+                   "checkpoint folder (step-N), run folder or its `latest` file; without it the model as the config "
+                   "builds it (model.weights, or the preset's random initialisation)");
   eval->add_option("--out", eval_out, "also write the results as JSON to this file");
   eval->callback([&] { code = run_eval(eval_args, eval_checkpoint, eval_out); });
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <numeric>
@@ -302,7 +303,8 @@ void Trainer::log_step(const StepStats& s, double seconds, double elapsed, int64
   std::string line = fmt::format("step {}/{} | loss {:.4f}", state_.step, total, s.loss);
   for (const auto& [name, mean] : s.means()) {
     rec.emplace_back(name, mean);
-    if (name.rfind("visual_share.", 0) != 0) line += fmt::format(" | {} {:.4f}", name, mean);
+    // A term at its target is 0 up to rounding: printed as 0.0000, not -0.0000 (metrics.jsonl keeps the value).
+    if (name.rfind("visual_share.", 0) != 0) line += fmt::format(" | {} {:.4f}", name, std::abs(mean) < 5e-5 ? 0.0 : mean);
   }
   metrics_->write("train", state_.step, rec);
   line += fmt::format(" | lr {:.2e} | {:.0f} tok/s | ETA {}", lr, s.tokens / seconds,

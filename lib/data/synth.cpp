@@ -350,15 +350,6 @@ std::string synthesize(const SynthOptions& o) {
   if (o.train < 1 || o.eval < 1 || o.image_size < 16 || o.hint_agreement < 0 || o.hint_agreement > 1)
     throw std::invalid_argument("synth: need train >= 1, eval >= 1, image size >= 16 and hint agreement in [0, 1]");
   if (o.image_size > 4096) throw std::invalid_argument("synth: --image-size above 4096 is not supported");
-  if (fs::exists(o.out_dir) && !fs::is_empty(o.out_dir)) {
-    if (!o.force)
-      throw std::invalid_argument("synth: " + o.out_dir + " is not empty; pick an empty folder or pass --force to replace "
-                                  "the benchmark there");
-    for (const char* name : {"images", "train.json", "captions.json", "shape_list.json", "qa_dense.json", "eval_aligned.json",
-                             "eval_conflict.json", "eval_nohint.json", "tokenizer.model", "synth.json"})
-      fs::remove_all(fs::path(o.out_dir) / name);
-  }
-  fs::create_directories(fs::path(o.out_dir) / "images");
   struct Split {
     const char* name;
     int64_t count;
@@ -368,6 +359,18 @@ std::string synthesize(const SynthOptions& o) {
                           {"eval_aligned", o.eval, HintMode::Aligned},
                           {"eval_conflict", o.eval, HintMode::Conflict},
                           {"eval_nohint", o.eval, HintMode::None}};
+  // The train split's stage-1 companions, in the order they are written.
+  static constexpr const char* kStage1Files[] = {"captions.json", "shape_list.json", "qa_dense.json"};
+  if (fs::exists(o.out_dir) && !fs::is_empty(o.out_dir)) {
+    if (!o.force)
+      throw std::invalid_argument("synth: " + o.out_dir + " is not empty; pick an empty folder or pass --force to replace "
+                                  "the benchmark there");
+    std::vector<std::string> outputs = {"images", "tokenizer.model", "synth.json"};  // everything written below
+    for (const Split& split : splits) outputs.push_back(std::string(split.name) + ".json");
+    outputs.insert(outputs.end(), std::begin(kStage1Files), std::end(kStage1Files));
+    for (const std::string& name : outputs) fs::remove_all(fs::path(o.out_dir) / name);
+  }
+  fs::create_directories(fs::path(o.out_dir) / "images");
   for (size_t s = 0; s < std::size(splits); ++s) {
     Rng rng{std::mt19937_64(o.seed * 1000003 + s)};
     nlohmann::ordered_json samples = nlohmann::ordered_json::array(), captions = nlohmann::ordered_json::array(),
@@ -381,9 +384,9 @@ std::string synthesize(const SynthOptions& o) {
     }
     write_file_atomic((fs::path(o.out_dir) / (std::string(splits[s].name) + ".json")).string(), samples.dump(1) + "\n");
     if (train) {
-      write_file_atomic((fs::path(o.out_dir) / "captions.json").string(), captions.dump(1) + "\n");
-      write_file_atomic((fs::path(o.out_dir) / "shape_list.json").string(), lists.dump(1) + "\n");
-      write_file_atomic((fs::path(o.out_dir) / "qa_dense.json").string(), dense.dump(1) + "\n");
+      const nlohmann::ordered_json* stage1[] = {&captions, &lists, &dense};
+      for (size_t f = 0; f < std::size(kStage1Files); ++f)
+        write_file_atomic((fs::path(o.out_dir) / kStage1Files[f]).string(), stage1[f]->dump(1) + "\n");
     }
   }
   std::string corpus_path = (fs::path(o.out_dir) / "tokenizer_corpus.txt").string();

@@ -65,6 +65,10 @@ check probe-bad-data 2 'data error: .*nothing.json' "$bin" probe -c "$tmp/probe.
 check eval 0 'eval_conflict +[0-9.]+ +[0-9.]+ +[0-9.]+ +6' "$bin" eval -c "$tmp/probe.yaml" --checkpoint "$tmp/run" \
   --set "data.eval_files=[$tmp/data/eval_conflict.json]" --out "$tmp/eval.json"
 check eval-json 0 '"accuracy_by_type"' cat "$tmp/eval.json"
+# eval without --checkpoint: the config's model.weights, the same numbers as that checkpoint given as --checkpoint.
+check eval-weights 0 "results: $tmp/eval_weights.json" "$bin" eval -c "$tmp/probe.yaml" --set "model.weights=$tmp/run/step-000002" \
+  --set "data.eval_files=[$tmp/data/eval_conflict.json]" --out "$tmp/eval_weights.json"
+cmp -s "$tmp/eval.json" "$tmp/eval_weights.json" && ok || bad "eval with model.weights differs from eval --checkpoint"
 # generate: one prompt about one image, and a whole split as JSON lines (the same answers as eval would give).
 check generate-prompt 0 '.' "$bin" generate -c "$tmp/probe.yaml" --checkpoint "$tmp/run/latest" \
   --image "$tmp/data/images/eval_conflict_00000.png" --prompt "What colour is the circle?"
