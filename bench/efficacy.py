@@ -212,6 +212,11 @@ PILOTS = [
     "1,000 at 1e-3 -> 0.675 (aligned 1.000, nohint 0.595), where this machine's model fell to 0.645 in 300 steps "
     "at 1e-3. Two runs of one recipe differ by more than the gates' margins: the paired levers below start from "
     "the one stage-1 model in the record, never from a model made again.",
+    "**Stage 2 does reproduce across machines from the same weights.** Seed 0 of CE and of dual_channel hinge, "
+    "first run on the machine that made the record's stage-1 model, run again on the next machine (2026-12-08, "
+    "AVX512-BF16, one thread each, from bench/seeing/stage1): conflict 0.645 and 0.755 both times, so seeds run on "
+    "different machines pair up. What differed between machines were the tower and stage 1, both trained on 2 "
+    "threads (why is not tested: the order of float sums split across threads is one guess).",
 ]
 
 
